@@ -1,0 +1,63 @@
+//! One access-log line per request, written when the response has been sent (or abandoned), with
+//! the fields of nginx's classic JSON log: time, client address, client DN, verify status,
+//! method, path, status, bytes sent, duration, and the rule that refused the request if one did.
+//! Lines are `tracing` events with target `certgate::access`, so the text or JSON formatter of
+//! the subscriber decides how they look; both go to stderr.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::Method;
+
+/// The tracing target of access-log lines.
+pub const TARGET: &str = "certgate::access";
+
+/// What is known about a request when its response starts; completed by [`AccessRecord::finish`].
+#[derive(Debug)]
+pub struct AccessRecord {
+    /// When the request head arrived.
+    pub start: Instant,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The client's subject DN, if it presented a certificate.
+    pub dn: Option<Arc<str>>,
+    /// `SUCCESS` or `NONE`.
+    pub verify: &'static str,
+    /// Request method.
+    pub method: Method,
+    /// The path as received (before normalization), without the query.
+    pub path: String,
+    /// Response status.
+    pub status: u16,
+    /// The rule that refused the request, if any.
+    pub rule: Option<String>,
+    /// What went wrong while the body streamed, if anything.
+    pub error: Option<&'static str>,
+}
+
+impl AccessRecord {
+    /// Records an error that cut the body short.
+    pub fn note_error(&mut self, what: &'static str) {
+        self.error.get_or_insert(what);
+    }
+
+    /// Writes the line.
+    pub fn finish(self, bytes_sent: u64) {
+        let duration_ms = self.start.elapsed().as_secs_f64() * 1000.0;
+        tracing::info!(
+            target: TARGET,
+            client = %self.peer,
+            dn = self.dn.as_deref().unwrap_or("-"),
+            verify = self.verify,
+            method = %self.method,
+            path = %self.path,
+            status = self.status,
+            bytes = bytes_sent,
+            duration_ms = (duration_ms * 1000.0).round() / 1000.0,
+            rule = self.rule.as_deref().unwrap_or("-"),
+            error = self.error.unwrap_or("-"),
+            "request"
+        );
+    }
+}

@@ -1,0 +1,255 @@
+//! The `run` and `check` subcommands, and the mapping of failures to exit codes: 2 for an
+//! invalid configuration, certificate, key or CRL; 1 for anything else (an address in use, say).
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use time::OffsetDateTime;
+use x509_parser::parse_x509_certificate;
+use x509_parser::parse_x509_crl;
+
+use crate::config::{ClientAuth, Config, TlsVersion};
+use crate::server::{Server, ServerError};
+
+/// A failed command with its exit code.
+#[derive(Debug)]
+pub struct CliError {
+    /// 2 for invalid configuration, 1 otherwise.
+    pub code: u8,
+    /// What went wrong, with its causes.
+    pub error: anyhow::Error,
+}
+
+impl CliError {
+    /// Exit 2: the configuration or a file it names is invalid.
+    pub fn invalid(e: impl Into<anyhow::Error>) -> CliError {
+        CliError {
+            code: 2,
+            error: e.into(),
+        }
+    }
+
+    /// Exit 1: any other failure.
+    pub fn other(e: impl Into<anyhow::Error>) -> CliError {
+        CliError {
+            code: 1,
+            error: e.into(),
+        }
+    }
+}
+
+impl From<ServerError> for CliError {
+    fn from(e: ServerError) -> Self {
+        match e {
+            ServerError::Tls(_) => CliError::invalid(e),
+            ServerError::Bind { .. } => CliError::other(e),
+        }
+    }
+}
+
+/// `certgate run`: serves until SIGTERM or SIGINT.
+///
+/// # Errors
+/// Exit 2 for an invalid config, 1 when a listener cannot be bound.
+pub fn run(config_path: &Path) -> Result<(), CliError> {
+    let config = Config::load(config_path).map_err(CliError::invalid)?;
+    crate::logging::init(config.log.format);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(CliError::other)?;
+    rt.block_on(async {
+        let server = Server::bind(&config).await?;
+        server.run(crate::server::shutdown_signal()).await;
+        Ok(())
+    })
+}
+
+/// `certgate check`: validates the config and every file it names and prints the effective
+/// settings with a certificate summary.
+///
+/// # Errors
+/// Exit 2 with every problem listed.
+pub fn check(config_path: &Path) -> Result<String, CliError> {
+    let config = Config::load(config_path).map_err(CliError::invalid)?;
+    crate::tls::server_config(&config.tls).map_err(CliError::invalid)?;
+    Ok(summary(&config))
+}
+
+fn fmt_time(t: OffsetDateTime) -> String {
+    let now = OffsetDateTime::now_utc();
+    let days = (t - now).whole_days();
+    let when = if t < now {
+        "EXPIRED".to_string()
+    } else {
+        format!("in {days} days")
+    };
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC ({when})",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
+/// The effective configuration, as `certgate check` prints it.
+pub fn summary(c: &Config) -> String {
+    let mut s = String::new();
+    let w = &mut s;
+    let _ = writeln!(w, "configuration {} is valid\n", c.path.display());
+    let _ = writeln!(w, "[listen]");
+    let _ = writeln!(w, "https            = {}", c.listen.https);
+    let _ = writeln!(
+        w,
+        "http_redirect    = {}",
+        c.listen
+            .http_redirect
+            .map_or("(off)".to_string(), |a| a.to_string())
+    );
+    let _ = writeln!(
+        w,
+        "shutdown_timeout = {}",
+        humantime::format_duration(c.listen.shutdown_timeout)
+    );
+    let _ = writeln!(w, "\n[tls]");
+    let _ = writeln!(w, "cert              = {}", c.tls.cert_path.display());
+    if let Some(Ok((_, leaf))) = c.tls.cert_chain.first().map(|d| parse_x509_certificate(d)) {
+        let _ = writeln!(
+            w,
+            "  subject         {}",
+            crate::identity::format_dn(leaf.subject())
+        );
+        let sans: Vec<String> = leaf
+            .subject_alternative_name()
+            .ok()
+            .flatten()
+            .map(|ext| {
+                ext.value
+                    .general_names
+                    .iter()
+                    .map(|n| n.to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let _ = writeln!(w, "  SANs            {}", sans.join(", "));
+        let _ = writeln!(
+            w,
+            "  not after       {}",
+            fmt_time(leaf.validity().not_after.to_datetime())
+        );
+        let _ = writeln!(
+            w,
+            "  chain           {} certificate(s)",
+            c.tls.cert_chain.len()
+        );
+    }
+    let _ = writeln!(w, "key               = {}", c.tls.key_path.display());
+    let _ = writeln!(w, "client_ca         = {}", c.tls.client_ca_path.display());
+    let mut ca_subjects = Vec::new();
+    for der in &c.tls.client_cas {
+        if let Ok((_, ca)) = parse_x509_certificate(der) {
+            let subject = crate::identity::format_dn(ca.subject());
+            let _ = writeln!(
+                w,
+                "  CA              {subject} (not after {})",
+                fmt_time(ca.validity().not_after.to_datetime())
+            );
+            ca_subjects.push(subject);
+        }
+    }
+    let mut crl_issuers = Vec::new();
+    for (path, der) in c.tls.crl_paths.iter().zip(&c.tls.crls) {
+        let _ = writeln!(w, "crl               = {}", path.display());
+        if let Ok((_, crl)) = parse_x509_crl(der) {
+            let issuer = crate::identity::format_dn(crl.issuer());
+            let next = crl
+                .next_update()
+                .map_or("(none)".to_string(), |t| fmt_time(t.to_datetime()));
+            let _ = writeln!(
+                w,
+                "  issuer {issuer}, {} revoked, next update {next}",
+                crl.iter_revoked_certificates().count()
+            );
+            crl_issuers.push(issuer);
+        }
+    }
+    if c.tls.crls.is_empty() {
+        let _ = writeln!(w, "crl               = (none: revocation is not checked)");
+    }
+    let _ = writeln!(
+        w,
+        "client_auth       = {}",
+        match c.tls.client_auth {
+            ClientAuth::Required => "required",
+            ClientAuth::Optional => "optional",
+        }
+    );
+    let _ = writeln!(
+        w,
+        "min_version       = {}",
+        match c.tls.min_version {
+            TlsVersion::Tls12 => "1.2",
+            TlsVersion::Tls13 => "1.3",
+        }
+    );
+    let _ = writeln!(
+        w,
+        "handshake_timeout = {}",
+        humantime::format_duration(c.tls.handshake_timeout)
+    );
+    let _ = writeln!(w, "\n[upstream]");
+    let _ = writeln!(w, "url                  = {}", c.upstream.url);
+    let _ = writeln!(
+        w,
+        "max_idle_connections = {}",
+        c.upstream.max_idle_connections
+    );
+    for (k, d) in [
+        ("connect_timeout     ", c.upstream.connect_timeout),
+        ("response_timeout    ", c.upstream.response_timeout),
+        ("idle_timeout        ", c.upstream.idle_timeout),
+    ] {
+        let _ = writeln!(w, "{k} = {}", humantime::format_duration(d));
+    }
+    let _ = writeln!(w, "\n[headers]");
+    for (k, v) in [
+        ("verify     ", &c.headers.verify),
+        ("subject_dn ", &c.headers.subject_dn),
+        ("issuer_dn  ", &c.headers.issuer_dn),
+        ("cert       ", &c.headers.cert),
+        ("serial     ", &c.headers.serial),
+        ("fingerprint", &c.headers.fingerprint),
+    ] {
+        let _ = writeln!(w, "{k} = {}", v.as_ref().map_or("(off)", |h| h.as_str()));
+    }
+    let _ = writeln!(
+        w,
+        "\n[[route]] (first match wins; unmatched paths are allowed)"
+    );
+    for (i, r) in c.routes.iter().enumerate() {
+        let _ = writeln!(
+            w,
+            "  {i:>2}  {:<5} {}",
+            format!("{:?}", r.action).to_lowercase(),
+            r.path
+        );
+    }
+    let _ = writeln!(w, "\n[log]");
+    let _ = writeln!(w, "format = {:?}", c.log.format);
+    let _ = writeln!(w, "access = {}", c.log.access);
+    // Warnings: things that are valid but probably not meant.
+    if !crl_issuers.is_empty() {
+        for ca in &ca_subjects {
+            if !crl_issuers.contains(ca) {
+                let _ = writeln!(
+                    w,
+                    "\nwarning: client CA {ca} has no CRL configured; its clients are not revocation-checked"
+                );
+            }
+        }
+    }
+    s
+}

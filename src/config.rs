@@ -1,0 +1,868 @@
+//! The config file, in two stages: a raw serde mirror of the TOML (unknown keys rejected, every
+//! value that needs checking kept with its position), then [`Config`], the validated runtime
+//! form with parsed addresses, loaded certificates and compiled routes. Nothing downstream sees a
+//! raw string.
+//!
+//! Validation does not stop at the first problem: every problem found is collected, each naming
+//! the file, the key, the line and column, and what to do, so `certgate check` can list them all.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::HeaderName;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::routes::{Action, Route, RouteError};
+
+/// Where `certgate run` and `check` look when neither `-c` nor `$CERTGATE_CONFIG` is given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/certgate/certgate.toml";
+
+/// Long enough for a model inference to finish after SIGTERM, short enough for systemd's
+/// default 90 s stop timeout.
+const DEFAULT_SHUTDOWN_TIMEOUT: &str = "30s";
+/// nginx's `ssl_handshake_timeout` default is 60 s; 10 s is plenty for a real client and limits
+/// what a slow-loris costs before it has proven anything.
+const DEFAULT_HANDSHAKE_TIMEOUT: &str = "10s";
+/// The usual place of a Gradio app.
+const DEFAULT_UPSTREAM_URL: &str = "http://127.0.0.1:7860";
+/// nginx `keepalive 32` in the classic guide.
+const DEFAULT_MAX_IDLE: usize = 32;
+/// nginx's `proxy_connect_timeout` default.
+const DEFAULT_CONNECT_TIMEOUT: &str = "30s";
+/// nginx's `proxy_read_timeout` default; a model that takes longer should stream.
+const DEFAULT_RESPONSE_TIMEOUT: &str = "60s";
+/// nginx's `proxy_read_timeout` applies between reads too; Gradio's SSE heartbeat is 15 s.
+const DEFAULT_IDLE_TIMEOUT: &str = "60s";
+
+/// Everything that can go wrong loading a config. Callers branch on it for the exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file itself could not be read.
+    #[error("{}: cannot read config file: {source}", path.display())]
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file was read but is not a valid config; every problem found is listed.
+    #[error("{}", ProblemList(.0))]
+    Invalid(Vec<Problem>),
+}
+
+struct ProblemList<'a>(&'a [Problem]);
+
+impl fmt::Display for ProblemList<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.len();
+        write!(
+            f,
+            "{n} problem{} in the configuration",
+            if n == 1 { "" } else { "s" }
+        )?;
+        for p in self.0 {
+            write!(f, "\n  {p}")?;
+        }
+        Ok(())
+    }
+}
+
+/// One thing wrong with the configuration, with where it is.
+#[derive(Debug, Clone)]
+pub struct Problem {
+    /// The config file.
+    pub file: PathBuf,
+    /// Line and column (1-based) of the offending value in the config file, when known.
+    pub at: Option<(usize, usize)>,
+    /// The dotted key, e.g. `tls.cert` or `route[2].path`.
+    pub key: String,
+    /// What is wrong and, where it helps, what to do.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some((line, col)) = self.at {
+            write!(f, ":{line}:{col}")?;
+        }
+        if self.key.is_empty() {
+            write!(f, ": {}", self.message)
+        } else {
+            write!(f, ": {}: {}", self.key, self.message)
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stage 1: the raw file.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: RawListen,
+    tls: RawTls,
+    #[serde(default)]
+    upstream: RawUpstream,
+    #[serde(default)]
+    headers: RawHeaders,
+    #[serde(default, rename = "route")]
+    routes: Vec<RawRoute>,
+    #[serde(default)]
+    log: RawLog,
+}
+
+/// `[listen]`
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListen {
+    /// Address of the HTTPS listener. Required.
+    https: Spanned<String>,
+    /// Optional plain-HTTP listener that only redirects to HTTPS.
+    http_redirect: Option<Spanned<String>>,
+    /// How long requests in flight may take to finish after SIGTERM/SIGINT.
+    shutdown_timeout: Option<Spanned<String>>,
+}
+
+/// `[tls]`
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    /// Server certificate chain, PEM, leaf first. Required.
+    cert: Spanned<String>,
+    /// Server private key, PEM (PKCS#8, PKCS#1 or SEC1). Required.
+    key: Spanned<String>,
+    /// PEM bundle of the CAs whose client certificates are accepted. Required.
+    client_ca: Spanned<String>,
+    /// CRLs, PEM or DER.
+    #[serde(default)]
+    crl: Vec<Spanned<String>>,
+    /// Whether a client certificate is required.
+    #[serde(default)]
+    client_auth: ClientAuth,
+    /// Lowest TLS version accepted: "1.2" or "1.3".
+    min_version: Option<Spanned<String>>,
+    /// Longest time a TLS handshake may take.
+    handshake_timeout: Option<Spanned<String>>,
+}
+
+/// `[upstream]`
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    /// The backend's base URL.
+    url: Option<Spanned<String>>,
+    /// Pooled keep-alive connections kept per backend.
+    max_idle_connections: Option<usize>,
+    /// Longest wait for a TCP connection to the backend.
+    connect_timeout: Option<Spanned<String>>,
+    /// Longest wait for the backend's response headers.
+    response_timeout: Option<Spanned<String>>,
+    /// Longest silence inside a streaming body.
+    idle_timeout: Option<Spanned<String>>,
+}
+
+/// `[headers]`: names of the injected identity headers; "" turns one off.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawHeaders {
+    verify: Option<Spanned<String>>,
+    subject_dn: Option<Spanned<String>>,
+    issuer_dn: Option<Spanned<String>>,
+    cert: Option<Spanned<String>>,
+    serial: Option<Spanned<String>>,
+    fingerprint: Option<Spanned<String>>,
+}
+
+/// `[[route]]`
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    /// Segment prefix on the normalized path.
+    path: Spanned<String>,
+    /// What to do with a match.
+    action: Action,
+}
+
+/// `[log]`
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    #[serde(default)]
+    format: LogFormat,
+    access: Option<bool>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stage 2: the validated runtime config.
+
+/// Whether clients must present a certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    /// No certificate, no handshake (nginx `ssl_verify_client on`).
+    #[default]
+    Required,
+    /// A client may come without a certificate; an invalid one is still refused.
+    Optional,
+}
+
+/// Lowest accepted TLS version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVersion {
+    /// TLS 1.2 and 1.3.
+    Tls12,
+    /// TLS 1.3 only.
+    Tls13,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable key=value lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    /// The file it was loaded from.
+    pub path: PathBuf,
+    /// `[listen]`
+    pub listen: Listen,
+    /// `[tls]`, with every file loaded.
+    pub tls: Tls,
+    /// `[upstream]`
+    pub upstream: Upstream,
+    /// `[headers]`
+    pub headers: HeaderNames,
+    /// `[[route]]`, compiled, in file order.
+    pub routes: Vec<Route>,
+    /// `[log]`
+    pub log: Log,
+}
+
+/// `[listen]`, validated.
+#[derive(Debug, Clone)]
+pub struct Listen {
+    /// HTTPS listener address.
+    pub https: SocketAddr,
+    /// Plain-HTTP redirect listener address.
+    pub http_redirect: Option<SocketAddr>,
+    /// Grace period for requests in flight at shutdown.
+    pub shutdown_timeout: Duration,
+}
+
+/// `[tls]`, validated, with the certificates, key and CRLs loaded.
+#[derive(Debug)]
+pub struct Tls {
+    /// Where the server chain came from.
+    pub cert_path: PathBuf,
+    /// Where the key came from.
+    pub key_path: PathBuf,
+    /// Where the client CA bundle came from.
+    pub client_ca_path: PathBuf,
+    /// Where each CRL came from, in the same order as `crls`.
+    pub crl_paths: Vec<PathBuf>,
+    /// Server chain, leaf first.
+    pub cert_chain: Vec<CertificateDer<'static>>,
+    /// Server private key.
+    pub key: PrivateKeyDer<'static>,
+    /// Accepted client CAs.
+    pub client_cas: Vec<CertificateDer<'static>>,
+    /// CRLs, DER.
+    pub crls: Vec<CertificateRevocationListDer<'static>>,
+    /// Required or optional client certificates.
+    pub client_auth: ClientAuth,
+    /// Lowest TLS version.
+    pub min_version: TlsVersion,
+    /// Longest handshake.
+    pub handshake_timeout: Duration,
+}
+
+/// `[upstream]`, validated.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// `scheme://host:port` of the backend, as given.
+    pub url: String,
+    /// The backend's authority (`host:port`), used to build request URIs.
+    pub authority: http::uri::Authority,
+    /// Pool size.
+    pub max_idle_connections: usize,
+    /// TCP connect limit.
+    pub connect_timeout: Duration,
+    /// Response-header limit.
+    pub response_timeout: Duration,
+    /// Longest silence inside a body.
+    pub idle_timeout: Duration,
+}
+
+/// Names of the identity headers the proxy injects; `None` when turned off.
+#[derive(Debug, Clone)]
+pub struct HeaderNames {
+    /// `X-SSL-Client-Verify`
+    pub verify: Option<HeaderName>,
+    /// `X-SSL-Client-DN`
+    pub subject_dn: Option<HeaderName>,
+    /// `X-SSL-Client-I-DN`
+    pub issuer_dn: Option<HeaderName>,
+    /// `X-SSL-Client-Cert`
+    pub cert: Option<HeaderName>,
+    /// `X-SSL-Client-Serial`
+    pub serial: Option<HeaderName>,
+    /// `X-SSL-Client-Fingerprint`
+    pub fingerprint: Option<HeaderName>,
+}
+
+impl Default for HeaderNames {
+    fn default() -> Self {
+        Self {
+            verify: Some(HeaderName::from_static("x-ssl-client-verify")),
+            subject_dn: Some(HeaderName::from_static("x-ssl-client-dn")),
+            issuer_dn: Some(HeaderName::from_static("x-ssl-client-i-dn")),
+            cert: Some(HeaderName::from_static("x-ssl-client-cert")),
+            serial: Some(HeaderName::from_static("x-ssl-client-serial")),
+            fingerprint: Some(HeaderName::from_static("x-ssl-client-fingerprint")),
+        }
+    }
+}
+
+impl HeaderNames {
+    /// Every configured name, for stripping from client requests.
+    pub fn all(&self) -> impl Iterator<Item = &HeaderName> {
+        [
+            &self.verify,
+            &self.subject_dn,
+            &self.issuer_dn,
+            &self.cert,
+            &self.serial,
+            &self.fingerprint,
+        ]
+        .into_iter()
+        .flatten()
+    }
+}
+
+/// `[log]`, validated.
+#[derive(Debug, Clone, Copy)]
+pub struct Log {
+    /// Text or JSON.
+    pub format: LogFormat,
+    /// One line per request.
+    pub access: bool,
+}
+
+impl Config {
+    /// Reads, parses and validates the config file and every file it names.
+    ///
+    /// # Errors
+    /// [`ConfigError::Read`] when the file cannot be read, [`ConfigError::Invalid`] with every
+    /// problem found otherwise.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_str(&text, path)
+    }
+
+    /// Parses and validates config text that was read from `path` (used for messages and to
+    /// resolve relative paths).
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] with every problem found.
+    pub fn from_str(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let mut v = Validator {
+            file: path.to_path_buf(),
+            text,
+            base: path
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| PathBuf::from(".")),
+            problems: Vec::new(),
+        };
+        let raw: RawConfig = match toml::from_str(text) {
+            Ok(raw) => raw,
+            Err(e) => {
+                let at = e.span().map(|s| v.line_col(s.start));
+                v.problems.push(Problem {
+                    file: v.file.clone(),
+                    at,
+                    key: String::new(),
+                    message: e.message().trim().to_string(),
+                });
+                return Err(ConfigError::Invalid(v.problems));
+            }
+        };
+        let config = v.validate(raw);
+        match config {
+            Some(c) if v.problems.is_empty() => Ok(c),
+            _ => Err(ConfigError::Invalid(v.problems)),
+        }
+    }
+}
+
+struct Validator<'a> {
+    file: PathBuf,
+    text: &'a str,
+    base: PathBuf,
+    problems: Vec<Problem>,
+}
+
+impl Validator<'_> {
+    fn line_col(&self, offset: usize) -> (usize, usize) {
+        let before = &self.text[..offset.min(self.text.len())];
+        let line = before.matches('\n').count() + 1;
+        let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        (line, col)
+    }
+
+    fn problem(&mut self, key: &str, span: Option<Range<usize>>, message: impl Into<String>) {
+        let at = span.map(|s| self.line_col(s.start));
+        self.problems.push(Problem {
+            file: self.file.clone(),
+            at,
+            key: key.to_string(),
+            message: message.into(),
+        });
+    }
+
+    fn duration(&mut self, key: &str, value: Option<&Spanned<String>>, default: &str) -> Duration {
+        let Some(value) = value else {
+            // Defaults are constants that parse; a failure here is a bug caught by the tests.
+            return humantime::parse_duration(default).unwrap_or(Duration::from_secs(30));
+        };
+        match humantime::parse_duration(value.get_ref().trim()) {
+            Ok(d) if !d.is_zero() => d,
+            Ok(_) => {
+                self.problem(key, Some(value.span()), "must be longer than zero");
+                Duration::from_secs(1)
+            }
+            Err(e) => {
+                self.problem(
+                    key,
+                    Some(value.span()),
+                    format!(
+                        "invalid duration {:?} ({e}); write it like \"500ms\", \"30s\" or \"5m\"",
+                        value.get_ref()
+                    ),
+                );
+                Duration::from_secs(1)
+            }
+        }
+    }
+
+    fn addr(&mut self, key: &str, value: &Spanned<String>) -> Option<SocketAddr> {
+        match value.get_ref().trim().parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.problem(
+                    key,
+                    Some(value.span()),
+                    format!(
+                        "invalid address {:?}; write IP:PORT like \"0.0.0.0:443\" or \"[::]:443\"",
+                        value.get_ref()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn path(&self, value: &Spanned<String>) -> PathBuf {
+        let p = Path::new(value.get_ref());
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base.join(p)
+        }
+    }
+
+    fn read_file(&mut self, key: &str, value: &Spanned<String>) -> Option<(PathBuf, Vec<u8>)> {
+        let path = self.path(value);
+        match std::fs::read(&path) {
+            Ok(bytes) => Some((path, bytes)),
+            Err(e) => {
+                self.problem(
+                    key,
+                    Some(value.span()),
+                    format!("{}: cannot read: {e}", path.display()),
+                );
+                None
+            }
+        }
+    }
+
+    fn certs(
+        &mut self,
+        key: &str,
+        value: &Spanned<String>,
+    ) -> Option<(PathBuf, Vec<CertificateDer<'static>>)> {
+        let (path, bytes) = self.read_file(key, value)?;
+        let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(&bytes).collect();
+        let msg = match certs {
+            Ok(c) if c.is_empty() => {
+                "no PEM certificate (-----BEGIN CERTIFICATE-----) found".into()
+            }
+            Ok(c) => match c.iter().enumerate().find_map(|(i, der)| {
+                x509_parser::parse_x509_certificate(der)
+                    .err()
+                    .map(|e| format!("certificate #{} is not valid X.509: {e}", i + 1))
+            }) {
+                None => return Some((path, c)),
+                Some(m) => m,
+            },
+            Err(e) => format!("not a valid PEM certificate file: {e}"),
+        };
+        self.problem(
+            key,
+            Some(value.span()),
+            format!("{}: {msg}", path.display()),
+        );
+        None
+    }
+
+    fn validate(&mut self, raw: RawConfig) -> Option<Config> {
+        // [listen]
+        let https = self.addr("listen.https", &raw.listen.https);
+        let http_redirect = raw
+            .listen
+            .http_redirect
+            .as_ref()
+            .and_then(|v| self.addr("listen.http_redirect", v));
+        let shutdown_timeout = self.duration(
+            "listen.shutdown_timeout",
+            raw.listen.shutdown_timeout.as_ref(),
+            DEFAULT_SHUTDOWN_TIMEOUT,
+        );
+
+        // [tls]
+        let tls = self.tls(&raw.tls);
+
+        // [upstream]
+        let upstream = self.upstream(&raw.upstream);
+
+        // [headers]
+        let headers = self.headers(&raw.headers);
+
+        // [[route]]
+        let mut routes = Vec::new();
+        for (i, r) in raw.routes.iter().enumerate() {
+            match Route::new(r.path.get_ref(), r.action) {
+                Ok(route) => routes.push(route),
+                Err(e @ RouteError::Invalid { .. }) => self.problem(
+                    &format!("route[{i}].path"),
+                    Some(r.path.span()),
+                    e.to_string(),
+                ),
+            }
+        }
+
+        let log = Log {
+            format: raw.log.format,
+            access: raw.log.access.unwrap_or(true),
+        };
+
+        Some(Config {
+            path: self.file.clone(),
+            listen: Listen {
+                https: https?,
+                http_redirect,
+                shutdown_timeout,
+            },
+            tls: tls?,
+            upstream: upstream?,
+            headers,
+            routes,
+            log,
+        })
+    }
+
+    fn tls(&mut self, raw: &RawTls) -> Option<Tls> {
+        let chain = self.certs("tls.cert", &raw.cert);
+        let key = self
+            .read_file("tls.key", &raw.key)
+            .and_then(
+                |(path, bytes)| match PrivateKeyDer::from_pem_slice(&bytes) {
+                    Ok(k) => Some((path, k)),
+                    Err(e) => {
+                        self.problem(
+                            "tls.key",
+                            Some(raw.key.span()),
+                            format!(
+                                "{}: no usable private key (PEM PKCS#8, PKCS#1 or SEC1): {e}",
+                                path.display()
+                            ),
+                        );
+                        None
+                    }
+                },
+            );
+        if let (Some((cert_path, chain)), Some((key_path, key))) = (&chain, &key) {
+            if let Err(e) = crate::tls::check_key_matches(chain, key) {
+                self.problem(
+                    "tls.key",
+                    Some(raw.key.span()),
+                    format!(
+                        "{}: {e} (certificate {})",
+                        key_path.display(),
+                        cert_path.display()
+                    ),
+                );
+            }
+        }
+        let cas = self.certs("tls.client_ca", &raw.client_ca);
+        if let Some((path, cas)) = &cas {
+            for (i, der) in cas.iter().enumerate() {
+                if let Ok((_, c)) = x509_parser::parse_x509_certificate(der) {
+                    if !c.is_ca() {
+                        self.problem(
+                            "tls.client_ca",
+                            Some(raw.client_ca.span()),
+                            format!(
+                                "{}: certificate #{} ({}) is not a CA certificate (basicConstraints CA:TRUE)",
+                                path.display(),
+                                i + 1,
+                                c.subject()
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+        let mut crls = Vec::new();
+        let mut crl_paths = Vec::new();
+        for v in &raw.crl {
+            let Some((path, bytes)) = self.read_file("tls.crl", v) else {
+                continue;
+            };
+            let parsed: Result<Vec<CertificateRevocationListDer<'static>>, _> =
+                CertificateRevocationListDer::pem_slice_iter(&bytes).collect();
+            let ders = match parsed {
+                Ok(pems) if !pems.is_empty() => pems,
+                // No PEM section at all: the file may be DER.
+                Ok(_) | Err(rustls_pki_types::pem::Error::NoItemsFound) => {
+                    vec![CertificateRevocationListDer::from(bytes)]
+                }
+                Err(e) => {
+                    self.problem(
+                        "tls.crl",
+                        Some(v.span()),
+                        format!("{}: not a valid PEM CRL: {e}", path.display()),
+                    );
+                    continue;
+                }
+            };
+            for der in ders {
+                if let Err(e) = x509_parser::parse_x509_crl(&der) {
+                    self.problem(
+                        "tls.crl",
+                        Some(v.span()),
+                        format!("{}: not a CRL (PEM or DER): {e}", path.display()),
+                    );
+                    continue;
+                }
+                crls.push(der);
+                crl_paths.push(path.clone());
+            }
+        }
+        let min_version = match raw.min_version.as_ref().map(|v| (v, v.get_ref().trim())) {
+            None | Some((_, "1.2")) => TlsVersion::Tls12,
+            Some((_, "1.3")) => TlsVersion::Tls13,
+            Some((v, other)) => {
+                self.problem(
+                    "tls.min_version",
+                    Some(v.span()),
+                    format!("unsupported TLS version {other:?}; use \"1.2\" or \"1.3\""),
+                );
+                TlsVersion::Tls12
+            }
+        };
+        let handshake_timeout = self.duration(
+            "tls.handshake_timeout",
+            raw.handshake_timeout.as_ref(),
+            DEFAULT_HANDSHAKE_TIMEOUT,
+        );
+        let (cert_path, cert_chain) = chain?;
+        let (key_path, key) = key?;
+        let (client_ca_path, client_cas) = cas?;
+        Some(Tls {
+            cert_path,
+            key_path,
+            client_ca_path,
+            crl_paths,
+            cert_chain,
+            key,
+            client_cas,
+            crls,
+            client_auth: raw.client_auth,
+            min_version,
+            handshake_timeout,
+        })
+    }
+
+    fn upstream(&mut self, raw: &RawUpstream) -> Option<Upstream> {
+        let default_url = Spanned::new(0..0, DEFAULT_UPSTREAM_URL.to_string());
+        let url = raw.url.as_ref().unwrap_or(&default_url);
+        let span = raw.url.as_ref().map(Spanned::span);
+        let authority = match url.get_ref().trim().parse::<http::Uri>() {
+            Ok(u) if u.scheme_str() != Some("http") => {
+                self.problem(
+                    "upstream.url",
+                    span,
+                    format!(
+                        "{:?}: only plain http:// backends are supported (the backend sits on loopback or a private network)",
+                        url.get_ref()
+                    ),
+                );
+                None
+            }
+            Ok(u) if !matches!(u.path(), "" | "/") || u.query().is_some() => {
+                self.problem(
+                    "upstream.url",
+                    span,
+                    format!(
+                        "{:?}: give only scheme, host and port, like \"http://127.0.0.1:7860\"; the request path is forwarded as it is",
+                        url.get_ref()
+                    ),
+                );
+                None
+            }
+            Ok(u) => u.authority().cloned(),
+            Err(e) => {
+                self.problem(
+                    "upstream.url",
+                    span,
+                    format!("{:?} is not a URL: {e}", url.get_ref()),
+                );
+                None
+            }
+        };
+        let max_idle_connections = raw.max_idle_connections.unwrap_or(DEFAULT_MAX_IDLE);
+        let connect_timeout = self.duration(
+            "upstream.connect_timeout",
+            raw.connect_timeout.as_ref(),
+            DEFAULT_CONNECT_TIMEOUT,
+        );
+        let response_timeout = self.duration(
+            "upstream.response_timeout",
+            raw.response_timeout.as_ref(),
+            DEFAULT_RESPONSE_TIMEOUT,
+        );
+        let idle_timeout = self.duration(
+            "upstream.idle_timeout",
+            raw.idle_timeout.as_ref(),
+            DEFAULT_IDLE_TIMEOUT,
+        );
+        Some(Upstream {
+            url: url.get_ref().trim().to_string(),
+            authority: authority?,
+            max_idle_connections,
+            connect_timeout,
+            response_timeout,
+            idle_timeout,
+        })
+    }
+
+    fn headers(&mut self, raw: &RawHeaders) -> HeaderNames {
+        let defaults = HeaderNames::default();
+        let mut one = |key: &str, v: &Option<Spanned<String>>, default: Option<HeaderName>| {
+            let Some(v) = v else { return default };
+            let name = v.get_ref().trim();
+            if name.is_empty() {
+                return None;
+            }
+            match HeaderName::from_bytes(name.as_bytes()) {
+                Ok(h) => Some(h),
+                Err(_) => {
+                    self.problem(
+                        key,
+                        Some(v.span()),
+                        format!("{name:?} is not a valid header name"),
+                    );
+                    None
+                }
+            }
+        };
+        HeaderNames {
+            verify: one("headers.verify", &raw.verify, defaults.verify),
+            subject_dn: one("headers.subject_dn", &raw.subject_dn, defaults.subject_dn),
+            issuer_dn: one("headers.issuer_dn", &raw.issuer_dn, defaults.issuer_dn),
+            cert: one("headers.cert", &raw.cert, defaults.cert),
+            serial: one("headers.serial", &raw.serial, defaults.serial),
+            fingerprint: one(
+                "headers.fingerprint",
+                &raw.fingerprint,
+                defaults.fingerprint,
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(text: &str) -> Vec<Problem> {
+        match Config::from_str(text, Path::new("/nonexistent/certgate.toml")) {
+            Err(ConfigError::Invalid(p)) => p,
+            other => panic!("expected problems, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_column() {
+        let p = problems(
+            "[listen]\nhttps = \"127.0.0.1:8443\"\nhttpz = 1\n[tls]\ncert=\"a\"\nkey=\"b\"\nclient_ca=\"c\"\n",
+        );
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].at, Some((3, 1)));
+        assert!(p[0].message.contains("httpz"), "{}", p[0].message);
+    }
+
+    #[test]
+    fn every_problem_is_listed_not_just_the_first() {
+        let p = problems(
+            "[listen]\nhttps = \"nope\"\nshutdown_timeout = \"soon\"\n[tls]\ncert=\"a.crt\"\nkey=\"b.key\"\nclient_ca=\"c.crt\"\nhandshake_timeout=\"10 parsecs\"\n",
+        );
+        let keys: Vec<_> = p.iter().map(|p| p.key.as_str()).collect();
+        for k in [
+            "listen.https",
+            "listen.shutdown_timeout",
+            "tls.cert",
+            "tls.key",
+            "tls.client_ca",
+            "tls.handshake_timeout",
+        ] {
+            assert!(keys.contains(&k), "{k} missing from {keys:?}");
+        }
+        let dur = p
+            .iter()
+            .find(|p| p.key == "listen.shutdown_timeout")
+            .unwrap();
+        assert_eq!(dur.at, Some((3, 20)));
+    }
+
+    #[test]
+    fn default_durations_parse() {
+        for d in [
+            DEFAULT_SHUTDOWN_TIMEOUT,
+            DEFAULT_HANDSHAKE_TIMEOUT,
+            DEFAULT_CONNECT_TIMEOUT,
+            DEFAULT_RESPONSE_TIMEOUT,
+            DEFAULT_IDLE_TIMEOUT,
+        ] {
+            assert!(humantime::parse_duration(d).is_ok(), "{d}");
+        }
+    }
+}

@@ -1,0 +1,317 @@
+//! Forwarding a request that passed the policy to the backend: header hygiene (hop-by-hop
+//! removal, stripping everything a client could use to lie about itself, then injecting the
+//! proxy's own values), the pooled HTTP/1.1 client, streaming in both directions, WebSocket
+//! upgrades, and the mapping of backend failures to 502 / 504.
+
+use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{
+    HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri, Version, header,
+};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
+use crate::body::ProxyBody;
+use crate::config::{HeaderNames, Upstream};
+use crate::identity::{ClientIdentity, IdentityHeaders};
+use crate::reply::Reject;
+
+/// uvicorn (Gradio) closes idle keep-alive connections after 5 s; closing ours first means the
+/// pool never hands out a connection the backend is about to close.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// Headers that describe the client and that only the proxy may set, besides the configured
+/// identity header names. Compared after folding `_` to `-`, because some backends (WSGI, PHP)
+/// read `X_SSL_Client_DN` and `X-SSL-Client-DN` as the same variable.
+const SPOOFABLE: &[&str] = &[
+    "x-real-ip",
+    "forwarded",
+    "client-cert",
+    "client-cert-chain",
+    "x-gradio-server",
+];
+
+/// Prefixes of spoofable header families: every `X-Forwarded-*` (the proxy is the first hop, so
+/// any such header from the client is invented), every `Ssl-Client-*`, and every
+/// `X-SSL-Client-*` even when its injection is turned off in `[headers]`.
+const SPOOFABLE_PREFIXES: &[&str] = &["x-forwarded-", "ssl-client-", "x-ssl-client-"];
+
+/// Per-connection facts the forwarder needs, computed once after the handshake.
+#[derive(Debug)]
+pub struct ConnInfo {
+    /// The client's address, IPv4-mapped IPv6 folded to IPv4.
+    pub peer: SocketAddr,
+    /// The client's IP as a header value.
+    pub peer_ip: HeaderValue,
+    /// The verified client identity, if a certificate was presented.
+    pub identity: Option<Arc<ClientIdentity>>,
+    /// Identity headers, rendered once.
+    pub identity_headers: IdentityHeaders,
+}
+
+/// The pooled client and what it needs to rewrite requests.
+#[derive(Debug)]
+pub struct Forwarder {
+    client: Client<HttpConnector, Incoming>,
+    authority: Authority,
+    response_timeout: Duration,
+    idle_timeout: Duration,
+    identity_names: Vec<String>,
+}
+
+impl Forwarder {
+    /// A forwarder for one backend.
+    pub fn new(upstream: &Upstream, names: &HeaderNames) -> Forwarder {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(upstream.connect_timeout));
+        connector.set_nodelay(true);
+        connector.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_max_idle_per_host(upstream.max_idle_connections)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(connector);
+        Forwarder {
+            client,
+            authority: upstream.authority.clone(),
+            response_timeout: upstream.response_timeout,
+            idle_timeout: upstream.idle_timeout,
+            identity_names: names.all().map(|n| n.as_str().replace('_', "-")).collect(),
+        }
+    }
+
+    /// Sends `req` to the backend at `path` and returns the backend's response, streamed.
+    ///
+    /// # Errors
+    /// A [`Reject`] (502 / 504) when the backend cannot be reached or does not answer in time.
+    pub async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        path: PathAndQuery,
+        conn: &ConnInfo,
+    ) -> Result<Response<ProxyBody>, Reject> {
+        // The Host the client used: the Host header for HTTP/1, :authority for HTTP/2.
+        let host = match req.version() {
+            Version::HTTP_2 | Version::HTTP_3 => req
+                .uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+            _ => req.headers().get(header::HOST).cloned(),
+        };
+        let websocket = is_websocket_upgrade(&req);
+        let headers = req.headers_mut();
+        remove_hop_by_hop(headers, websocket);
+        self.strip_spoofable(headers);
+        headers.insert(HeaderName::from_static("x-real-ip"), conn.peer_ip.clone());
+        headers.insert(
+            HeaderName::from_static("x-forwarded-for"),
+            conn.peer_ip.clone(),
+        );
+        headers.insert(
+            HeaderName::from_static("x-forwarded-proto"),
+            HeaderValue::from_static("https"),
+        );
+        match host {
+            Some(host) => {
+                headers.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
+                headers.insert(header::HOST, host);
+            }
+            None => {
+                headers.remove(header::HOST);
+            }
+        }
+        for (name, value) in conn.identity_headers.iter() {
+            headers.insert(name.clone(), value.clone());
+        }
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(Scheme::HTTP);
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query = Some(path);
+        *req.uri_mut() = Uri::from_parts(parts)
+            .map_err(|e| Reject::bad_request(format!("cannot build the backend URI: {e}")))?;
+        *req.version_mut() = Version::HTTP_11;
+
+        let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
+
+        let resp = match tokio::time::timeout(self.response_timeout, self.client.request(req)).await
+        {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(e)) => return Err(self.upstream_error(&e, conn)),
+            Err(_) => {
+                tracing::warn!(
+                    peer = %conn.peer,
+                    upstream = %self.authority,
+                    timeout = ?self.response_timeout,
+                    "backend did not answer in time"
+                );
+                return Err(Reject::gateway_timeout(format!(
+                    "The backend did not send a response within {}; try again later.",
+                    humantime::format_duration(self.response_timeout)
+                )));
+            }
+        };
+
+        let (mut parts, body) = resp.into_parts();
+        parts.version = Version::HTTP_11;
+        if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) =
+            (client_upgrade, parts.status)
+        {
+            let mut upstream_resp = Response::from_parts(parts.clone(), body);
+            let upstream_upgrade = hyper::upgrade::on(&mut upstream_resp);
+            let peer = conn.peer;
+            tokio::spawn(async move {
+                match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                    Ok((client, upstream)) => {
+                        let mut client = TokioIo::new(client);
+                        let mut upstream = TokioIo::new(upstream);
+                        if let Err(e) =
+                            tokio::io::copy_bidirectional(&mut client, &mut upstream).await
+                        {
+                            tracing::debug!(%peer, error = %e, "websocket tunnel ended");
+                        }
+                    }
+                    Err(e) => tracing::warn!(%peer, error = %e, "websocket upgrade failed"),
+                }
+            });
+            return Ok(Response::from_parts(parts, ProxyBody::empty()));
+        }
+        remove_hop_by_hop(&mut parts.headers, false);
+        Ok(Response::from_parts(
+            parts,
+            ProxyBody::stream(body, self.idle_timeout),
+        ))
+    }
+
+    fn upstream_error(&self, e: &hyper_util::client::legacy::Error, conn: &ConnInfo) -> Reject {
+        let cause = std::error::Error::source(e)
+            .map(ToString::to_string)
+            .unwrap_or_else(|| e.to_string());
+        tracing::warn!(
+            peer = %conn.peer,
+            upstream = %self.authority,
+            error = %cause,
+            connect = e.is_connect(),
+            "backend request failed"
+        );
+        if e.is_connect() {
+            Reject::bad_gateway(format!(
+                "certgate cannot connect to the backend at {} ({cause}); check that it is running.",
+                self.authority
+            ))
+        } else {
+            Reject::bad_gateway(
+                "The backend closed the connection or sent an invalid response.".to_string(),
+            )
+        }
+    }
+
+    /// Removes every header the client could use to lie about itself (spec §4).
+    fn strip_spoofable(&self, headers: &mut HeaderMap) {
+        let doomed: Vec<HeaderName> = headers
+            .keys()
+            .filter(|name| {
+                let n = name.as_str();
+                let n: Cow<'_, str> = if n.contains('_') {
+                    Cow::Owned(n.replace('_', "-"))
+                } else {
+                    Cow::Borrowed(n)
+                };
+                SPOOFABLE.contains(&n.as_ref())
+                    || SPOOFABLE_PREFIXES.iter().any(|p| n.starts_with(p))
+                    || self.identity_names.iter().any(|c| c == n.as_ref())
+            })
+            .cloned()
+            .collect();
+        for name in doomed {
+            headers.remove(name);
+        }
+    }
+}
+
+/// HTTP/1.1 `Connection: upgrade` + `Upgrade: websocket`.
+fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && has_token(req.headers(), &header::CONNECTION, "upgrade")
+        && has_token(req.headers(), &header::UPGRADE, "websocket")
+}
+
+fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Removes hop-by-hop headers and every header named in `Connection`; for a WebSocket upgrade
+/// keeps `Upgrade` and sends `Connection: upgrade` on.
+fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        if !(keep_upgrade && name == header::UPGRADE) {
+            headers.remove(name);
+        }
+    }
+    for name in [
+        header::CONNECTION,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+    ] {
+        headers.remove(name);
+    }
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_listed_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, X-Secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        remove_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn websocket_keeps_upgrade() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        remove_hop_by_hop(&mut h, true);
+        assert_eq!(h[header::CONNECTION], "upgrade");
+        assert_eq!(h[header::UPGRADE], "websocket");
+    }
+}

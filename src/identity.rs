@@ -1,0 +1,344 @@
+//! The client's identity, from its verified certificate, and the headers that carry it.
+//!
+//! Parsed once per connection, right after the handshake, into a [`ClientIdentity`] whose header
+//! values are rendered once and shared by every request on the connection. The DN strings are
+//! byte for byte what nginx puts in `$ssl_client_s_dn` / `$ssl_client_i_dn` (OpenSSL's
+//! `X509_NAME_print_ex` with `XN_FLAG_RFC2253`), so a backend written against nginx sees no
+//! difference.
+
+use std::fmt::Write as _;
+
+use http::{HeaderName, HeaderValue};
+use percent_encoding::{AsciiSet, CONTROLS};
+use x509_parser::asn1_rs::{Any, FromDer as _, ToDer as _};
+use x509_parser::certificate::X509Certificate;
+use x509_parser::x509::X509Name;
+
+use crate::config::HeaderNames;
+
+/// A certificate that passed verification could not be read back. Should not happen: rustls
+/// parsed it already.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot parse the client certificate: {0}")]
+pub struct IdentityError(String);
+
+/// Who the client is, as proven by its certificate.
+#[derive(Debug, Clone)]
+pub struct ClientIdentity {
+    /// Subject DN, RFC 2253, as nginx `$ssl_client_s_dn`.
+    pub subject_dn: String,
+    /// Issuer DN, RFC 2253, as nginx `$ssl_client_i_dn`.
+    pub issuer_dn: String,
+    /// Serial number, upper-case hex, as nginx `$ssl_client_serial`.
+    pub serial: String,
+    /// SHA-256 of the DER certificate, lower-case hex.
+    pub fingerprint: String,
+    /// The leaf as URL-encoded PEM, as nginx `$ssl_client_escaped_cert`.
+    pub escaped_pem: String,
+}
+
+impl ClientIdentity {
+    /// Reads the identity from a DER certificate.
+    ///
+    /// # Errors
+    /// [`IdentityError`] when the DER does not parse.
+    pub fn from_der(der: &[u8]) -> Result<ClientIdentity, IdentityError> {
+        let (_, cert) = X509Certificate::from_der(der).map_err(|e| IdentityError(e.to_string()))?;
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
+        let pem = pem::encode_config(
+            &pem::Pem::new("CERTIFICATE", der.to_vec()),
+            pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+        );
+        Ok(ClientIdentity {
+            subject_dn: format_dn(cert.subject()),
+            issuer_dn: format_dn(cert.issuer()),
+            serial: serial_hex(cert.raw_serial()),
+            fingerprint: hex_lower(digest.as_ref()),
+            escaped_pem: percent_encoding::utf8_percent_encode(&pem, NGINX_URI_COMPONENT)
+                .to_string(),
+        })
+    }
+}
+
+/// The identity headers for one connection, rendered once.
+#[derive(Debug, Clone, Default)]
+pub struct IdentityHeaders(Vec<(HeaderName, HeaderValue)>);
+
+impl IdentityHeaders {
+    /// Renders the configured headers for a client with or without a certificate. Without one
+    /// only the verify header is set (`NONE`), so a backend can tell the two apart.
+    pub fn render(names: &HeaderNames, id: Option<&ClientIdentity>) -> IdentityHeaders {
+        let mut out = Vec::with_capacity(6);
+        let mut push = |name: &Option<HeaderName>, value: &str| {
+            if let (Some(name), Ok(v)) = (name, HeaderValue::from_str(value)) {
+                out.push((name.clone(), v));
+            }
+        };
+        match id {
+            None => push(&names.verify, "NONE"),
+            Some(id) => {
+                push(&names.verify, "SUCCESS");
+                push(&names.subject_dn, &id.subject_dn);
+                push(&names.issuer_dn, &id.issuer_dn);
+                push(&names.cert, &id.escaped_pem);
+                push(&names.serial, &id.serial);
+                push(&names.fingerprint, &id.fingerprint);
+            }
+        }
+        IdentityHeaders(out)
+    }
+
+    /// The headers, in a fixed order.
+    pub fn iter(&self) -> impl Iterator<Item = &(HeaderName, HeaderValue)> {
+        self.0.iter()
+    }
+}
+
+/// nginx's `NGX_ESCAPE_URI_COMPONENT` table: what `$ssl_client_escaped_cert` escapes.
+const NGINX_URI_COMPONENT: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'$')
+    .add(b'%')
+    .add(b'&')
+    .add(b'+')
+    .add(b',')
+    .add(b'/')
+    .add(b':')
+    .add(b';')
+    .add(b'<')
+    .add(b'=')
+    .add(b'>')
+    .add(b'?')
+    .add(b'@')
+    .add(b'[')
+    .add(b'\\')
+    .add(b']')
+    .add(b'^')
+    .add(b'`')
+    .add(b'{')
+    .add(b'|')
+    .add(b'}');
+
+fn hex_lower(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// OpenSSL prints the INTEGER's magnitude: the DER sign byte in front of a high bit is dropped.
+fn serial_hex(raw: &[u8]) -> String {
+    let raw = match raw {
+        [0, rest @ ..] if !rest.is_empty() => rest,
+        other => other,
+    };
+    let mut s = String::with_capacity(raw.len() * 2);
+    for b in raw {
+        let _ = write!(s, "{b:02X}");
+    }
+    s
+}
+
+/// OpenSSL's short names (`OBJ_nid2sn`) for the attribute types that appear in DNs.
+fn short_name(oid: &str) -> Option<&'static str> {
+    Some(match oid {
+        "2.5.4.3" => "CN",
+        "2.5.4.4" => "SN",
+        "2.5.4.5" => "serialNumber",
+        "2.5.4.6" => "C",
+        "2.5.4.7" => "L",
+        "2.5.4.8" => "ST",
+        "2.5.4.9" => "street",
+        "2.5.4.10" => "O",
+        "2.5.4.11" => "OU",
+        "2.5.4.12" => "title",
+        "2.5.4.13" => "description",
+        "2.5.4.15" => "businessCategory",
+        "2.5.4.16" => "postalAddress",
+        "2.5.4.17" => "postalCode",
+        "2.5.4.18" => "postOfficeBox",
+        "2.5.4.20" => "telephoneNumber",
+        "2.5.4.41" => "name",
+        "2.5.4.42" => "GN",
+        "2.5.4.43" => "initials",
+        "2.5.4.44" => "generationQualifier",
+        "2.5.4.45" => "x500UniqueIdentifier",
+        "2.5.4.46" => "dnQualifier",
+        "2.5.4.65" => "pseudonym",
+        "2.5.4.72" => "role",
+        "2.5.4.97" => "organizationIdentifier",
+        "1.2.840.113549.1.9.1" => "emailAddress",
+        "1.2.840.113549.1.9.2" => "unstructuredName",
+        "0.9.2342.19200300.100.1.1" => "UID",
+        "0.9.2342.19200300.100.1.25" => "DC",
+        "1.3.6.1.4.1.311.60.2.1.1" => "jurisdictionL",
+        "1.3.6.1.4.1.311.60.2.1.2" => "jurisdictionST",
+        "1.3.6.1.4.1.311.60.2.1.3" => "jurisdictionC",
+        _ => return None,
+    })
+}
+
+/// Formats a name exactly as OpenSSL's `X509_NAME_print_ex(.., XN_FLAG_RFC2253)`: entries in
+/// reverse order (multi-valued RDN members too), `,` between RDNs and `+` inside one, short
+/// names, unknown types as a dotted OID with the value dumped as `#` + DER hex, and
+/// `ASN1_STRFLGS_RFC2253` escaping of the values.
+pub fn format_dn(name: &X509Name<'_>) -> String {
+    let mut out = String::new();
+    let rdns: Vec<_> = name.iter().collect();
+    for (i, rdn) in rdns.iter().rev().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let attrs: Vec<_> = rdn.iter().collect();
+        for (j, attr) in attrs.iter().rev().enumerate() {
+            if j > 0 {
+                out.push('+');
+            }
+            let oid = attr.attr_type().to_id_string();
+            match short_name(&oid) {
+                Some(sn) => {
+                    out.push_str(sn);
+                    out.push('=');
+                    format_value(attr.attr_value(), &mut out);
+                }
+                None => {
+                    out.push_str(&oid);
+                    out.push('=');
+                    dump_der(attr.attr_value(), &mut out);
+                }
+            }
+        }
+    }
+    out
+}
+
+fn dump_der(value: &Any<'_>, out: &mut String) {
+    out.push('#');
+    let der = value.to_der_vec().unwrap_or_default();
+    for b in der {
+        let _ = write!(out, "{b:02X}");
+    }
+}
+
+fn format_value(value: &Any<'_>, out: &mut String) {
+    let data: &[u8] = value.data.as_ref();
+    let tag = value.tag().0;
+    // OpenSSL's tag2nbyte: bytes per character, or dump for types it does not print.
+    match tag {
+        // UTF8String: printed byte by byte, so non-ASCII comes out as \XX escapes.
+        12 => escape_chars(data.iter().map(|&b| u32::from(b)), false, out),
+        // NumericString, PrintableString, T61String, IA5String, VisibleString, times:
+        // one byte per character, converted to UTF-8 (so Latin-1 bytes become two escapes).
+        18 | 19 | 20 | 22 | 23 | 24 | 26 => {
+            escape_chars(data.iter().map(|&b| u32::from(b)), true, out)
+        }
+        // BMPString: UCS-2 big-endian.
+        30 if data.len() % 2 == 0 => escape_chars(
+            data.chunks_exact(2)
+                .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]]))),
+            true,
+            out,
+        ),
+        // UniversalString: UCS-4 big-endian.
+        28 if data.len() % 4 == 0 => escape_chars(
+            data.chunks_exact(4)
+                .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]])),
+            true,
+            out,
+        ),
+        _ => dump_der(value, out),
+    }
+}
+
+/// OpenSSL's `do_buf` + `do_esc_char` with `ASN1_STRFLGS_RFC2253`.
+fn escape_chars(chars: impl ExactSizeIterator<Item = u32>, to_utf8: bool, out: &mut String) {
+    let n = chars.len();
+    for (i, c) in chars.enumerate() {
+        // OpenSSL sets "first" then overwrites it with "last", so a one-character value is only
+        // "last": a lone `#` is not escaped, a lone space is.
+        let (first, last) = if i + 1 == n {
+            (false, true)
+        } else {
+            (i == 0, false)
+        };
+        if to_utf8 && c > 0x7f {
+            let mut buf = [0u8; 4];
+            match char::from_u32(c) {
+                Some(ch) => {
+                    for b in ch.encode_utf8(&mut buf).bytes() {
+                        let _ = write!(out, "\\{b:02X}");
+                    }
+                }
+                None => {
+                    let _ = write!(out, "\\U{c:04X}");
+                }
+            }
+            continue;
+        }
+        // In the byte-wise (UTF8String) case every value is a byte.
+        let b = c as u8;
+        match b {
+            0x80..=0xff => {
+                let _ = write!(out, "\\{b:02X}");
+            }
+            b',' | b'+' | b'"' | b'\\' | b'<' | b'>' | b';' => {
+                out.push('\\');
+                out.push(b as char);
+            }
+            b'#' if first => out.push_str("\\#"),
+            b' ' if first || last => out.push_str("\\ "),
+            0..=0x1f | 0x7f => {
+                let _ = write!(out, "\\{b:02X}");
+            }
+            _ => out.push(b as char),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn esc(s: &str) -> String {
+        let mut out = String::new();
+        escape_chars(s.bytes().map(u32::from), false, &mut out);
+        out
+    }
+
+    #[test]
+    fn escapes_rfc2253_specials() {
+        assert_eq!(esc("a,b+c\"d\\e<f>g;h"), "a\\,b\\+c\\\"d\\\\e\\<f\\>g\\;h");
+        assert_eq!(esc("#x"), "\\#x");
+        assert_eq!(esc("x#"), "x#");
+        assert_eq!(esc(" x "), "\\ x\\ ");
+        assert_eq!(esc("#"), "#");
+        assert_eq!(esc(" "), "\\ ");
+        assert_eq!(esc("a=b"), "a=b");
+    }
+
+    #[test]
+    fn escapes_utf8_bytes_as_hex() {
+        assert_eq!(esc("张"), "\\E5\\BC\\A0");
+        assert_eq!(esc("a\u{1}b"), "a\\01b");
+    }
+
+    #[test]
+    fn serial_drops_sign_byte() {
+        assert_eq!(serial_hex(&[0x00, 0x9a, 0x01]), "9A01");
+        assert_eq!(serial_hex(&[0x00]), "00");
+        assert_eq!(serial_hex(&[0x0a]), "0A");
+    }
+
+    #[test]
+    fn escaped_pem_matches_nginx_table() {
+        let s = percent_encoding::utf8_percent_encode(
+            "-----BEGIN CERTIFICATE-----\nab+/=\n",
+            NGINX_URI_COMPONENT,
+        )
+        .to_string();
+        assert_eq!(s, "-----BEGIN%20CERTIFICATE-----%0Aab%2B%2F%3D%0A");
+    }
+}

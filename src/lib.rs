@@ -1,0 +1,35 @@
+//! certgate: a mutual-TLS reverse proxy for AI WebUIs and APIs.
+//!
+//! It terminates TLS, admits only clients whose certificate chains to the operator's private
+//! CA, closes internal paths, tells the backend exactly who the client is, and streams
+//! everything else to a backend on loopback. Data flows one way through the modules:
+//!
+//! - [`config`]: the TOML file → a validated [`config::Config`] (addresses, certificates, routes).
+//! - [`tls`]: the rustls server config, the client-certificate verifier with CRLs, and the
+//!   reasons a handshake fails.
+//! - [`identity`]: the peer certificate → [`identity::ClientIdentity`], DNs formatted as nginx.
+//! - [`server`]: listeners, handshakes with a timeout, connection tasks, graceful shutdown, the
+//!   HTTP→HTTPS redirect listener.
+//! - [`policy`] and [`routes`]: request form, path normalization, path rules.
+//! - [`forward`]: header hygiene, the pooled backend client, streaming, WebSocket upgrades.
+//! - [`body`]: the response body type (streamed with an idle timeout).
+//! - [`reply`]: certgate's own JSON error responses.
+//! - [`access_log`]: one line per request.
+//! - [`logging`]: text or JSON logs on stderr.
+//! - [`pki`]: the private CA (certificates, CRLs, PKCS#12), used by `demo` and the tests.
+//! - [`commands`] and [`demo`]: the `run`, `check` and `demo` subcommands.
+
+pub mod access_log;
+pub mod body;
+pub mod commands;
+pub mod config;
+pub mod demo;
+pub mod forward;
+pub mod identity;
+pub mod logging;
+pub mod pki;
+pub mod policy;
+pub mod reply;
+pub mod routes;
+pub mod server;
+pub mod tls;

@@ -1,0 +1,56 @@
+//! The `certgate` binary: parses the command line and calls into the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use certgate::commands::{self, CliError};
+use certgate::config::DEFAULT_CONFIG_PATH;
+
+/// A mutual-TLS reverse proxy for AI WebUIs and APIs.
+#[derive(Parser)]
+#[command(name = "certgate", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy until SIGTERM or SIGINT.
+    Run {
+        /// The config file.
+        #[arg(short, long, env = "CERTGATE_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+    /// Validate the config and every file it names; print the effective settings.
+    /// Exit 0 when valid, 2 when not.
+    Check {
+        /// The config file.
+        #[arg(short, long, env = "CERTGATE_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+    /// One-command quickstart: demo PKI, echo backend, proxy on 127.0.0.1:8443.
+    Demo {
+        /// Where the demo PKI lives (created if missing).
+        #[arg(long, default_value = "certs-example")]
+        dir: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run { config } => commands::run(&config),
+        Command::Check { config } => commands::check(&config).map(|summary| print!("{summary}")),
+        Command::Demo { dir } => certgate::demo::run(&dir),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(CliError { code, error }) => {
+            eprintln!("certgate: {error:#}");
+            ExitCode::from(code)
+        }
+    }
+}
