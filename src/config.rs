@@ -608,25 +608,26 @@ impl Validator<'_> {
                     }
                 },
             );
-        if let (Some((cert_path, chain)), Some((key_path, key))) = (&chain, &key) {
-            if let Err(e) = crate::tls::check_key_matches(chain, key) {
-                self.problem(
-                    "tls.key",
-                    Some(raw.key.span()),
-                    format!(
-                        "{}: {e} (certificate {})",
-                        key_path.display(),
-                        cert_path.display()
-                    ),
-                );
-            }
+        if let (Some((cert_path, chain)), Some((key_path, key))) = (&chain, &key)
+            && let Err(e) = crate::tls::check_key_matches(chain, key)
+        {
+            self.problem(
+                "tls.key",
+                Some(raw.key.span()),
+                format!(
+                    "{}: {e} (certificate {})",
+                    key_path.display(),
+                    cert_path.display()
+                ),
+            );
         }
         let cas = self.certs("tls.client_ca", &raw.client_ca);
         if let Some((path, cas)) = &cas {
             for (i, der) in cas.iter().enumerate() {
-                if let Ok((_, c)) = x509_parser::parse_x509_certificate(der) {
-                    if !c.is_ca() {
-                        self.problem(
+                if let Ok((_, c)) = x509_parser::parse_x509_certificate(der)
+                    && !c.is_ca()
+                {
+                    self.problem(
                             "tls.client_ca",
                             Some(raw.client_ca.span()),
                             format!(
@@ -636,7 +637,6 @@ impl Validator<'_> {
                                 c.subject()
                             ),
                         );
-                    }
                 }
             }
         }

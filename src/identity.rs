@@ -224,7 +224,7 @@ fn dump_der(value: &Any<'_>, out: &mut String) {
 }
 
 fn format_value(value: &Any<'_>, out: &mut String) {
-    let data: &[u8] = value.data.as_ref();
+    let data: &[u8] = value.data;
     let tag = value.tag().0;
     // OpenSSL's tag2nbyte: bytes per character, or dump for types it does not print.
     match tag {
@@ -236,14 +236,14 @@ fn format_value(value: &Any<'_>, out: &mut String) {
             escape_chars(data.iter().map(|&b| u32::from(b)), true, out)
         }
         // BMPString: UCS-2 big-endian.
-        30 if data.len() % 2 == 0 => escape_chars(
+        30 if data.len().is_multiple_of(2) => escape_chars(
             data.chunks_exact(2)
                 .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]]))),
             true,
             out,
         ),
         // UniversalString: UCS-4 big-endian.
-        28 if data.len() % 4 == 0 => escape_chars(
+        28 if data.len().is_multiple_of(4) => escape_chars(
             data.chunks_exact(4)
                 .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]])),
             true,

@@ -28,16 +28,16 @@ pub fn check<B>(req: &Request<B>, routes: &[Route]) -> Result<PathAndQuery, Reje
     }
     let path = routes::normalize(req.uri().path())
         .map_err(|e| Reject::bad_request(format!("Bad request path: {e}.")))?;
-    if let Some((i, route)) = routes::first_match(routes, &path) {
-        if route.action == Action::Deny {
-            return Err(Reject::forbidden(
-                format!(
-                    "Access to this path is denied by the proxy's route {:?}.",
-                    route.path
-                ),
-                format!("route[{i}] deny {}", route.path),
-            ));
-        }
+    if let Some((i, route)) = routes::first_match(routes, &path)
+        && route.action == Action::Deny
+    {
+        return Err(Reject::forbidden(
+            format!(
+                "Access to this path is denied by the proxy's route {:?}.",
+                route.path
+            ),
+            format!("route[{i}] deny {}", route.path),
+        ));
     }
     let pq = match req.uri().query() {
         Some(q) => format!("{}?{q}", path.as_str()),

@@ -12,11 +12,14 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
+use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
-use rustls::server::danger::ClientCertVerifier;
+use rustls::pki_types::UnixTime;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{CertificateError, RootCertStore, ServerConfig};
+use rustls::{DigitallySignedStruct, DistinguishedName, OtherError, SignatureScheme};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::{ClientAuth, TlsVersion};
@@ -101,14 +104,84 @@ pub fn client_verifier(tls: &crate::config::Tls) -> Result<Arc<dyn ClientCertVer
     if tls.client_auth == ClientAuth::Optional {
         builder = builder.allow_unauthenticated();
     }
-    builder.build().map_err(|e| {
+    let inner = builder.build().map_err(|e| {
         let mut paths = vec![tls.client_ca_path.clone()];
         paths.extend(tls.crl_paths.iter().cloned());
         TlsError::Verifier {
             paths,
             reason: e.to_string(),
         }
-    })
+    })?;
+    Ok(Arc::new(ClientVerifier { inner }))
+}
+
+/// The certificate names one of our CAs as issuer but was signed by another key: a CA that
+/// copies our CA's name.
+#[derive(Debug, thiserror::Error)]
+#[error("signed by a key other than that of the configured CA with this issuer name")]
+pub struct ForgedIssuer;
+
+/// webpki's verifier, with one refinement for the logs: webpki reports both "the chain's
+/// signature does not verify" (an impostor CA with our CA's name) and "the client cannot prove
+/// it holds the key" as `BadSignature`. The first is an unknown issuer to an operator, so it is
+/// reported as [`ForgedIssuer`]; the second stays "bad signature".
+#[derive(Debug)]
+struct ClientVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+}
+
+impl ClientCertVerifier for ClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.inner
+            .verify_client_cert(end_entity, intermediates, now)
+            .map_err(|e| match e {
+                rustls::Error::InvalidCertificate(CertificateError::BadSignature) => {
+                    rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(
+                        Arc::new(ForgedIssuer),
+                    )))
+                }
+                e => e,
+            })
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
 
 /// Builds the server configuration.
@@ -171,6 +244,9 @@ pub fn failure_reason(err: &io::Error) -> &'static str {
             CertificateError::ExpiredRevocationList
             | CertificateError::ExpiredRevocationListContext { .. } => "expired CRL",
             CertificateError::UnhandledCriticalExtension => "unhandled critical extension",
+            CertificateError::Other(o) if o.0.downcast_ref::<ForgedIssuer>().is_some() => {
+                "unknown issuer"
+            }
             _ => "invalid certificate",
         },
         rustls::Error::AlertReceived(_) => "alert from client",

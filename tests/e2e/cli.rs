@@ -1,0 +1,412 @@
+//! The real binary: `check` and its exit codes, `run` with a busy address, graceful shutdown on
+//! SIGTERM with a request in flight, JSON logs, and `demo` as the README tells a new user to run it.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+use crate::common::*;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+fn certgate() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_certgate"));
+    c.kill_on_drop(true)
+        .stdin(Stdio::null())
+        .env_remove("CERTGATE_CONFIG")
+        .env_remove("RUST_LOG");
+    c
+}
+
+/// A config file in its own folder whose paths point into the test PKI.
+fn write_config(name: &str, body: &str) -> PathBuf {
+    let dir = scratch_dir(name);
+    let path = dir.join("certgate.toml");
+    std::fs::write(&path, body).unwrap();
+    path
+}
+
+fn pki_file(f: &str) -> String {
+    test_pki().dir.join(f).display().to_string()
+}
+
+fn full_config(listen: &str, backend: &str, extra: &str) -> String {
+    format!(
+        r#"[listen]
+https = "{listen}"
+shutdown_timeout = "20s"
+
+[tls]
+cert = "{}"
+key = "{}"
+client_ca = "{}"
+crl = ["{}"]
+
+[upstream]
+url = "http://{backend}"
+
+[[route]]
+path = "/gradio_api/info"
+action = "deny"
+{extra}
+"#,
+        pki_file("server.crt"),
+        pki_file("server.key"),
+        pki_file("ca-bundle.crt"),
+        pki_file("ca.crl"),
+    )
+}
+
+async fn check(path: &Path) -> (i32, String, String) {
+    let out = certgate()
+        .arg("check")
+        .arg("-c")
+        .arg(path)
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `check` on a valid config: exit 0 and a summary of the effective settings and certificates.
+#[tokio::test]
+async fn check_prints_effective_config_and_certificates() {
+    let path = write_config(
+        "check-ok",
+        &full_config("127.0.0.1:8443", "127.0.0.1:7860", ""),
+    );
+    let (code, out, err) = check(&path).await;
+    assert_eq!(code, 0, "{err}");
+    for want in [
+        "is valid",
+        "https            = 127.0.0.1:8443",
+        "subject         CN=localhost",
+        "DNSName(localhost)",
+        "CA              CN=certgate test CA",
+        "issuer CN=certgate test CA, 1 revoked, next update",
+        "client_auth       = required",
+        "handshake_timeout = 10s",
+        "idle_timeout         = 1m",
+        "subject_dn  = x-ssl-client-dn",
+        "deny  /gradio_api/info",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
+    }
+}
+
+/// Every problem is reported together, each with the file, key, line and column; exit 2.
+#[tokio::test]
+async fn check_lists_every_problem_with_file_line_and_column() {
+    let dir = scratch_dir("check-bad");
+    std::fs::write(
+        dir.join("garbage.pem"),
+        "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("empty.pem"), "").unwrap();
+    std::fs::write(dir.join("bad.crl"), "this is not a CRL").unwrap();
+    let config = format!(
+        r#"[listen]
+https = "127.0.0.1:8443"
+shutdown_timeout = "thirty seconds"
+
+[tls]
+cert = "garbage.pem"
+key = "{}"
+client_ca = "empty.pem"
+crl = ["bad.crl", "missing.crl"]
+
+[upstream]
+url = "https://127.0.0.1:7860"
+"#,
+        pki_file("server.key")
+    );
+    let path = dir.join("certgate.toml");
+    std::fs::write(&path, config).unwrap();
+    let (code, _, err) = check(&path).await;
+    assert_eq!(code, 2, "{err}");
+    let p = path.display().to_string();
+    for want in [
+        format!("{p}:3:20: listen.shutdown_timeout: invalid duration"),
+        format!("{p}:6:8: tls.cert: {}", dir.join("garbage.pem").display()),
+        format!(
+            "{p}:8:13: tls.client_ca: {}: no PEM certificate",
+            dir.join("empty.pem").display()
+        ),
+        format!(
+            "{p}:9:8: tls.crl: {}: not a CRL",
+            dir.join("bad.crl").display()
+        ),
+        format!(
+            "{p}:9:19: tls.crl: {}: cannot read",
+            dir.join("missing.crl").display()
+        ),
+        format!("{p}:12:7: upstream.url"),
+    ] {
+        assert!(err.contains(&want), "missing {want:?} in:\n{err}");
+    }
+    assert!(err.contains("6 problems"), "{err}");
+}
+
+/// A key that belongs to another certificate, and an unknown key in the file.
+#[tokio::test]
+async fn check_refuses_mismatched_key_and_unknown_keys() {
+    let mismatched = full_config("127.0.0.1:8443", "127.0.0.1:7860", "")
+        .replace(&pki_file("server.key"), &pki_file("alice.key"));
+    let (code, _, err) = check(&write_config("check-key", &mismatched)).await;
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("tls.key") && err.contains("does not match"),
+        "{err}"
+    );
+
+    let unknown = full_config("127.0.0.1:8443", "127.0.0.1:7860", "")
+        .replace("[upstream]\n", "[upstream]\nurll = \"x\"\n");
+    let path = write_config("check-unknown", &unknown);
+    let (code, _, err) = check(&path).await;
+    assert_eq!(code, 2);
+    assert!(
+        err.contains(&format!("{}:12:1", path.display())) && err.contains("unknown field `urll`"),
+        "{err}"
+    );
+
+    let (code, _, err) = check(Path::new("/nonexistent/certgate.toml")).await;
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("/nonexistent/certgate.toml: cannot read"),
+        "{err}"
+    );
+}
+
+/// Listen address in use: exit 1 naming the address.
+#[tokio::test]
+async fn run_with_address_in_use_exits_1() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    let path = write_config("busy", &full_config(&addr, "127.0.0.1:7860", ""));
+    let out = tokio::time::timeout(LIMIT, certgate().arg("run").arg("-c").arg(&path).output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
+}
+
+/// A running daemon with its stderr lines forwarded to a channel.
+struct Daemon {
+    child: Child,
+    lines: mpsc::UnboundedReceiver<String>,
+    addr: std::net::SocketAddr,
+}
+
+impl Daemon {
+    async fn start(config: &Path) -> Daemon {
+        let mut child = certgate()
+            .arg("run")
+            .arg("-c")
+            .arg(config)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let (tx, lines) = mpsc::unbounded_channel();
+        let mut reader = BufReader::new(child.stderr.take().unwrap()).lines();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = reader.next_line().await {
+                let _ = tx.send(line);
+            }
+        });
+        let mut d = Daemon {
+            child,
+            lines,
+            addr: "0.0.0.0:0".parse().unwrap(),
+        };
+        let line = d.wait_line("certgate listening").await;
+        let at = line
+            .find("127.0.0.1:")
+            .expect("address in the listening line");
+        let addr: String = line[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+            .collect();
+        d.addr = addr.parse().unwrap();
+        d
+    }
+
+    async fn wait_line(&mut self, needle: &str) -> String {
+        tokio::time::timeout(LIMIT, async {
+            loop {
+                let line = self
+                    .lines
+                    .recv()
+                    .await
+                    .unwrap_or_else(|| panic!("daemon exited before {needle:?}"));
+                if line.contains(needle) {
+                    return line;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no {needle:?} within {LIMIT:?}"))
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.id().unwrap().to_string();
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+}
+
+/// SIGTERM with a slow request in flight: the listener closes at once, the request completes,
+/// then the process exits 0.
+#[tokio::test]
+async fn sigterm_lets_the_request_in_flight_finish() {
+    let backend = Backend::start().await;
+    let path = write_config(
+        "sigterm",
+        &full_config("127.0.0.1:0", &backend.addr.to_string(), ""),
+    );
+    let mut d = Daemon::start(&path).await;
+    let mut send = h1(d.addr, alice()).await;
+    let slow = tokio::spawn(async move { get1(&mut send, "/slow", &[]).await });
+    backend.arrived().await;
+    d.signal("-TERM");
+    d.wait_line("shutting down").await;
+    assert!(
+        tokio::net::TcpStream::connect(d.addr).await.is_err(),
+        "still accepting after SIGTERM"
+    );
+    backend.release();
+    let got = tokio::time::timeout(LIMIT, slow).await.unwrap().unwrap();
+    assert_eq!(got.status, 200);
+    assert_eq!(got.body, "slow done");
+    let status = tokio::time::timeout(LIMIT, d.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+/// `[log] format = "json"`: every stderr line is a JSON object; the access line has the fields
+/// of spec §7, and a refused handshake has the peer and the reason.
+#[tokio::test]
+async fn json_logs_have_access_and_handshake_fields() {
+    let backend = Backend::start().await;
+    let path = write_config(
+        "json-log",
+        &full_config(
+            "127.0.0.1:0",
+            &backend.addr.to_string(),
+            "\n[log]\nformat = \"json\"\n",
+        ),
+    );
+    let mut d = Daemon::start(&path).await;
+    assert_eq!(get_once(d.addr, alice(), "/logged?q=1").await.status, 200);
+    let access = d.wait_line("certgate::access").await;
+    let v: serde_json::Value = serde_json::from_str(&access).unwrap();
+    assert_eq!(v["method"], "GET");
+    assert_eq!(v["path"], "/logged");
+    assert_eq!(v["status"], 200);
+    assert_eq!(v["verify"], "SUCCESS");
+    assert_eq!(
+        v["dn"],
+        "CN=admin@face.analyze,OU=Admin,O=FaceAnalysis,L=Beijing,ST=Beijing,C=CN"
+    );
+    assert_eq!(v["bytes"], "backend saw /logged?q=1".len());
+    assert!(v["client"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert!(v["duration_ms"].is_number() && v["timestamp"].is_string());
+
+    assert_refused(d.addr, client_config(None, &["http/1.1"])).await;
+    let refused = d.wait_line("TLS handshake failed").await;
+    let v: serde_json::Value = serde_json::from_str(&refused).unwrap();
+    assert_eq!(v["reason"], "no certificate");
+    assert!(v["peer"].as_str().unwrap().starts_with("127.0.0.1:"));
+    d.signal("-TERM");
+    assert_eq!(
+        tokio::time::timeout(LIMIT, d.child.wait())
+            .await
+            .unwrap()
+            .unwrap()
+            .code(),
+        Some(0)
+    );
+}
+
+/// `certgate demo` as the README runs it: PKI made, the printed curl with the certificate gets
+/// the echo with identity headers, the one without is refused, Ctrl-C exits 0.
+#[tokio::test]
+async fn demo_works_as_the_readme_says() {
+    let dir = scratch_dir("demo").join("certs");
+    let mut child = certgate()
+        .arg("demo")
+        .arg("--dir")
+        .arg(&dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut curls = Vec::new();
+    tokio::time::timeout(LIMIT, async {
+        while let Some(line) = out.next_line().await.unwrap() {
+            if line.trim_start().starts_with("curl ") {
+                curls.push(line.trim().to_string());
+            }
+            if line.contains("Press Ctrl-C") {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("demo did not start");
+    assert_eq!(curls.len(), 3, "{curls:?}");
+    let sh = |cmd: &str| {
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("{cmd} --max-time 20 -sS"))
+            .output()
+            .unwrap()
+    };
+    let with = sh(&curls[0]);
+    assert!(
+        with.status.success(),
+        "{}",
+        String::from_utf8_lossy(&with.stderr)
+    );
+    let echo: serde_json::Value = serde_json::from_slice(&with.stdout).unwrap();
+    assert_eq!(echo["headers"]["x-ssl-client-verify"], "SUCCESS");
+    assert_eq!(
+        echo["headers"]["x-ssl-client-dn"],
+        "CN=demo-user@certgate.local,OU=Demo,O=certgate demo,C=CN"
+    );
+    assert!(!sh(&curls[1]).status.success());
+    let denied = sh(&curls[2]);
+    assert!(String::from_utf8_lossy(&denied.stdout).contains("\"forbidden\""));
+    for f in ["ca.key", "server.key", "client.key", "client.p12"] {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join(f)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{f}");
+    }
+    let pid = child.id().unwrap().to_string();
+    std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap();
+    let status = tokio::time::timeout(LIMIT, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}

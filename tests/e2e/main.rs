@@ -1,0 +1,11 @@
+//! End-to-end tests: real TLS handshakes on 127.0.0.1 with a PKI made per run, a real backend
+//! that records what reached it, and real clients (rustls + hyper, curl, openssl). One crate, so
+//! the suite links once.
+
+mod common;
+
+mod cli;
+mod forwarding;
+mod identity;
+mod paths;
+mod tls;

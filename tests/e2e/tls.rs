@@ -1,0 +1,282 @@
+//! Client-certificate enforcement: who gets through the handshake, who does not, and what the
+//! log says about each refusal.
+
+use std::sync::Arc;
+
+use rustls::client::ResolvesClientCert;
+use rustls::sign::CertifiedKey;
+
+use crate::common::*;
+
+/// Starts a backend and a proxy, runs `client`, and asserts it was refused with `reason` in the
+/// log next to the client's address, and that nothing reached the backend.
+async fn assert_refused_with(cfg: Arc<rustls::ClientConfig>, reason: &str) {
+    let (logs, _guard) = LogCapture::start();
+    let backend = Backend::start().await;
+    let proxy = Proxy::start(backend.addr, "").await;
+    assert_refused(proxy.addr, cfg).await;
+    let line = logs
+        .wait_for(&["TLS handshake failed", &format!("reason=\"{reason}\"")])
+        .await;
+    assert!(line.contains("peer=127.0.0.1:"), "{line}");
+    assert!(
+        backend.seen().is_empty(),
+        "backend saw {:?}",
+        backend.seen()
+    );
+}
+
+/// A client with a certificate from the CA gets through and the backend sees it.
+#[tokio::test]
+async fn valid_client_certificate_is_accepted() {
+    let backend = Backend::start().await;
+    let proxy = Proxy::start(backend.addr, "").await;
+    let got = get_once(proxy.addr, alice(), "/hello").await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.body, "backend saw /hello");
+    assert_eq!(backend.only().headers["x-ssl-client-verify"], "SUCCESS");
+}
+
+/// No certificate: refused at the handshake, logged as "no certificate".
+#[tokio::test]
+async fn no_certificate_is_refused() {
+    assert_refused_with(client_config(None, &["http/1.1"]), "no certificate").await;
+}
+
+/// A certificate from another CA whose DN copies ours, with a subject copying a real client.
+#[tokio::test]
+async fn other_ca_with_copied_dn_is_refused() {
+    let pki = test_pki();
+    assert_refused_with(client_config(Some(&pki.impostor), &[]), "unknown issuer").await;
+}
+
+#[tokio::test]
+async fn expired_certificate_is_refused() {
+    assert_refused_with(client_config(Some(&test_pki().expired), &[]), "expired").await;
+}
+
+#[tokio::test]
+async fn not_yet_valid_certificate_is_refused() {
+    assert_refused_with(
+        client_config(Some(&test_pki().not_yet_valid), &[]),
+        "not yet valid",
+    )
+    .await;
+}
+
+/// A certificate listed in the configured CRL.
+#[tokio::test]
+async fn revoked_certificate_is_refused() {
+    assert_refused_with(client_config(Some(&test_pki().revoked), &[]), "revoked").await;
+}
+
+/// A serverAuth-only certificate from our own CA is not a client certificate.
+#[tokio::test]
+async fn server_only_certificate_is_refused_as_client() {
+    assert_refused_with(
+        client_config(Some(&test_pki().server_only), &[]),
+        "wrong key usage",
+    )
+    .await;
+}
+
+/// Presents alice's certificate with someone else's key: no proof of possession.
+#[derive(Debug)]
+struct StolenCert(Arc<CertifiedKey>);
+
+impl ResolvesClientCert for StolenCert {
+    fn resolve(&self, _: &[&[u8]], _: &[rustls::SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+#[tokio::test]
+async fn certificate_without_its_key_is_refused() {
+    let pki = test_pki();
+    let wrong_key = certgate::tls::provider()
+        .key_provider
+        .load_private_key(pki.revoked.key.clone_key())
+        .unwrap();
+    let stolen = CertifiedKey::new(pki.alice.chain.clone(), wrong_key);
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki.ca.cert.clone()).unwrap();
+    let cfg = rustls::ClientConfig::builder_with_provider(certgate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_cert_resolver(Arc::new(StolenCert(Arc::new(stolen))));
+    assert_refused_with(Arc::new(cfg), "bad signature").await;
+}
+
+/// A leaf issued by an intermediate is accepted when the client sends the intermediate, and
+/// refused when it does not.
+#[tokio::test]
+async fn intermediate_issued_client_is_accepted_with_its_chain() {
+    let pki = test_pki();
+    let backend = Backend::start().await;
+    let proxy = Proxy::start(backend.addr, "").await;
+    let got = get_once(
+        proxy.addr,
+        client_config(Some(&pki.inter_client), &[]),
+        "/x",
+    )
+    .await;
+    assert_eq!(got.status, 200);
+    let seen = backend.only();
+    assert_eq!(seen.headers["x-ssl-client-dn"], "CN=inter-client");
+    assert_eq!(
+        seen.headers["x-ssl-client-i-dn"],
+        "CN=certgate test intermediate"
+    );
+
+    let leaf_only = Identity {
+        chain: vec![pki.inter_client.chain[0].clone()],
+        key: pki.inter_client.key.clone_key(),
+    };
+    assert_refused(proxy.addr, client_config(Some(&leaf_only), &[])).await;
+}
+
+/// Resumption would skip the certificate and revocation checks: a client that caches sessions
+/// still gets a full handshake on its second connection, in TLS 1.3 and in TLS 1.2.
+#[tokio::test]
+async fn second_connection_does_a_full_handshake() {
+    let backend = Backend::start().await;
+    let proxy = Proxy::start(backend.addr, "").await;
+    for versions in [
+        &[&rustls::version::TLS13][..],
+        &[&rustls::version::TLS12][..],
+    ] {
+        let cfg = client_config_versions(Some(&test_pki().alice), &["http/1.1"], versions);
+        for round in 0..2 {
+            let mut send = {
+                let tls = tls_connect(proxy.addr, cfg.clone()).await.unwrap();
+                assert_eq!(
+                    tls.get_ref().1.handshake_kind(),
+                    Some(rustls::HandshakeKind::Full),
+                    "round {round} with {versions:?}"
+                );
+                let (send, conn) =
+                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                        .await
+                        .unwrap();
+                tokio::spawn(conn);
+                send
+            };
+            // A full exchange, so a TLS 1.3 ticket would have arrived if one were sent.
+            assert_eq!(get1(&mut send, "/", &[]).await.status, 200);
+        }
+    }
+}
+
+/// `client_auth = "optional"`: no certificate is let in with Verify NONE and no other identity
+/// header; an invalid certificate is still refused.
+#[tokio::test]
+async fn optional_mode_admits_anonymous_but_not_invalid() {
+    let backend = Backend::start().await;
+    let proxy =
+        Proxy::start_with(&test_config(backend.addr, "client_auth = \"optional\"", "")).await;
+    let got = get_once(proxy.addr, client_config(None, &["http/1.1"]), "/public").await;
+    assert_eq!(got.status, 200);
+    let seen = backend.only();
+    assert_eq!(seen.headers["x-ssl-client-verify"], "NONE");
+    for h in [
+        "x-ssl-client-dn",
+        "x-ssl-client-i-dn",
+        "x-ssl-client-cert",
+        "x-ssl-client-serial",
+        "x-ssl-client-fingerprint",
+    ] {
+        assert!(
+            !seen.headers.contains_key(h),
+            "{h} present without a certificate"
+        );
+    }
+    assert_refused(proxy.addr, client_config(Some(&test_pki().expired), &[])).await;
+    assert_refused(proxy.addr, client_config(Some(&test_pki().impostor), &[])).await;
+    assert_eq!(backend.seen().len(), 1);
+}
+
+/// `min_version = "1.3"` refuses a TLS 1.2-only client; the default accepts it.
+#[tokio::test]
+async fn min_version_13_refuses_tls12() {
+    let backend = Backend::start().await;
+    let proxy = Proxy::start_with(&test_config(backend.addr, "min_version = \"1.3\"", "")).await;
+    let tls12 = client_config_versions(Some(&test_pki().alice), &[], &[&rustls::version::TLS12]);
+    assert!(tls_connect(proxy.addr, tls12.clone()).await.is_err());
+    let default = Proxy::start(backend.addr, "").await;
+    assert_eq!(get_once(default.addr, tls12, "/").await.status, 200);
+}
+
+/// A client that connects and sends nothing is cut off after the handshake timeout and logged.
+#[tokio::test]
+async fn silent_client_hits_the_handshake_timeout() {
+    let (logs, _guard) = LogCapture::start();
+    let backend = Backend::start().await;
+    let proxy = Proxy::start_with(&test_config(
+        backend.addr,
+        "handshake_timeout = \"300ms\"",
+        "",
+    ))
+    .await;
+    let mut tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read(&mut tcp, &mut buf),
+    )
+    .await
+    .expect("server did not close the silent connection");
+    assert!(matches!(n, Ok(0) | Err(_)));
+    logs.wait_for(&["TLS handshake failed", "reason=\"timeout\""])
+        .await;
+}
+
+/// curl, a second TLS implementation (OpenSSL), with and without the client certificate.
+#[tokio::test]
+async fn curl_with_and_without_client_certificate() {
+    let pki = test_pki();
+    let backend = Backend::start().await;
+    let proxy = Proxy::start(backend.addr, "").await;
+    let url = format!("https://localhost:{}/curl", proxy.addr.port());
+    let resolve = format!("localhost:{}:127.0.0.1", proxy.addr.port());
+    let d = |f: &str| pki.dir.join(f).display().to_string();
+    let with = tokio::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "20",
+            "--resolve",
+            &resolve,
+            "--cacert",
+            &d("ca.crt"),
+        ])
+        .args(["--cert", &d("alice.crt"), "--key", &d("alice.key"), &url])
+        .output()
+        .await
+        .expect("curl is installed");
+    assert!(
+        with.status.success(),
+        "{}",
+        String::from_utf8_lossy(&with.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&with.stdout), "backend saw /curl");
+    let without = tokio::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "20",
+            "--resolve",
+            &resolve,
+            "--cacert",
+            &d("ca.crt"),
+            &url,
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(!without.status.success());
+    assert_eq!(backend.seen().len(), 1);
+}
