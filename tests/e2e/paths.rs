@@ -139,3 +139,90 @@ async fn denial_is_json_and_logged_with_the_rule() {
     );
     assert!(line.contains("peer=127.0.0.1:"), "{line}");
 }
+
+/// The shipped `config/certgate.toml` loads (with the test PKI under the file names it uses),
+/// closes Gradio's programmatic API surface, and keeps every path the browser UI needs open,
+/// for Gradio 4 and Gradio 5/6.
+#[test]
+fn shipped_gradio_config_closes_the_api_and_keeps_the_ui() {
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/certgate.toml"))
+            .unwrap();
+    let pki = test_pki();
+    let config = certgate::config::Config::from_str(&text, &pki.dir.join("certgate.toml"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let decide = |path: &str| {
+        let req = http::Request::get(path).body(()).unwrap();
+        certgate::policy::check(&req, &config.routes).map_err(|r| r.status.as_u16())
+    };
+    for ui in [
+        "/",
+        "/assets/index-abc123.js",
+        "/theme.css",
+        "/config",
+        "/gradio_api/queue/join",
+        "/gradio_api/queue/data?session_hash=abc",
+        "/gradio_api/heartbeat/abc",
+        "/gradio_api/upload?upload_id=x",
+        "/gradio_api/upload_progress?upload_id=x",
+        "/gradio_api/file=/tmp/gradio/abc/image.png",
+        "/gradio_api/startup-events",
+        "/queue/join",
+        "/queue/data?session_hash=abc",
+        "/upload",
+        "/file=/tmp/gradio/abc/out.png",
+        "/heartbeat/abc",
+    ] {
+        assert!(decide(ui).is_ok(), "UI path {ui} is blocked");
+    }
+    for api in [
+        "/gradio_api/info",
+        "/gradio_api/openapi.json",
+        "/gradio_api/run/predict",
+        "/gradio_api/api/predict",
+        "/gradio_api/call/predict",
+        "/gradio_api/call/predict/event-id",
+        "/gradio_api/mcp/sse",
+        "/gradio_api/monitoring",
+        "/monitoring",
+        "/info",
+        "/run/predict",
+        "/api/predict",
+        "/call/predict",
+        "/GRADIO_API/Info",
+        "/gradio_api//info/",
+    ] {
+        assert_eq!(decide(api), Err(403), "API path {api} is open");
+    }
+}
+
+/// `[listen] http_redirect`: every plain-HTTP request gets a 301 to the same host, path and query
+/// on the HTTPS port, and nothing is proxied in clear text.
+#[tokio::test]
+async fn http_redirect_listener_only_redirects() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backend = Backend::start().await;
+    let toml = test_config(backend.addr, "", "").replace(
+        "shutdown_timeout",
+        "http_redirect = \"127.0.0.1:0\"\nshutdown_timeout",
+    );
+    let proxy = Proxy::start_with(&toml).await;
+    let redirect = proxy.redirect.expect("redirect listener");
+    let mut tcp = tokio::net::TcpStream::connect(redirect).await.unwrap();
+    tcp.write_all(b"GET /gradio_api/queue/data?session_hash=a%20b HTTP/1.1\r\nHost: example.com:8080\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    tcp.read_to_string(&mut out).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 301"), "{out}");
+    let want = format!(
+        "location: https://example.com:{}/gradio_api/queue/data?session_hash=a%20b",
+        proxy.addr.port()
+    );
+    assert!(
+        out.to_ascii_lowercase()
+            .contains(&want.to_ascii_lowercase()),
+        "{out}"
+    );
+    assert!(backend.seen().is_empty());
+}
