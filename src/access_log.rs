@@ -10,6 +10,8 @@ use std::time::Instant;
 
 use http::Method;
 
+use crate::identity::ClientIdentity;
+
 /// The tracing target of access-log lines.
 pub const TARGET: &str = "certgate::access";
 
@@ -20,10 +22,8 @@ pub struct AccessRecord {
     pub start: Instant,
     /// The client's address.
     pub peer: SocketAddr,
-    /// The client's subject DN, if it presented a certificate.
-    pub dn: Option<Arc<str>>,
-    /// `SUCCESS` or `NONE`.
-    pub verify: &'static str,
+    /// The client's identity, if it presented a certificate (shared with its connection).
+    pub identity: Option<Arc<ClientIdentity>>,
     /// Request method.
     pub method: Method,
     /// The path as received (before normalization), without the query.
@@ -48,8 +48,8 @@ impl AccessRecord {
         tracing::info!(
             target: TARGET,
             client = %self.peer,
-            dn = self.dn.as_deref().unwrap_or("-"),
-            verify = self.verify,
+            dn = self.identity.as_ref().map_or("-", |i| i.subject_dn.as_str()),
+            verify = if self.identity.is_some() { "SUCCESS" } else { "NONE" },
             method = %self.method,
             path = %self.path,
             status = self.status,

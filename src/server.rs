@@ -280,15 +280,7 @@ async fn handle(state: &State, conn: &ConnInfo, req: Request<Incoming>) -> Respo
         resp.body_mut().set_log(AccessRecord {
             start,
             peer: conn.peer,
-            dn: conn
-                .identity
-                .as_ref()
-                .map(|i| Arc::from(i.subject_dn.as_str())),
-            verify: if conn.identity.is_some() {
-                "SUCCESS"
-            } else {
-                "NONE"
-            },
+            identity: conn.identity.clone(),
             method,
             path,
             status,
