@@ -15,6 +15,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulConnection;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -236,16 +237,24 @@ async fn serve_tls(state: Arc<State>, tcp: TcpStream, peer: SocketAddr, cancel: 
     let connection = state
         .http
         .serve_connection_with_upgrades(TokioIo::new(tls), service);
+    if let Err(e) = until_cancelled(connection, &cancel).await {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// Drives a connection; on shutdown asks it to finish gracefully (HTTP/1: after the request in
+/// flight; HTTP/2: GOAWAY, then the open streams) and waits for that.
+async fn until_cancelled<C: GracefulConnection>(
+    connection: C,
+    cancel: &CancellationToken,
+) -> Result<(), C::Error> {
     tokio::pin!(connection);
-    let result = tokio::select! {
+    tokio::select! {
         r = connection.as_mut() => r,
         () = cancel.cancelled() => {
             connection.as_mut().graceful_shutdown();
             connection.await
         }
-    };
-    if let Err(e) = result {
-        tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }
 
@@ -305,15 +314,7 @@ async fn serve_redirect(
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new());
     let connection = http.serve_connection(TokioIo::new(tcp), service);
-    tokio::pin!(connection);
-    let result = tokio::select! {
-        r = connection.as_mut() => r,
-        () = cancel.cancelled() => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
-        }
-    };
-    if let Err(e) = result {
+    if let Err(e) = until_cancelled(connection, &cancel).await {
         tracing::debug!(peer = %canonical(peer), error = %e, "redirect connection ended with an error");
     }
 }
