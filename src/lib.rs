@@ -17,10 +17,12 @@
 //! - [`access_log`]: one line per request.
 //! - [`logging`]: text or JSON logs on stderr.
 //! - [`pki`]: the private CA (certificates, CRLs, PKCS#12), used by `demo` and the tests.
+//! - [`certs`]: the `certgate certs` subcommands on top of [`pki`]: CA folder, state, revocation.
 //! - [`commands`] and [`demo`]: the `run`, `check` and `demo` subcommands.
 
 pub mod access_log;
 pub mod body;
+pub mod certs;
 pub mod commands;
 pub mod config;
 pub mod demo;

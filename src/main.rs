@@ -16,6 +16,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the proxy until SIGTERM or SIGINT.
@@ -31,6 +33,11 @@ enum Command {
         #[arg(short, long, env = "CERTGATE_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
+    /// Private-CA tooling: CA, server and client certificates, .p12 bundles, revocation.
+    Certs {
+        #[command(subcommand)]
+        command: certgate::certs::CertsCommand,
+    },
     /// One-command quickstart: demo PKI, echo backend, proxy on 127.0.0.1:8443.
     Demo {
         /// Where the demo PKI lives (created if missing).
@@ -44,6 +51,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { config } => commands::run(&config),
         Command::Check { config } => commands::check(&config).map(|summary| print!("{summary}")),
+        Command::Certs { command } => certgate::certs::run(command),
         Command::Demo { dir } => certgate::demo::run(&dir),
     };
     match result {

@@ -16,6 +16,7 @@ use rcgen::{
     DnType, DnValue, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
     RevocationReason, RevokedCertParams, SanType, SerialNumber,
 };
+use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use time::{Duration, OffsetDateTime};
 
@@ -31,6 +32,12 @@ pub enum PkiError {
     /// The PKCS#12 bundle could not be written.
     #[error("cannot build the PKCS#12 bundle: {0}")]
     Pkcs12(String),
+    /// The CA in the folder is missing, corrupt or does not match its key.
+    #[error("{0}")]
+    Ca(String),
+    /// A key could not be encrypted or decrypted.
+    #[error("{0}")]
+    KeyCrypto(String),
     /// A file could not be written.
     #[error("{path}: cannot write: {source}")]
     Write {
@@ -137,10 +144,10 @@ impl Spec {
     }
 }
 
-/// An issued certificate with its key.
+/// An issued certificate with its key, able to issue in turn when it is a CA.
 pub struct Issued {
-    params: CertificateParams,
-    key: KeyPair,
+    issuer: Issuer<'static, KeyPair>,
+    serial: SerialNumber,
     /// The certificate, DER.
     pub cert: CertificateDer<'static>,
     /// The certificate, PEM.
@@ -159,31 +166,91 @@ impl std::fmt::Debug for Issued {
 impl Issued {
     /// The private key, PKCS#8 PEM.
     pub fn key_pem(&self) -> String {
-        self.key.serialize_pem()
+        self.issuer.key().serialize_pem()
     }
 
     /// The private key, PKCS#8 DER.
     pub fn key_der(&self) -> PrivateKeyDer<'static> {
-        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key.serialize_der()))
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.issuer.key().serialize_der()))
     }
 
     /// The serial number, upper-case hex.
     pub fn serial_hex(&self) -> String {
-        self.params
-            .serial_number
-            .as_ref()
-            .map(|s| s.to_bytes().iter().map(|b| format!("{b:02X}")).collect())
-            .unwrap_or_default()
+        self.serial
+            .to_bytes()
+            .iter()
+            .map(|b| format!("{b:02X}"))
+            .collect()
     }
 
-    /// The serial number's bytes.
-    pub fn serial(&self) -> Option<&SerialNumber> {
-        self.params.serial_number.as_ref()
+    /// The serial number.
+    pub fn serial(&self) -> &SerialNumber {
+        &self.serial
     }
 
-    fn issuer(&self) -> Issuer<'_, &KeyPair> {
-        Issuer::from_params(&self.params, &self.key)
+    fn issuer(&self) -> &Issuer<'static, KeyPair> {
+        &self.issuer
     }
+
+    /// A CA read back from its certificate (PEM) and PKCS#8 key (DER), to issue more.
+    ///
+    /// # Errors
+    /// [`PkiError::Ca`] when either does not parse or the key is not the certificate's.
+    pub fn load_ca(cert_pem: &str, key_pkcs8_der: &[u8]) -> Result<Issued, PkiError> {
+        use rcgen::PublicKeyData as _;
+        let bad = |m: &str| PkiError::Ca(m.to_string());
+        let cert = CertificateDer::from_pem_slice(cert_pem.as_bytes())
+            .map_err(|e| bad(&format!("the CA certificate is not PEM: {e}")))?;
+        let (_, parsed) = x509_parser::parse_x509_certificate(&cert)
+            .map_err(|e| bad(&format!("the CA certificate does not parse: {e}")))?;
+        if !parsed.is_ca() {
+            return Err(bad(
+                "the CA certificate is not a CA (basicConstraints CA:FALSE)",
+            ));
+        }
+        let key = KeyPair::try_from(key_pkcs8_der)
+            .map_err(|e| bad(&format!("the CA key does not parse: {e}")))?;
+        if key.subject_public_key_info() != parsed.tbs_certificate.subject_pki.raw {
+            return Err(bad("the CA key does not belong to the CA certificate"));
+        }
+        let serial = SerialNumber::from_slice(parsed.raw_serial());
+        let issuer = Issuer::from_ca_cert_der(&cert, key)?;
+        Ok(Issued {
+            issuer,
+            serial,
+            cert_pem: cert_pem.to_string(),
+            cert: cert.into_owned(),
+        })
+    }
+}
+
+/// Encrypts a PKCS#8 key under a password (PBES2: scrypt and AES-256-CBC, what `openssl pkey`
+/// reads), as `ENCRYPTED PRIVATE KEY` PEM.
+///
+/// # Errors
+/// [`PkiError::KeyCrypto`].
+pub fn encrypt_key(key_pkcs8_der: &[u8], password: &str) -> Result<String, PkiError> {
+    use pkcs8::der::pem::LineEnding;
+    let info = pkcs8::PrivateKeyInfoRef::try_from(key_pkcs8_der)
+        .map_err(|e| PkiError::KeyCrypto(e.to_string()))?;
+    let doc = info
+        .encrypt(password.as_bytes())
+        .map_err(|e| PkiError::KeyCrypto(e.to_string()))?;
+    doc.to_pem("ENCRYPTED PRIVATE KEY", LineEnding::LF)
+        .map(|p| p.to_string())
+        .map_err(|e| PkiError::KeyCrypto(e.to_string()))
+}
+
+/// Decrypts an `ENCRYPTED PRIVATE KEY` (DER) to PKCS#8 DER.
+///
+/// # Errors
+/// [`PkiError::KeyCrypto`] for a wrong password or a corrupt key.
+pub fn decrypt_key(encrypted_der: &[u8], password: &str) -> Result<Vec<u8>, PkiError> {
+    let info = pkcs8::EncryptedPrivateKeyInfoRef::try_from(encrypted_der)
+        .map_err(|e| PkiError::KeyCrypto(format!("not an encrypted PKCS#8 key: {e}")))?;
+    info.decrypt(password.as_bytes())
+        .map(|d| d.as_bytes().to_vec())
+        .map_err(|_| PkiError::KeyCrypto("wrong password, or the key is corrupt".into()))
 }
 
 /// A random positive serial of 128 bits (RFC 5280 allows up to 20 octets; CA/B requires 64 bits
@@ -255,14 +322,15 @@ pub fn issue(spec: &Spec, issuer: Option<&Issued>) -> Result<Issued, PkiError> {
         }
     }
     let cert = match issuer {
-        Some(ca) => params.signed_by(&key, &ca.issuer())?,
+        Some(ca) => params.signed_by(&key, ca.issuer())?,
         None => params.self_signed(&key)?,
     };
+    let serial = params.serial_number.clone().unwrap_or_else(random_serial);
     Ok(Issued {
         cert_pem: cert.pem(),
         cert: cert.der().clone(),
-        params,
-        key,
+        serial,
+        issuer: Issuer::new(params, key),
     })
 }
 
@@ -299,7 +367,7 @@ pub fn crl(ca: &Issued, revoked: &[Revoked], number: u64, days: i64) -> Result<S
             .collect(),
         key_identifier_method: rcgen::KeyIdMethod::Sha256,
     };
-    Ok(params.signed_by(&ca.issuer())?.pem()?)
+    Ok(params.signed_by(ca.issuer())?.pem()?)
 }
 
 /// A PKCS#12 bundle of `leaf`'s key and certificate plus `chain` (intermediates, then the root).
@@ -324,7 +392,7 @@ pub fn pkcs12(
     for c in chain {
         certs.push(Certificate::from_der(c).map_err(err)?);
     }
-    let key = PrivateKey::from_der(&leaf.key.serialize_der()).map_err(err)?;
+    let key = PrivateKey::from_der(&leaf.issuer.key().serialize_der()).map_err(err)?;
     let local_key_id =
         aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, &leaf.cert);
     let mut store = KeyStore::new();

@@ -4,6 +4,7 @@
 
 mod common;
 
+mod certs;
 mod cli;
 mod forwarding;
 mod identity;

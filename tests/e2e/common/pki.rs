@@ -136,7 +136,7 @@ fn make() -> TestPki {
     let crl = pki::crl(
         &ca,
         &[Revoked {
-            serial: revoked.serial().unwrap().clone(),
+            serial: revoked.serial().clone(),
             at: now - Duration::minutes(1),
             reason: Some(rcgen::RevocationReason::KeyCompromise),
         }],

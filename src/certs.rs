@@ -1,0 +1,1291 @@
+//! `certgate certs`: the private CA's whole lifecycle — CA, server and client certificates,
+//! PKCS#12 bundles for browsers, revocation and CRLs, listing and renewal — in place of the page
+//! of openssl commands of the classic guide. The cryptography is in [`crate::pki`]; this module
+//! is the folder layout, the state file and the command line.
+//!
+//! The folder (`--dir`, mode 0700) holds `ca.crt`, `ca.key` (0600, optionally encrypted),
+//! `ca.crl`, `certgate-ca.json` (every certificate issued: serial, name, kind, subject, SANs,
+//! validity, revocation) and, per name, `NAME.crt` (servers: leaf then CA, ready for
+//! `[tls] cert`), `NAME.key` (0600), and for clients optionally `NAME.p12` and `NAME.p12.pass`.
+//! Every file is written through a temporary file and a rename; keys are never printed.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Subcommand, ValueEnum};
+use rcgen::{DnType, DnValue, RevocationReason};
+use serde::{Deserialize, Serialize};
+use time::format_description::well_known::Rfc3339;
+use time::{Duration, OffsetDateTime};
+
+use crate::commands::CliError;
+use crate::pki::{self, Issued, KeyAlg, PkiError, Profile, Revoked, San, Spec};
+
+/// The state file's name inside the CA folder.
+pub const STATE_FILE: &str = "certgate-ca.json";
+/// CA validity by default: 10 years (the seed's `-days 3650`).
+const DEFAULT_CA_DAYS: i64 = 3650;
+/// Server validity by default: 3 years.
+const DEFAULT_SERVER_DAYS: i64 = 1095;
+/// Client validity by default: 1 year (the seed's `-days 365`).
+const DEFAULT_CLIENT_DAYS: i64 = 365;
+/// CRL validity by default: 30 days; re-sign with `certgate certs crl` from cron well before.
+const DEFAULT_CRL_DAYS: i64 = 30;
+
+/// `certgate certs ...`
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// Create the CA: certificate, key (0600), an empty CRL and the state file.
+    InitCa(InitCa),
+    /// Issue a server certificate (serverAuth) with DNS/IP SANs.
+    Server(ServerArgs),
+    /// Issue a client certificate (clientAuth), optionally with a .p12 bundle for browsers.
+    Client(ClientArgs),
+    /// Revoke a certificate and rewrite DIR/ca.crl.
+    Revoke(RevokeArgs),
+    /// Re-sign DIR/ca.crl with a fresh next-update (for a cron job).
+    Crl(CrlArgs),
+    /// Issue a new certificate and key for an existing name, same subject and SANs.
+    Renew(RenewArgs),
+    /// List every certificate issued, with its status.
+    List(ListArgs),
+}
+
+/// Key algorithm on the command line.
+#[derive(Debug, Clone, Copy, ValueEnum, Default)]
+pub enum KeyArg {
+    /// ECDSA P-256: small, fast, offered by every browser.
+    #[default]
+    EcdsaP256,
+    /// RSA 2048, for old clients.
+    #[value(name = "rsa-2048")]
+    Rsa2048,
+    /// Ed25519: fine for servers and curl; browsers do not offer it as a client certificate.
+    Ed25519,
+}
+
+impl From<KeyArg> for KeyAlg {
+    fn from(k: KeyArg) -> Self {
+        match k {
+            KeyArg::EcdsaP256 => KeyAlg::EcdsaP256,
+            KeyArg::Rsa2048 => KeyAlg::Rsa2048,
+            KeyArg::Ed25519 => KeyAlg::Ed25519,
+        }
+    }
+}
+
+/// Options every command that uses the CA shares.
+#[derive(Debug, Args)]
+pub struct CaDir {
+    /// The CA folder.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// File holding the password of an encrypted CA key.
+    #[arg(long, value_name = "FILE")]
+    pub key_password_file: Option<PathBuf>,
+}
+
+/// `init-ca`
+#[derive(Debug, Args)]
+pub struct InitCa {
+    #[command(flatten)]
+    pub ca: CaDir,
+    /// The CA's common name.
+    #[arg(long, default_value = "certgate CA")]
+    pub cn: String,
+    /// Validity in days.
+    #[arg(long, default_value_t = DEFAULT_CA_DAYS)]
+    pub days: i64,
+    /// Key algorithm.
+    #[arg(long, value_enum, default_value_t)]
+    pub key: KeyArg,
+    /// Replace an existing CA (everything it issued stops being trusted).
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `server`
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    #[command(flatten)]
+    pub ca: CaDir,
+    /// File name and common name.
+    #[arg(long)]
+    pub name: String,
+    /// DNS name or IP address (repeatable); defaults to NAME when it is one.
+    #[arg(long = "san", value_name = "DNS-or-IP")]
+    pub sans: Vec<String>,
+    /// Validity in days.
+    #[arg(long, default_value_t = DEFAULT_SERVER_DAYS)]
+    pub days: i64,
+    /// Key algorithm.
+    #[arg(long, value_enum, default_value_t)]
+    pub key: KeyArg,
+}
+
+/// `client`
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    #[command(flatten)]
+    pub ca: CaDir,
+    /// File name and common name (e.g. admin@face.analyze).
+    #[arg(long)]
+    pub name: String,
+    /// Organizational unit (OU).
+    #[arg(long)]
+    pub ou: Option<String>,
+    /// Organization (O).
+    #[arg(long)]
+    pub o: Option<String>,
+    /// E-mail: emailAddress in the subject and an rfc822Name SAN.
+    #[arg(long)]
+    pub email: Option<String>,
+    /// Country (C), two letters.
+    #[arg(long)]
+    pub c: Option<String>,
+    /// State or province (ST).
+    #[arg(long)]
+    pub st: Option<String>,
+    /// Locality (L).
+    #[arg(long)]
+    pub l: Option<String>,
+    /// Validity in days.
+    #[arg(long, default_value_t = DEFAULT_CLIENT_DAYS)]
+    pub days: i64,
+    /// Key algorithm.
+    #[arg(long, value_enum, default_value_t)]
+    pub key: KeyArg,
+    /// Also write NAME.p12 (key, certificate and CA) for browsers and keychains.
+    #[arg(long)]
+    pub p12: bool,
+    /// File holding the .p12 password; without it one is generated into NAME.p12.pass.
+    #[arg(long, value_name = "FILE", requires = "p12")]
+    pub password_file: Option<PathBuf>,
+    /// 3DES/SHA-1 encryption for old importers (macOS Keychain before 14, Windows before 10).
+    #[arg(long, requires = "p12")]
+    pub legacy: bool,
+}
+
+/// `revoke`
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["name", "serial"])))]
+pub struct RevokeArgs {
+    #[command(flatten)]
+    pub ca: CaDir,
+    /// Revoke every unrevoked certificate issued under this name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Revoke the certificate with this serial (hex).
+    #[arg(long)]
+    pub serial: Option<String>,
+    /// Why (RFC 5280 reason code).
+    #[arg(long, value_enum, default_value_t = ReasonArg::Unspecified)]
+    pub reason: ReasonArg,
+    /// Validity of the rewritten CRL, in days.
+    #[arg(long, default_value_t = DEFAULT_CRL_DAYS)]
+    pub crl_days: i64,
+}
+
+/// `crl`
+#[derive(Debug, Args)]
+pub struct CrlArgs {
+    #[command(flatten)]
+    pub ca: CaDir,
+    /// Validity of the CRL, in days.
+    #[arg(long, default_value_t = DEFAULT_CRL_DAYS)]
+    pub days: i64,
+}
+
+/// `renew`
+#[derive(Debug, Args)]
+pub struct RenewArgs {
+    #[command(flatten)]
+    pub ca: CaDir,
+    /// The name to renew.
+    #[arg(long)]
+    pub name: String,
+    /// Validity in days (default: as long as the certificate being renewed).
+    #[arg(long)]
+    pub days: Option<i64>,
+}
+
+/// `list`
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// The CA folder.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// RFC 5280 revocation reasons.
+#[derive(Debug, Clone, Copy, ValueEnum, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[value(rename_all = "camelCase")]
+pub enum ReasonArg {
+    /// No reason given.
+    Unspecified,
+    /// The private key leaked.
+    KeyCompromise,
+    /// The CA's key leaked.
+    CaCompromise,
+    /// The person changed role or left.
+    AffiliationChanged,
+    /// Replaced by a new certificate.
+    Superseded,
+    /// No longer needed.
+    CessationOfOperation,
+    /// Temporarily on hold.
+    CertificateHold,
+    /// Rights withdrawn.
+    PrivilegeWithdrawn,
+}
+
+impl From<ReasonArg> for RevocationReason {
+    fn from(r: ReasonArg) -> Self {
+        match r {
+            ReasonArg::Unspecified => RevocationReason::Unspecified,
+            ReasonArg::KeyCompromise => RevocationReason::KeyCompromise,
+            ReasonArg::CaCompromise => RevocationReason::CaCompromise,
+            ReasonArg::AffiliationChanged => RevocationReason::AffiliationChanged,
+            ReasonArg::Superseded => RevocationReason::Superseded,
+            ReasonArg::CessationOfOperation => RevocationReason::CessationOfOperation,
+            ReasonArg::CertificateHold => RevocationReason::CertificateHold,
+            ReasonArg::PrivilegeWithdrawn => RevocationReason::PrivilegeWithdrawn,
+        }
+    }
+}
+
+/// What a certificate is.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// The CA itself.
+    Ca,
+    /// A TLS server.
+    Server,
+    /// A TLS client.
+    Client,
+}
+
+/// The subject as given on the command line, kept so `renew` can repeat it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SubjectFields {
+    /// CN
+    pub cn: String,
+    /// OU
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ou: Option<String>,
+    /// O
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub o: Option<String>,
+    /// emailAddress (and rfc822Name SAN)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    /// C
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub c: Option<String>,
+    /// ST
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub st: Option<String>,
+    /// L
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub l: Option<String>,
+}
+
+/// One issued certificate in the state file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Record {
+    /// File name.
+    pub name: String,
+    /// CA, server or client.
+    pub kind: Kind,
+    /// Upper-case hex, as in `X-SSL-Client-Serial`.
+    pub serial: String,
+    /// RFC 2253, as in `X-SSL-Client-DN`.
+    pub subject: String,
+    /// The fields it was made from.
+    pub fields: SubjectFields,
+    /// `DNS:…`, `IP:…`, `email:…`
+    #[serde(default)]
+    pub sans: Vec<String>,
+    /// Key algorithm.
+    pub key: String,
+    /// RFC 3339.
+    pub not_before: String,
+    /// RFC 3339.
+    pub not_after: String,
+    /// RFC 3339, when revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<String>,
+    /// Why, when revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<ReasonArg>,
+    /// Serial of the certificate that replaced this one (`renew`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaced_by: Option<String>,
+}
+
+/// `certgate-ca.json`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct State {
+    /// Format version.
+    pub version: u32,
+    /// The number of the CRL last written.
+    pub crl_number: u64,
+    /// Every certificate issued, oldest first.
+    pub certs: Vec<Record>,
+}
+
+fn invalid(msg: impl Into<String>) -> CliError {
+    CliError::invalid(anyhow::anyhow!(msg.into()))
+}
+
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap_or_else(|_| t.to_string())
+}
+
+fn parse_time(s: &str) -> Option<OffsetDateTime> {
+    OffsetDateTime::parse(s, &Rfc3339).ok()
+}
+
+fn key_name(k: KeyAlg) -> &'static str {
+    match k {
+        KeyAlg::EcdsaP256 => "ecdsa-p256",
+        KeyAlg::Rsa2048 => "rsa-2048",
+        KeyAlg::Ed25519 => "ed25519",
+    }
+}
+
+fn key_alg(name: &str) -> KeyAlg {
+    match name {
+        "rsa-2048" => KeyAlg::Rsa2048,
+        "ed25519" => KeyAlg::Ed25519,
+        _ => KeyAlg::EcdsaP256,
+    }
+}
+
+fn write(path: &Path, bytes: &[u8], mode: u32) -> Result<(), CliError> {
+    pki::write_file(path, bytes, mode).map_err(CliError::invalid)
+}
+
+/// Names become file names: keep them to a safe alphabet.
+fn check_name(name: &str) -> Result<(), CliError> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@' | '+'));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "--name {name:?}: use letters, digits and . _ - @ + only (it becomes a file name)"
+        )))
+    }
+}
+
+fn check_days(days: i64) -> Result<(), CliError> {
+    if (1..=36500).contains(&days) {
+        Ok(())
+    } else {
+        Err(invalid(format!("--days {days}: give 1 to 36500")))
+    }
+}
+
+fn read_password(path: &Path) -> Result<String, CliError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        invalid(format!(
+            "{}: cannot read the password file: {e}",
+            path.display()
+        ))
+    })?;
+    let pw = text.trim_end_matches(['\r', '\n']).to_string();
+    if pw.is_empty() {
+        return Err(invalid(format!(
+            "{}: the password file is empty",
+            path.display()
+        )));
+    }
+    Ok(pw)
+}
+
+/// A password for a .p12: 24 characters from an unambiguous alphabet, ~139 bits.
+fn generate_password() -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
+    let mut bytes = [0u8; 24];
+    // aws-lc's RNG does not fail on Linux; a failure would leave zeros, caught below.
+    let _ = aws_lc_rs::rand::fill(&mut bytes);
+    bytes
+        .iter()
+        .map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char)
+        .collect()
+}
+
+/// The CA folder, opened.
+struct CaFolder {
+    dir: PathBuf,
+    state: State,
+    ca: Issued,
+}
+
+impl CaFolder {
+    fn state_path(dir: &Path) -> PathBuf {
+        dir.join(STATE_FILE)
+    }
+
+    fn read_state(dir: &Path) -> Result<State, CliError> {
+        let path = Self::state_path(dir);
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            invalid(format!(
+                "{}: cannot read the CA state ({e}); is {} a CA folder made by `certgate certs init-ca`?",
+                path.display(),
+                dir.display()
+            ))
+        })?;
+        serde_json::from_str(&text)
+            .map_err(|e| invalid(format!("{}: corrupt CA state: {e}", path.display())))
+    }
+
+    fn open(args: &CaDir) -> Result<CaFolder, CliError> {
+        // Absolute, so the paths printed for certgate.toml work from wherever the config lives.
+        let dir = args.dir.canonicalize().unwrap_or_else(|_| args.dir.clone());
+        let state = Self::read_state(&dir)?;
+        let cert_path = dir.join("ca.crt");
+        let key_path = dir.join("ca.key");
+        let cert_pem = std::fs::read_to_string(&cert_path).map_err(|e| {
+            invalid(format!(
+                "{}: cannot read the CA certificate: {e}",
+                cert_path.display()
+            ))
+        })?;
+        let key_pem = std::fs::read(&key_path).map_err(|e| {
+            invalid(format!(
+                "{}: cannot read the CA key: {e}",
+                key_path.display()
+            ))
+        })?;
+        let parsed = pem::parse(&key_pem).map_err(|e| {
+            invalid(format!(
+                "{}: the CA key is not PEM: {e}",
+                key_path.display()
+            ))
+        })?;
+        let key_der = match (parsed.tag(), &args.key_password_file) {
+            ("ENCRYPTED PRIVATE KEY", Some(pw)) => {
+                let pw = read_password(pw)?;
+                pki::decrypt_key(parsed.contents(), &pw).map_err(|e| {
+                    invalid(format!(
+                        "{}: cannot decrypt the CA key: {e}",
+                        key_path.display()
+                    ))
+                })?
+            }
+            ("ENCRYPTED PRIVATE KEY", None) => {
+                return Err(invalid(format!(
+                    "{}: the CA key is encrypted; pass --key-password-file",
+                    key_path.display()
+                )));
+            }
+            ("PRIVATE KEY", _) => parsed.contents().to_vec(),
+            (other, _) => {
+                return Err(invalid(format!(
+                    "{}: expected a PKCS#8 PRIVATE KEY, found {other}",
+                    key_path.display()
+                )));
+            }
+        };
+        let ca = Issued::load_ca(&cert_pem, &key_der)
+            .map_err(|e| invalid(format!("{}: {e}", dir.display())))?;
+        Ok(CaFolder { dir, state, ca })
+    }
+
+    fn save_state(&self) -> Result<(), CliError> {
+        let json = serde_json::to_string_pretty(&self.state).map_err(CliError::other)?;
+        write(&Self::state_path(&self.dir), json.as_bytes(), 0o600)
+    }
+
+    fn current(&self, name: &str) -> Option<&Record> {
+        self.state
+            .certs
+            .iter()
+            .rev()
+            .find(|r| r.name == name && r.kind != Kind::Ca && r.replaced_by.is_none())
+    }
+
+    fn ensure_new_name(&self, name: &str) -> Result<(), CliError> {
+        check_name(name)?;
+        if name == "ca" || self.state.certs.iter().any(|r| r.name == name) {
+            return Err(invalid(format!(
+                "--name {name:?} is already used in {}; pick another name, or `certgate certs renew --name {name}`",
+                self.dir.display()
+            )));
+        }
+        for ext in ["crt", "key"] {
+            let p = self.dir.join(format!("{name}.{ext}"));
+            if p.exists() {
+                return Err(invalid(format!(
+                    "{} already exists; pick another name",
+                    p.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes DIR/ca.crl with every revoked certificate, numbered one higher than the last.
+    fn write_crl(&mut self, days: i64) -> Result<PathBuf, CliError> {
+        check_days(days)?;
+        let revoked: Vec<Revoked> = self
+            .state
+            .certs
+            .iter()
+            .filter_map(|r| {
+                let at = parse_time(r.revoked_at.as_ref()?)?;
+                let serial = hex_to_bytes(&r.serial)?;
+                Some(Revoked {
+                    serial: rcgen::SerialNumber::from_slice(&serial),
+                    at,
+                    reason: r.reason.map(Into::into),
+                })
+            })
+            .collect();
+        self.state.crl_number += 1;
+        let crl =
+            pki::crl(&self.ca, &revoked, self.state.crl_number, days).map_err(CliError::invalid)?;
+        let path = self.dir.join("ca.crl");
+        write(&path, crl.as_bytes(), 0o644)?;
+        Ok(path)
+    }
+
+    fn record(
+        &self,
+        name: &str,
+        kind: Kind,
+        issued: &Issued,
+        fields: SubjectFields,
+        sans: &[San],
+        key: KeyAlg,
+    ) -> Record {
+        let (subject, not_before, not_after) =
+            match x509_parser::parse_x509_certificate(&issued.cert) {
+                Ok((_, c)) => (
+                    crate::identity::format_dn(c.subject()),
+                    rfc3339(c.validity().not_before.to_datetime()),
+                    rfc3339(c.validity().not_after.to_datetime()),
+                ),
+                Err(_) => (String::new(), String::new(), String::new()),
+            };
+        Record {
+            name: name.to_string(),
+            kind,
+            serial: issued.serial_hex(),
+            subject,
+            fields,
+            sans: sans.iter().map(san_string).collect(),
+            key: key_name(key).to_string(),
+            not_before,
+            not_after,
+            revoked_at: None,
+            reason: None,
+            replaced_by: None,
+        }
+    }
+}
+
+fn san_string(s: &San) -> String {
+    match s {
+        San::Dns(d) => format!("DNS:{d}"),
+        San::Ip(ip) => format!("IP:{ip}"),
+        San::Email(e) => format!("email:{e}"),
+    }
+}
+
+fn san_from_string(s: &str) -> Option<San> {
+    let (kind, v) = s.split_once(':')?;
+    Some(match kind {
+        "DNS" => San::Dns(v.to_string()),
+        "IP" => San::Ip(v.parse::<IpAddr>().ok()?),
+        "email" => San::Email(v.to_string()),
+        _ => return None,
+    })
+}
+
+fn hex_to_bytes(s: &str) -> Option<Vec<u8>> {
+    let s = s.trim().trim_start_matches("0x").replace(':', "");
+    let s = if s.len() % 2 == 1 { format!("0{s}") } else { s };
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
+        .collect()
+}
+
+/// Serials compare as numbers: case, colons and leading zeros do not matter.
+fn same_serial(a: &str, b: &str) -> bool {
+    let norm = |s: &str| {
+        hex_to_bytes(s).map(|b| {
+            let skip = b
+                .iter()
+                .take_while(|x| **x == 0)
+                .count()
+                .min(b.len().saturating_sub(1));
+            b[skip..].to_vec()
+        })
+    };
+    matches!((norm(a), norm(b)), (Some(x), Some(y)) if x == y)
+}
+
+fn subject_of(fields: &SubjectFields) -> Result<Vec<(DnType, DnValue)>, CliError> {
+    let mut subject = Vec::new();
+    let utf8 = |s: &String| DnValue::Utf8String(s.clone());
+    if let Some(c) = &fields.c {
+        if c.len() != 2 || !c.chars().all(|ch| ch.is_ascii_uppercase()) {
+            return Err(invalid(format!(
+                "--c {c:?}: a country is two capital letters, like CN or US"
+            )));
+        }
+        let printable = c
+            .clone()
+            .try_into()
+            .map_err(|_| invalid(format!("--c {c:?} is not printable")))?;
+        subject.push((DnType::CountryName, DnValue::PrintableString(printable)));
+    }
+    if let Some(st) = &fields.st {
+        subject.push((DnType::StateOrProvinceName, utf8(st)));
+    }
+    if let Some(l) = &fields.l {
+        subject.push((DnType::LocalityName, utf8(l)));
+    }
+    if let Some(o) = &fields.o {
+        subject.push((DnType::OrganizationName, utf8(o)));
+    }
+    if let Some(ou) = &fields.ou {
+        subject.push((DnType::OrganizationalUnitName, utf8(ou)));
+    }
+    subject.push((DnType::CommonName, utf8(&fields.cn)));
+    if let Some(email) = &fields.email {
+        let ia5 = email
+            .clone()
+            .try_into()
+            .map_err(|_| invalid(format!("--email {email:?} is not ASCII")))?;
+        subject.push((
+            DnType::CustomDnType(vec![1, 2, 840, 113_549, 1, 9, 1]),
+            DnValue::Ia5String(ia5),
+        ));
+    }
+    Ok(subject)
+}
+
+fn check_email(email: &str) -> Result<(), CliError> {
+    let ok = email.is_ascii()
+        && email
+            .split_once('@')
+            .is_some_and(|(u, d)| !u.is_empty() && San::parse(d).is_ok() && !d.contains(':'));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "--email {email:?} is not an e-mail address"
+        )))
+    }
+}
+
+/// Runs one `certgate certs` command.
+///
+/// # Errors
+/// Exit 2 with a one-line message naming the thing at fault.
+pub fn run(cmd: CertsCommand) -> Result<(), CliError> {
+    match cmd {
+        CertsCommand::InitCa(a) => init_ca(&a),
+        CertsCommand::Server(a) => server(&a),
+        CertsCommand::Client(a) => client(&a),
+        CertsCommand::Revoke(a) => revoke(&a),
+        CertsCommand::Crl(a) => crl(&a),
+        CertsCommand::Renew(a) => renew(&a),
+        CertsCommand::List(a) => list(&a),
+    }
+}
+
+fn ensure_dir(dir: &Path) -> Result<(), CliError> {
+    if !dir.exists() {
+        let mut b = std::fs::DirBuilder::new();
+        b.recursive(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::DirBuilderExt as _;
+            b.mode(0o700);
+        }
+        b.create(dir).map_err(|e| {
+            invalid(format!(
+                "{}: cannot create the CA folder: {e}",
+                dir.display()
+            ))
+        })?;
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| {
+            invalid(format!(
+                "{}: cannot restrict the CA folder to 0700: {e}",
+                dir.display()
+            ))
+        })?;
+    }
+    // Probe writability before generating anything, so a read-only folder fails cleanly.
+    let probe = dir.join(format!(".certgate-write-test{}", std::process::id()));
+    std::fs::write(&probe, b"").map_err(|e| {
+        invalid(format!(
+            "{}: the CA folder is not writable: {e}",
+            dir.display()
+        ))
+    })?;
+    let _ = std::fs::remove_file(probe);
+    Ok(())
+}
+
+fn init_ca(a: &InitCa) -> Result<(), CliError> {
+    let dir = &a.ca.dir;
+    check_days(a.days)?;
+    if !a.force {
+        for f in ["ca.crt", "ca.key", STATE_FILE] {
+            if dir.join(f).exists() {
+                return Err(invalid(format!(
+                    "{} already exists: {} has a CA; --force replaces it, and every certificate it issued stops being trusted",
+                    dir.join(f).display(),
+                    dir.display()
+                )));
+            }
+        }
+    }
+    let password =
+        a.ca.key_password_file
+            .as_deref()
+            .map(read_password)
+            .transpose()?;
+    ensure_dir(dir)?;
+    let dir = &dir.canonicalize().unwrap_or_else(|_| dir.clone());
+    let mut spec = Spec::new(Profile::Ca, &a.cn, a.days);
+    spec.key = a.key.into();
+    let ca = pki::issue(&spec, None).map_err(CliError::invalid)?;
+    let key_pem = match &password {
+        Some(pw) => {
+            let der = ca.key_der();
+            pki::encrypt_key(der.secret_der(), pw).map_err(CliError::invalid)?
+        }
+        None => ca.key_pem(),
+    };
+    let mut folder = CaFolder {
+        dir: dir.clone(),
+        state: State {
+            version: 1,
+            crl_number: 0,
+            certs: Vec::new(),
+        },
+        ca,
+    };
+    let fields = SubjectFields {
+        cn: a.cn.clone(),
+        ..Default::default()
+    };
+    let record = folder.record("ca", Kind::Ca, &folder.ca, fields, &[], spec.key);
+    folder.state.certs.push(record);
+    write(&dir.join("ca.key"), key_pem.as_bytes(), 0o600)?;
+    write(&dir.join("ca.crt"), folder.ca.cert_pem.as_bytes(), 0o644)?;
+    let crl = folder.write_crl(DEFAULT_CRL_DAYS)?;
+    folder.save_state()?;
+    let d = dir.display();
+    println!(
+        "CA \"{}\" created in {d}/ (serial {}, valid {} days, key {}{})\n\n\
+         Files: {d}/ca.crt (give it to certgate and to clients that must trust the server),\n       \
+         {d}/ca.key (mode 0600; never leaves this folder), {}, {d}/{STATE_FILE}\n\n\
+         In certgate.toml:\n  [tls]\n  client_ca = \"{d}/ca.crt\"\n  crl = [\"{}\"]\n\n\
+         Next: certgate certs server --dir {d} --name localhost --san localhost --san 127.0.0.1\n      \
+         certgate certs client --dir {d} --name alice@example.com --p12",
+        a.cn,
+        folder.ca.serial_hex(),
+        a.days,
+        key_name(spec.key),
+        if password.is_some() {
+            ", encrypted"
+        } else {
+            ""
+        },
+        crl.display(),
+        crl.display(),
+    );
+    Ok(())
+}
+
+fn server(a: &ServerArgs) -> Result<(), CliError> {
+    check_days(a.days)?;
+    let mut folder = CaFolder::open(&a.ca)?;
+    folder.ensure_new_name(&a.name)?;
+    let names = if a.sans.is_empty() {
+        vec![a.name.clone()]
+    } else {
+        a.sans.clone()
+    };
+    let sans = names
+        .iter()
+        .map(|s| {
+            San::parse(s).map_err(|e| {
+                if a.sans.is_empty() {
+                    invalid(format!("{e}; give the server's names with --san"))
+                } else {
+                    invalid(format!("--san {e}"))
+                }
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let fields = SubjectFields {
+        cn: a.name.clone(),
+        ..Default::default()
+    };
+    let (issued, record) = issue_leaf(
+        &folder,
+        &a.name,
+        Kind::Server,
+        fields,
+        sans,
+        a.days,
+        a.key.into(),
+    )?;
+    write_leaf(&folder, &a.name, Kind::Server, &issued)?;
+    folder.state.certs.push(record.clone());
+    folder.save_state()?;
+    let d = folder.dir.display();
+    println!(
+        "server certificate {} issued (serial {}, {}, valid until {})\n\n\
+         In certgate.toml:\n  [tls]\n  cert = \"{d}/{}.crt\"   # leaf, then the CA\n  key = \"{d}/{}.key\"\n",
+        a.name,
+        record.serial,
+        record.sans.join(", "),
+        record.not_after,
+        a.name,
+        a.name
+    );
+    Ok(())
+}
+
+fn issue_leaf(
+    folder: &CaFolder,
+    name: &str,
+    kind: Kind,
+    fields: SubjectFields,
+    mut sans: Vec<San>,
+    days: i64,
+    key: KeyAlg,
+) -> Result<(Issued, Record), CliError> {
+    let profile = if kind == Kind::Server {
+        Profile::Server
+    } else {
+        Profile::Client
+    };
+    let mut spec = Spec::new(profile, &fields.cn, days);
+    spec.subject = subject_of(&fields)?;
+    spec.key = key;
+    if let Some(email) = &fields.email
+        && !sans.iter().any(|s| s == &San::Email(email.clone()))
+    {
+        sans.push(San::Email(email.clone()));
+    }
+    spec.sans = sans.clone();
+    // A certificate must not outlive its CA: clients would reject it at the CA's expiry anyway.
+    if let Ok((_, ca)) = x509_parser::parse_x509_certificate(&folder.ca.cert) {
+        let ca_end = ca.validity().not_after.to_datetime();
+        if spec.not_after > ca_end {
+            spec.not_after = ca_end;
+        }
+    }
+    let issued = pki::issue(&spec, Some(&folder.ca)).map_err(CliError::invalid)?;
+    let record = folder.record(name, kind, &issued, fields, &sans, key);
+    Ok((issued, record))
+}
+
+fn write_leaf(folder: &CaFolder, name: &str, kind: Kind, issued: &Issued) -> Result<(), CliError> {
+    let cert = if kind == Kind::Server {
+        format!("{}{}", issued.cert_pem, folder.ca.cert_pem)
+    } else {
+        issued.cert_pem.clone()
+    };
+    write(
+        &folder.dir.join(format!("{name}.key")),
+        issued.key_pem().as_bytes(),
+        0o600,
+    )?;
+    write(
+        &folder.dir.join(format!("{name}.crt")),
+        cert.as_bytes(),
+        0o644,
+    )
+}
+
+fn write_p12(
+    folder: &CaFolder,
+    name: &str,
+    issued: &Issued,
+    password: &str,
+    legacy: bool,
+) -> Result<PathBuf, CliError> {
+    let p12 = pki::pkcs12(issued, &[&folder.ca.cert], name, password, legacy)
+        .map_err(CliError::invalid)?;
+    let path = folder.dir.join(format!("{name}.p12"));
+    write(&path, &p12, 0o600)?;
+    Ok(path)
+}
+
+fn client(a: &ClientArgs) -> Result<(), CliError> {
+    check_days(a.days)?;
+    if let Some(e) = &a.email {
+        check_email(e)?;
+    }
+    let mut folder = CaFolder::open(&a.ca)?;
+    folder.ensure_new_name(&a.name)?;
+    let fields = SubjectFields {
+        cn: a.name.clone(),
+        ou: a.ou.clone(),
+        o: a.o.clone(),
+        email: a.email.clone(),
+        c: a.c.clone(),
+        st: a.st.clone(),
+        l: a.l.clone(),
+    };
+    // Read the password before anything is written, so a bad file leaves nothing behind.
+    let given_password = a.password_file.as_deref().map(read_password).transpose()?;
+    let (issued, record) = issue_leaf(
+        &folder,
+        &a.name,
+        Kind::Client,
+        fields,
+        Vec::new(),
+        a.days,
+        a.key.into(),
+    )?;
+    write_leaf(&folder, &a.name, Kind::Client, &issued)?;
+    let mut p12_lines = String::new();
+    if a.p12 {
+        let (password, generated) = match given_password {
+            Some(p) => (p, false),
+            None => (generate_password(), true),
+        };
+        if generated {
+            write(
+                &folder.dir.join(format!("{}.p12.pass", a.name)),
+                format!("{password}\n").as_bytes(),
+                0o600,
+            )?;
+        }
+        let p12 = write_p12(&folder, &a.name, &issued, &password, a.legacy)?;
+        let p = p12.display();
+        let _ = write!(
+            p12_lines,
+            "\nPKCS#12 bundle: {p} ({} encryption)\n",
+            if a.legacy {
+                "legacy 3DES/SHA-1"
+            } else {
+                "AES-256/PBKDF2/HMAC-SHA256"
+            }
+        );
+        if generated {
+            let _ = writeln!(
+                p12_lines,
+                "Its password (shown once; also in {}.p12.pass, mode 0600): {password}",
+                folder.dir.join(&a.name).display()
+            );
+        }
+        let _ = write!(
+            p12_lines,
+            "\nImport it:\n  \
+             Chrome/Edge:          Settings > Privacy and security > Security > Manage certificates > Your certificates > Import {p}\n  \
+             Firefox:              Settings > Privacy & Security > Certificates > View Certificates > Your Certificates > Import\n  \
+             macOS Keychain:       security import {p} -k ~/Library/Keychains/login.keychain-db   (use --legacy before macOS 14)\n  \
+             Windows:              double-click {p} (use --legacy before Windows 10)\n  \
+             curl:                 curl --cert-type P12 --cert {p}:PASSWORD --cacert {} https://HOST/\n",
+            folder.dir.join("ca.crt").display()
+        );
+    }
+    folder.state.certs.push(record.clone());
+    folder.save_state()?;
+    let d = folder.dir.display();
+    println!(
+        "client certificate {} issued (serial {}, valid until {})\n  subject {}\n\n\
+         Files: {d}/{}.crt, {d}/{}.key (0600){}\n\
+         Try it: curl --cacert {d}/ca.crt --cert {d}/{}.crt --key {d}/{}.key https://HOST/\n{}",
+        a.name,
+        record.serial,
+        record.not_after,
+        record.subject,
+        a.name,
+        a.name,
+        if a.p12 {
+            format!(", {d}/{}.p12", a.name)
+        } else {
+            String::new()
+        },
+        a.name,
+        a.name,
+        p12_lines,
+    );
+    Ok(())
+}
+
+fn reload_hint(crl: &Path) -> String {
+    format!(
+        "certgate reads {} at start-up: restart it (systemctl restart certgate) so new connections are checked against the new CRL; \
+         keep the CRL fresh with `certgate certs crl` from cron well before its next update",
+        crl.display()
+    )
+}
+
+fn revoke(a: &RevokeArgs) -> Result<(), CliError> {
+    let mut folder = CaFolder::open(&a.ca)?;
+    let now = rfc3339(OffsetDateTime::now_utc());
+    let targets: Vec<usize> = folder
+        .state
+        .certs
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.kind != Kind::Ca)
+        .filter(|(_, r)| match (&a.name, &a.serial) {
+            (Some(n), _) => &r.name == n,
+            (None, Some(s)) => same_serial(&r.serial, s),
+            (None, None) => false,
+        })
+        .map(|(i, _)| i)
+        .collect();
+    if targets.is_empty() {
+        let what = a
+            .name
+            .as_ref()
+            .map(|n| format!("name {n:?}"))
+            .or_else(|| a.serial.as_ref().map(|s| format!("serial {s}")))
+            .unwrap_or_default();
+        return Err(invalid(format!(
+            "no certificate with {what} in {}; see `certgate certs list --dir {}`",
+            folder.dir.display(),
+            folder.dir.display()
+        )));
+    }
+    let mut newly = Vec::new();
+    for i in targets {
+        let r = &mut folder.state.certs[i];
+        if r.revoked_at.is_none() {
+            r.revoked_at = Some(now.clone());
+            r.reason = Some(a.reason);
+            newly.push(format!("{} (serial {})", r.name, r.serial));
+        }
+    }
+    if newly.is_empty() {
+        println!(
+            "already revoked; {} unchanged",
+            folder.dir.join("ca.crl").display()
+        );
+        return Ok(());
+    }
+    let crl = folder.write_crl(a.crl_days)?;
+    folder.save_state()?;
+    println!(
+        "revoked {}; {} rewritten (CRL #{}, {} revoked).\n{}",
+        newly.join(", "),
+        crl.display(),
+        folder.state.crl_number,
+        folder
+            .state
+            .certs
+            .iter()
+            .filter(|r| r.revoked_at.is_some())
+            .count(),
+        reload_hint(&crl)
+    );
+    Ok(())
+}
+
+fn crl(a: &CrlArgs) -> Result<(), CliError> {
+    let mut folder = CaFolder::open(&a.ca)?;
+    let path = folder.write_crl(a.days)?;
+    folder.save_state()?;
+    let next = rfc3339(OffsetDateTime::now_utc() + Duration::days(a.days));
+    println!(
+        "{} re-signed (CRL #{}, {} revoked, next update {next}).\n{}",
+        path.display(),
+        folder.state.crl_number,
+        folder
+            .state
+            .certs
+            .iter()
+            .filter(|r| r.revoked_at.is_some())
+            .count(),
+        reload_hint(&path)
+    );
+    Ok(())
+}
+
+fn renew(a: &RenewArgs) -> Result<(), CliError> {
+    check_name(&a.name)?;
+    let mut folder = CaFolder::open(&a.ca)?;
+    let old = folder.current(&a.name).cloned().ok_or_else(|| {
+        invalid(format!(
+            "no certificate named {:?} in {}",
+            a.name,
+            folder.dir.display()
+        ))
+    })?;
+    let days = match a.days {
+        Some(d) => d,
+        None => match (parse_time(&old.not_before), parse_time(&old.not_after)) {
+            (Some(b), Some(e)) => (e - b).whole_days().max(1),
+            _ => DEFAULT_CLIENT_DAYS,
+        },
+    };
+    check_days(days)?;
+    let sans: Vec<San> = old
+        .sans
+        .iter()
+        .filter_map(|s| san_from_string(s))
+        .filter(|s| !matches!(s, San::Email(_)))
+        .collect();
+    let (issued, record) = issue_leaf(
+        &folder,
+        &a.name,
+        old.kind,
+        old.fields.clone(),
+        sans,
+        days,
+        key_alg(&old.key),
+    )?;
+    let pass_file = folder.dir.join(format!("{}.p12.pass", a.name));
+    let p12_password = if old.kind == Kind::Client && pass_file.exists() {
+        Some(read_password(&pass_file)?)
+    } else {
+        None
+    };
+    write_leaf(&folder, &a.name, old.kind, &issued)?;
+    let mut note = String::new();
+    if let Some(pw) = p12_password {
+        let p = write_p12(&folder, &a.name, &issued, &pw, false)?;
+        let _ = write!(
+            note,
+            "\n{} rebuilt with the password in {}",
+            p.display(),
+            pass_file.display()
+        );
+    } else if folder.dir.join(format!("{}.p12", a.name)).exists() {
+        let _ = write!(
+            note,
+            "\nnote: {}.p12 still holds the old certificate (its password is not stored); export a new one from {}.crt and {}.key",
+            a.name, a.name, a.name
+        );
+    }
+    for r in folder.state.certs.iter_mut() {
+        if r.serial == old.serial {
+            r.replaced_by = Some(record.serial.clone());
+        }
+    }
+    folder.state.certs.push(record.clone());
+    folder.save_state()?;
+    println!(
+        "{} renewed: new serial {} (new key), valid until {}; the old certificate (serial {}) stays valid until it expires or is revoked with --serial {}{note}",
+        a.name, record.serial, record.not_after, old.serial, old.serial
+    );
+    Ok(())
+}
+
+/// The status column of `list`.
+pub fn status(r: &Record, now: OffsetDateTime) -> String {
+    if r.revoked_at.is_some() {
+        return "revoked".into();
+    }
+    if r.replaced_by.is_some() {
+        return "replaced".into();
+    }
+    match parse_time(&r.not_after) {
+        Some(end) if end < now => "expired".into(),
+        Some(end) if end - now < Duration::days(30) => {
+            format!("expires in {} days", (end - now).whole_days())
+        }
+        _ => "valid".into(),
+    }
+}
+
+fn list(a: &ListArgs) -> Result<(), CliError> {
+    let state = CaFolder::read_state(&a.dir)?;
+    let now = OffsetDateTime::now_utc();
+    if a.json {
+        let rows: Vec<serde_json::Value> = state
+            .certs
+            .iter()
+            .map(|r| {
+                let mut v = serde_json::to_value(r).unwrap_or_default();
+                v["status"] = serde_json::Value::String(status(r, now));
+                v
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&rows).map_err(CliError::other)?
+        );
+        return Ok(());
+    }
+    let mut out = format!(
+        "{:<24} {:<6} {:<32} {:<20} {:<18} {}\n",
+        "NAME", "KIND", "SERIAL", "NOT AFTER", "STATUS", "SUBJECT"
+    );
+    for r in &state.certs {
+        let kind = match r.kind {
+            Kind::Ca => "ca",
+            Kind::Server => "server",
+            Kind::Client => "client",
+        };
+        let _ = writeln!(
+            out,
+            "{:<24} {:<6} {:<32} {:<20} {:<18} {}",
+            r.name,
+            kind,
+            r.serial,
+            r.not_after.get(..19).unwrap_or(&r.not_after),
+            status(r, now),
+            r.subject
+        );
+    }
+    print!("{out}");
+    Ok(())
+}
+
+impl From<PkiError> for CliError {
+    fn from(e: PkiError) -> Self {
+        CliError::invalid(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serials_compare_as_numbers() {
+        assert!(same_serial("00AB", "ab"));
+        assert!(same_serial("0a:bc", "ABC"));
+        assert!(!same_serial("AB", "ABC"));
+        assert!(!same_serial("zz", "zz"));
+    }
+
+    #[test]
+    fn names_are_file_safe() {
+        assert!(check_name("admin@face.analyze").is_ok());
+        assert!(check_name("../etc/passwd").is_err());
+        assert!(check_name(".hidden").is_err());
+        assert!(check_name("a b").is_err());
+    }
+
+    #[test]
+    fn generated_passwords_differ_and_are_long() {
+        let a = generate_password();
+        assert_eq!(a.len(), 24);
+        assert_ne!(a, generate_password());
+    }
+}
