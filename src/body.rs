@@ -138,3 +138,121 @@ impl Drop for ProxyBody {
         }
     }
 }
+
+/// Longest a refused request body is read and thrown away (nginx's `lingering_time` is 30 s).
+const DRAIN_TIME: Duration = Duration::from_secs(30);
+/// Most bytes of a refused request body read and thrown away.
+const DRAIN_BYTES: u64 = 256 << 20;
+
+/// The request body was over `max_body`.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body is over the limit of {0} bytes")]
+pub struct BodyTooLarge(pub u64);
+
+/// Shared between a [`LimitedBody`] and the request handler: whether the limit was hit, and
+/// what is left of the client's body, so the handler can drain it.
+#[derive(Debug, Default)]
+pub struct Overflow {
+    hit: std::sync::atomic::AtomicBool,
+    rest: std::sync::Mutex<Option<Incoming>>,
+}
+
+impl Overflow {
+    /// Whether the body went over the limit.
+    pub fn hit(&self) -> bool {
+        self.hit.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// What is left of the client's body, once.
+    pub fn take_rest(&self) -> Option<Incoming> {
+        self.rest.lock().ok().and_then(|mut r| r.take())
+    }
+}
+
+/// The client's request body on its way to the backend, stopped before the frame that would
+/// take it over `limit`: the backend never sees more than the limit.
+pub struct LimitedBody {
+    inner: Option<Incoming>,
+    limit: u64,
+    seen: u64,
+    overflow: std::sync::Arc<Overflow>,
+}
+
+impl LimitedBody {
+    /// Wraps `inner`; `overflow` reports a hit.
+    pub fn new(inner: Incoming, limit: u64, overflow: std::sync::Arc<Overflow>) -> LimitedBody {
+        LimitedBody {
+            inner: Some(inner),
+            limit,
+            seen: 0,
+            overflow,
+        }
+    }
+}
+
+impl Body for LimitedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match ready!(Pin::new(inner).poll_frame(cx)) {
+            Some(Ok(frame)) => {
+                if let Some(d) = frame.data_ref() {
+                    let total = this.seen + d.len() as u64;
+                    if total > this.limit {
+                        if let Ok(mut rest) = this.overflow.rest.lock() {
+                            *rest = this.inner.take();
+                        }
+                        this.overflow
+                            .hit
+                            .store(true, std::sync::atomic::Ordering::Release);
+                        return Poll::Ready(Some(Err(BodyTooLarge(this.limit).into())));
+                    }
+                    this.seen = total;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Some(Err(e)) => Poll::Ready(Some(Err(e.into()))),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+    }
+}
+
+/// Reads and discards what is left of a refused request body, within bounds, so a client that
+/// is still sending reads certgate's 413 rather than a reset connection (nginx does the same).
+pub fn drain(body: Incoming) {
+    tokio::spawn(async move {
+        let mut body = body;
+        let mut read = 0u64;
+        let _ = tokio::time::timeout(DRAIN_TIME, async {
+            while let Some(Ok(frame)) =
+                std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+            {
+                if let Some(d) = frame.data_ref() {
+                    read += d.len() as u64;
+                    if read > DRAIN_BYTES {
+                        break;
+                    }
+                }
+            }
+        })
+        .await;
+    });
+}

@@ -12,16 +12,30 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use http::HeaderName;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use http::{HeaderName, HeaderValue};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::routes::{Action, Route, RouteError};
+use crate::access::IpList;
+use crate::jwt::{JwtSettings, JwtVerifier};
+use crate::ratelimit::{KeyBy, Rate};
+use crate::routes::{Action, Auth, IdentityAllow, Route, RouteError};
 
 /// Where `certgate run` and `check` look when neither `-c` nor `$CERTGATE_CONFIG` is given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/certgate/certgate.toml";
+
+/// Security headers added to every response unless the backend set them (nginx
+/// `add_header ... always`); HSTS only when configured, since it outlives a mistake.
+const DEFAULT_RESPONSE_HEADERS: &[(&str, &str)] = &[
+    ("x-frame-options", "DENY"),
+    ("x-content-type-options", "nosniff"),
+    ("referrer-policy", "no-referrer"),
+];
 
 /// Long enough for a model inference to finish after SIGTERM, short enough for systemd's
 /// default 90 s stop timeout.
@@ -39,6 +53,20 @@ const DEFAULT_CONNECT_TIMEOUT: &str = "30s";
 const DEFAULT_RESPONSE_TIMEOUT: &str = "60s";
 /// nginx's `proxy_read_timeout` applies between reads too; Gradio's SSE heartbeat is 15 s.
 const DEFAULT_IDLE_TIMEOUT: &str = "60s";
+/// The classic guide's `client_max_body_size 50M`; nginx's own 1 MiB default breaks image
+/// uploads to a WebUI.
+const DEFAULT_MAX_BODY: &str = "50MiB";
+/// Far above what one machine's backend can serve, low enough to keep file descriptors for
+/// the admin side and the backend pool.
+const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// A browser opens at most ~6 HTTP/1.1 connections per host; 256 leaves room for NAT.
+const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 256;
+/// nginx's `client_header_timeout` is 60 s; a real client sends its head at once.
+const DEFAULT_HEADER_READ_TIMEOUT: &str = "30s";
+/// Clock skew tolerated on `exp`/`nbf`.
+const DEFAULT_JWT_LEEWAY: &str = "30s";
+/// nginx's `auth_request` has no own timeout; a token check that takes longer is broken.
+const DEFAULT_FORWARD_AUTH_TIMEOUT: &str = "5s";
 
 /// Everything that can go wrong loading a config. Callers branch on it for the exit code.
 #[derive(Debug, thiserror::Error)]
@@ -116,6 +144,94 @@ struct RawConfig {
     routes: Vec<RawRoute>,
     #[serde(default)]
     log: RawLog,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    access: RawAccess,
+    #[serde(default, rename = "rate_limit")]
+    rate_limits: Vec<RawRateLimit>,
+    jwt: Option<RawJwt>,
+    forward_auth: Option<RawForwardAuth>,
+    response_headers: Option<std::collections::BTreeMap<String, Spanned<String>>>,
+}
+
+/// `[limits]`
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    /// Largest request body (nginx `client_max_body_size`).
+    max_body: Option<Spanned<String>>,
+    /// Open connections, whole daemon.
+    max_connections: Option<Spanned<usize>>,
+    /// Open connections per client IP, counted before the handshake.
+    max_connections_per_ip: Option<Spanned<usize>>,
+    /// HTTP/1: the whole request head must arrive within this.
+    header_read_timeout: Option<Spanned<String>>,
+}
+
+/// `[access]`
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAccess {
+    /// Client IPs or CIDR blocks allowed to connect; empty: everyone.
+    #[serde(default)]
+    allow_ips: Vec<Spanned<String>>,
+}
+
+/// `[[rate_limit]]`
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRateLimit {
+    /// Zone name, used by routes.
+    name: Spanned<String>,
+    /// `client` (certificate fingerprint, else IP) or `ip`.
+    #[serde(default = "default_key_by")]
+    key: KeyBy,
+    /// `N/s`, `N/m` or `N/h`.
+    rate: Spanned<String>,
+    /// Requests allowed at once.
+    burst: Option<Spanned<u32>>,
+}
+
+fn default_key_by() -> KeyBy {
+    KeyBy::Client
+}
+
+/// `[jwt]`
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJwt {
+    /// Allowed algorithms; required, no default.
+    algorithms: Spanned<Vec<String>>,
+    /// HMAC secret.
+    secret_file: Option<Spanned<String>>,
+    /// PEM public key.
+    public_key_file: Option<Spanned<String>>,
+    /// JWKS.
+    jwks_file: Option<Spanned<String>>,
+    /// Expected `iss`.
+    issuer: Option<String>,
+    /// Expected `aud`.
+    audience: Option<String>,
+    /// Clock leeway for `exp`/`nbf`.
+    leeway: Option<Spanned<String>>,
+    /// Claim forwarded as the subject.
+    subject_claim: Option<String>,
+    /// Header it is forwarded in.
+    subject_header: Option<Spanned<String>>,
+}
+
+/// `[forward_auth]`
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawForwardAuth {
+    /// The auth service, plain HTTP.
+    url: Spanned<String>,
+    /// Longest wait for its answer.
+    timeout: Option<Spanned<String>>,
+    /// Headers copied from its 2xx answer to the backend request.
+    #[serde(default)]
+    copy_headers: Vec<Spanned<String>>,
 }
 
 /// `[listen]`
@@ -188,6 +304,44 @@ struct RawRoute {
     path: Spanned<String>,
     /// What to do with a match.
     action: Action,
+    /// Allowed methods; others get 405.
+    methods: Option<Spanned<Vec<String>>>,
+    /// `"required"`: a verified client certificate is needed on this route.
+    client_cert: Option<Spanned<String>>,
+    /// Certificate identities admitted.
+    allow: Option<RawAllow>,
+    /// Client IPs allowed on this route.
+    #[serde(default)]
+    allow_ips: Vec<Spanned<String>>,
+    /// `none`, `jwt` or `forward`.
+    #[serde(default)]
+    auth: Auth,
+    /// A `[[rate_limit]]` zone name.
+    rate_limit: Option<Spanned<String>>,
+    /// Body limit for this route.
+    max_body: Option<Spanned<String>>,
+    /// Removed from the path before forwarding.
+    strip_prefix: Option<Spanned<String>>,
+}
+
+/// `allow = { cn = [...], ... }`
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAllow {
+    #[serde(default)]
+    cn: Vec<String>,
+    #[serde(default)]
+    ou: Vec<String>,
+    #[serde(default)]
+    o: Vec<String>,
+    #[serde(default)]
+    san_dns: Vec<String>,
+    #[serde(default)]
+    san_email: Vec<String>,
+    #[serde(default)]
+    san_uri: Vec<String>,
+    #[serde(default)]
+    fingerprint: Vec<String>,
 }
 
 /// `[log]`
@@ -250,6 +404,55 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// `[log]`
     pub log: Log,
+    /// `[limits]`
+    pub limits: Limits,
+    /// `[access] allow_ips`
+    pub allow_ips: IpList,
+    /// `[[rate_limit]]` zones, in file order (routes refer to them by index).
+    pub rate_limits: Vec<RateLimitZone>,
+    /// `[jwt]`, with its keys loaded.
+    pub jwt: Option<Arc<JwtVerifier>>,
+    /// `[forward_auth]`
+    pub forward_auth: Option<ForwardAuthConfig>,
+    /// `[response_headers]`, merged with the defaults.
+    pub response_headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// `[limits]`, validated.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest request body, bytes.
+    pub max_body: u64,
+    /// Open connections, whole daemon.
+    pub max_connections: usize,
+    /// Open connections per client IP.
+    pub max_connections_per_ip: usize,
+    /// HTTP/1 request-head deadline.
+    pub header_read_timeout: Duration,
+}
+
+/// One `[[rate_limit]]` zone, validated.
+#[derive(Debug, Clone)]
+pub struct RateLimitZone {
+    /// Name.
+    pub name: String,
+    /// What it counts by.
+    pub key_by: KeyBy,
+    /// Sustained rate.
+    pub rate: Rate,
+    /// Requests allowed at once.
+    pub burst: NonZeroU32,
+}
+
+/// `[forward_auth]`, validated.
+#[derive(Debug, Clone)]
+pub struct ForwardAuthConfig {
+    /// The auth service.
+    pub url: http::Uri,
+    /// Longest wait.
+    pub timeout: Duration,
+    /// Headers copied from a 2xx answer.
+    pub copy_headers: Vec<HeaderName>,
 }
 
 /// `[listen]`, validated.
@@ -412,6 +615,13 @@ impl Config {
     }
 }
 
+/// What routes may refer to.
+struct Known<'a> {
+    zones: &'a [RateLimitZone],
+    jwt: bool,
+    forward_auth: bool,
+}
+
 struct Validator<'a> {
     file: PathBuf,
     text: &'a str,
@@ -555,11 +765,26 @@ impl Validator<'_> {
         // [headers]
         let headers = self.headers(&raw.headers);
 
+        let limits = self.limits(&raw.limits);
+        let allow_ips = self.ip_list("access.allow_ips", &raw.access.allow_ips);
+        let rate_limits = self.rate_limits(&raw.rate_limits);
+        let jwt = raw.jwt.as_ref().and_then(|j| self.jwt(j));
+        let forward_auth = raw.forward_auth.as_ref().and_then(|f| self.forward_auth(f));
+        let response_headers = self.response_headers(raw.response_headers.as_ref());
+
         // [[route]]
+        let known = Known {
+            zones: &rate_limits,
+            jwt: jwt.is_some(),
+            forward_auth: forward_auth.is_some(),
+        };
         let mut routes = Vec::new();
         for (i, r) in raw.routes.iter().enumerate() {
             match Route::new(r.path.get_ref(), r.action) {
-                Ok(route) => routes.push(route),
+                Ok(mut route) => {
+                    self.route_rules(i, r, &mut route, &known);
+                    routes.push(route);
+                }
                 Err(e @ RouteError::Invalid { .. }) => self.problem(
                     &format!("route[{i}].path"),
                     Some(r.path.span()),
@@ -585,7 +810,363 @@ impl Validator<'_> {
             headers,
             routes,
             log,
+            limits,
+            allow_ips,
+            rate_limits,
+            jwt,
+            forward_auth,
+            response_headers,
         })
+    }
+
+    fn size(&mut self, key: &str, value: Option<&Spanned<String>>, default: &str) -> u64 {
+        let parse = |s: &str| s.trim().parse::<bytesize::ByteSize>().map(|b| b.as_u64());
+        let Some(value) = value else {
+            return parse(default).unwrap_or(50 << 20);
+        };
+        match parse(value.get_ref()) {
+            Ok(n) if n > 0 => n,
+            _ => {
+                self.problem(
+                    key,
+                    Some(value.span()),
+                    format!(
+                        "invalid size {:?}; write it like \"50MiB\", \"512KiB\" or \"1GB\"",
+                        value.get_ref()
+                    ),
+                );
+                1
+            }
+        }
+    }
+
+    fn ip_list(&mut self, key: &str, items: &[Spanned<String>]) -> IpList {
+        let strings: Vec<&str> = items.iter().map(|i| i.get_ref().as_str()).collect();
+        match IpList::parse(&strings) {
+            Ok(l) => l,
+            Err((i, msg)) => {
+                self.problem(key, Some(items[i].span()), msg);
+                IpList::default()
+            }
+        }
+    }
+
+    fn count(&mut self, key: &str, v: Option<&Spanned<usize>>, default: usize) -> usize {
+        match v {
+            None => default,
+            Some(n) if *n.get_ref() > 0 => *n.get_ref(),
+            Some(n) => {
+                self.problem(key, Some(n.span()), "must be at least 1");
+                default
+            }
+        }
+    }
+
+    fn limits(&mut self, raw: &RawLimits) -> Limits {
+        Limits {
+            max_body: self.size("limits.max_body", raw.max_body.as_ref(), DEFAULT_MAX_BODY),
+            max_connections: self.count(
+                "limits.max_connections",
+                raw.max_connections.as_ref(),
+                DEFAULT_MAX_CONNECTIONS,
+            ),
+            max_connections_per_ip: self.count(
+                "limits.max_connections_per_ip",
+                raw.max_connections_per_ip.as_ref(),
+                DEFAULT_MAX_CONNECTIONS_PER_IP,
+            ),
+            header_read_timeout: self.duration(
+                "limits.header_read_timeout",
+                raw.header_read_timeout.as_ref(),
+                DEFAULT_HEADER_READ_TIMEOUT,
+            ),
+        }
+    }
+
+    fn rate_limits(&mut self, raw: &[RawRateLimit]) -> Vec<RateLimitZone> {
+        let mut zones: Vec<RateLimitZone> = Vec::new();
+        for (i, z) in raw.iter().enumerate() {
+            let name = z.name.get_ref().trim().to_string();
+            if name.is_empty() || zones.iter().any(|other| other.name == name) {
+                self.problem(
+                    &format!("rate_limit[{i}].name"),
+                    Some(z.name.span()),
+                    format!("{name:?}: zone names must be unique and not empty"),
+                );
+            }
+            let rate = match Rate::parse(z.rate.get_ref()) {
+                Ok(r) => r,
+                Err(m) => {
+                    self.problem(&format!("rate_limit[{i}].rate"), Some(z.rate.span()), m);
+                    continue;
+                }
+            };
+            let burst = match &z.burst {
+                None => NonZeroU32::MIN,
+                Some(b) => NonZeroU32::new(*b.get_ref()).unwrap_or_else(|| {
+                    self.problem(
+                        &format!("rate_limit[{i}].burst"),
+                        Some(b.span()),
+                        "must be at least 1",
+                    );
+                    NonZeroU32::MIN
+                }),
+            };
+            zones.push(RateLimitZone {
+                name,
+                key_by: z.key,
+                rate,
+                burst,
+            });
+        }
+        zones
+    }
+
+    fn header_name(&mut self, key: &str, v: &Spanned<String>) -> Option<HeaderName> {
+        match HeaderName::from_bytes(v.get_ref().trim().as_bytes()) {
+            Ok(n) => Some(n),
+            Err(_) => {
+                self.problem(
+                    key,
+                    Some(v.span()),
+                    format!("{:?} is not a valid header name", v.get_ref()),
+                );
+                None
+            }
+        }
+    }
+
+    fn jwt(&mut self, raw: &RawJwt) -> Option<Arc<JwtVerifier>> {
+        let leeway = match &raw.leeway {
+            Some(v) if matches!(v.get_ref().trim(), "0" | "0s") => Duration::ZERO,
+            other => self.duration("jwt.leeway", other.as_ref(), DEFAULT_JWT_LEEWAY),
+        };
+        let subject_header = match &raw.subject_header {
+            None => HeaderName::from_static("x-auth-subject"),
+            Some(h) => self.header_name("jwt.subject_header", h)?,
+        };
+        let secret = raw.secret_file.as_ref().map(|v| self.path(v));
+        let public = raw.public_key_file.as_ref().map(|v| self.path(v));
+        let jwks = raw.jwks_file.as_ref().map(|v| self.path(v));
+        let settings = JwtSettings {
+            algorithms: raw.algorithms.get_ref(),
+            secret_file: secret.as_deref(),
+            public_key_file: public.as_deref(),
+            jwks_file: jwks.as_deref(),
+            issuer: raw.issuer.clone(),
+            audience: raw.audience.clone(),
+            leeway,
+            subject_claim: raw
+                .subject_claim
+                .clone()
+                .unwrap_or_else(|| "sub".to_string()),
+            subject_header,
+        };
+        match JwtVerifier::new(&settings) {
+            Ok(v) => Some(Arc::new(v)),
+            Err(problems) => {
+                for (key, msg) in problems {
+                    let span = match key {
+                        "jwt.secret_file" => raw.secret_file.as_ref().map(Spanned::span),
+                        "jwt.public_key_file" => raw.public_key_file.as_ref().map(Spanned::span),
+                        "jwt.jwks_file" => raw.jwks_file.as_ref().map(Spanned::span),
+                        _ => None,
+                    }
+                    .or_else(|| Some(raw.algorithms.span()));
+                    self.problem(key, span, msg);
+                }
+                None
+            }
+        }
+    }
+
+    fn forward_auth(&mut self, raw: &RawForwardAuth) -> Option<ForwardAuthConfig> {
+        let timeout = self.duration(
+            "forward_auth.timeout",
+            raw.timeout.as_ref(),
+            DEFAULT_FORWARD_AUTH_TIMEOUT,
+        );
+        let copy_headers = raw
+            .copy_headers
+            .iter()
+            .filter_map(|h| self.header_name("forward_auth.copy_headers", h))
+            .collect();
+        match raw.url.get_ref().trim().parse::<http::Uri>() {
+            Ok(u) if u.scheme_str() == Some("http") && u.authority().is_some() => {
+                Some(ForwardAuthConfig {
+                    url: u,
+                    timeout,
+                    copy_headers,
+                })
+            }
+            _ => {
+                self.problem(
+                    "forward_auth.url",
+                    Some(raw.url.span()),
+                    format!(
+                        "{:?}: give a plain http:// URL like \"http://127.0.0.1:5000/auth\"",
+                        raw.url.get_ref()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn response_headers(
+        &mut self,
+        raw: Option<&std::collections::BTreeMap<String, Spanned<String>>>,
+    ) -> Vec<(HeaderName, HeaderValue)> {
+        let mut out: Vec<(HeaderName, HeaderValue)> = DEFAULT_RESPONSE_HEADERS
+            .iter()
+            .map(|(n, v)| (HeaderName::from_static(n), HeaderValue::from_static(v)))
+            .collect();
+        for (name, value) in raw.into_iter().flatten() {
+            let key = format!("response_headers.{name:?}");
+            let Ok(hn) = HeaderName::from_bytes(name.trim().as_bytes()) else {
+                self.problem(&key, Some(value.span()), "not a valid header name");
+                continue;
+            };
+            out.retain(|(n, _)| *n != hn);
+            if value.get_ref().is_empty() {
+                // "" turns a default off.
+                continue;
+            }
+            match HeaderValue::from_str(value.get_ref()) {
+                Ok(v) => out.push((hn, v)),
+                Err(_) => self.problem(&key, Some(value.span()), "not a valid header value"),
+            }
+        }
+        out
+    }
+
+    fn route_rules(&mut self, i: usize, r: &RawRoute, route: &mut Route, known: &Known<'_>) {
+        let key = |k: &str| format!("route[{i}].{k}");
+        let mut rules = std::mem::take(&mut route.rules);
+        if let Some(methods) = &r.methods {
+            let mut list = Vec::new();
+            for m in methods.get_ref() {
+                match http::Method::from_bytes(m.trim().to_ascii_uppercase().as_bytes()) {
+                    Ok(m) if m != http::Method::CONNECT => list.push(m),
+                    _ => self.problem(
+                        &key("methods"),
+                        Some(methods.span()),
+                        format!("{m:?} is not a usable HTTP method"),
+                    ),
+                }
+            }
+            if list.is_empty() {
+                self.problem(
+                    &key("methods"),
+                    Some(methods.span()),
+                    "list at least one method, or leave methods out to allow all",
+                );
+            }
+            rules.methods = Some(list);
+        }
+        rules.allow_ips = self.ip_list(&key("allow_ips"), &r.allow_ips);
+        if let Some(cc) = &r.client_cert {
+            match cc.get_ref().as_str() {
+                "required" => rules.client_cert_required = true,
+                "optional" => {}
+                other => self.problem(
+                    &key("client_cert"),
+                    Some(cc.span()),
+                    format!("{other:?}: use \"required\" or \"optional\""),
+                ),
+            }
+        }
+        if let Some(a) = &r.allow {
+            let fingerprint: Vec<String> = a
+                .fingerprint
+                .iter()
+                .map(|f| f.replace(':', "").to_ascii_lowercase())
+                .collect();
+            for f in &fingerprint {
+                if f.len() != 64 || !f.chars().all(|c| c.is_ascii_hexdigit()) {
+                    self.problem(
+                        &key("allow.fingerprint"),
+                        Some(r.path.span()),
+                        format!("{f:?} is not a SHA-256 fingerprint (64 hex digits)"),
+                    );
+                }
+            }
+            // An identity allow-list implies the route needs a certificate.
+            rules.client_cert_required = true;
+            rules.allow = Some(IdentityAllow {
+                cn: a.cn.clone(),
+                ou: a.ou.clone(),
+                o: a.o.clone(),
+                san_dns: a.san_dns.clone(),
+                san_email: a.san_email.clone(),
+                san_uri: a.san_uri.clone(),
+                fingerprint,
+            });
+        }
+        rules.auth = r.auth;
+        match r.auth {
+            Auth::Jwt if !known.jwt => self.problem(
+                &key("auth"),
+                Some(r.path.span()),
+                "auth = \"jwt\" needs a [jwt] section",
+            ),
+            Auth::Forward if !known.forward_auth => self.problem(
+                &key("auth"),
+                Some(r.path.span()),
+                "auth = \"forward\" needs a [forward_auth] section",
+            ),
+            _ => {}
+        }
+        if let Some(z) = &r.rate_limit {
+            match known
+                .zones
+                .iter()
+                .position(|zone| zone.name == *z.get_ref())
+            {
+                Some(idx) => rules.rate_limit = Some(idx),
+                None => self.problem(
+                    &key("rate_limit"),
+                    Some(z.span()),
+                    format!(
+                        "no [[rate_limit]] zone named {:?} (zones: {})",
+                        z.get_ref(),
+                        known
+                            .zones
+                            .iter()
+                            .map(|z| z.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ),
+            }
+        }
+        if let Some(mb) = &r.max_body {
+            rules.max_body = Some(self.size(&key("max_body"), Some(mb), DEFAULT_MAX_BODY));
+        }
+        if let Some(sp) = &r.strip_prefix {
+            let prefix = sp.get_ref().trim_end_matches('/');
+            let route_path = crate::routes::normalize(&route.path).ok();
+            let ok = prefix.is_ascii()
+                && crate::routes::normalize(prefix).is_ok_and(|n| n.as_str() == prefix)
+                && Route::new(prefix, Action::Allow)
+                    .ok()
+                    .zip(route_path)
+                    .is_some_and(|(p, rp)| p.matches(&rp));
+            if ok {
+                rules.strip_prefix = Some(prefix.to_string());
+            } else {
+                self.problem(
+                    &key("strip_prefix"),
+                    Some(sp.span()),
+                    format!(
+                        "{:?} must be a plain path that the route's path {:?} starts with, like \"/api\"",
+                        sp.get_ref(),
+                        route.path
+                    ),
+                );
+            }
+        }
+        route.rules = rules;
     }
 
     fn tls(&mut self, raw: &RawTls) -> Option<Tls> {

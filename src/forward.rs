@@ -17,7 +17,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
-use crate::body::ProxyBody;
+use crate::body::{LimitedBody, Overflow, ProxyBody};
 use crate::config::{HeaderNames, Upstream};
 use crate::identity::{ClientIdentity, IdentityHeaders};
 use crate::reply::Reject;
@@ -55,19 +55,89 @@ pub struct ConnInfo {
     pub identity_headers: IdentityHeaders,
 }
 
+/// What is removed from and set on every request that leaves certgate (to the backend, or to
+/// the forward-auth service): strip before inject.
+#[derive(Debug, Clone)]
+pub struct HeaderPolicy {
+    /// Names only certgate may set, besides the fixed ones: the configured identity headers,
+    /// the JWT subject header, forward-auth's copied headers; lower case, `_` folded to `-`.
+    strip: Vec<String>,
+}
+
+impl HeaderPolicy {
+    /// A policy that also strips `extra` (the JWT subject header, forward-auth's headers).
+    pub fn new<'a>(
+        names: &'a HeaderNames,
+        extra: impl IntoIterator<Item = &'a HeaderName>,
+    ) -> HeaderPolicy {
+        HeaderPolicy {
+            strip: names
+                .all()
+                .chain(extra)
+                .map(|n| n.as_str().replace('_', "-"))
+                .collect(),
+        }
+    }
+
+    /// Removes hop-by-hop and spoofable headers, then sets the forwarding and identity headers.
+    /// `Host` is left to the caller.
+    pub fn sanitize(&self, headers: &mut HeaderMap, websocket: bool, conn: &ConnInfo) {
+        let host = headers.get(header::HOST).cloned();
+        remove_hop_by_hop(headers, websocket);
+        self.strip_spoofable(headers);
+        headers.insert(HeaderName::from_static("x-real-ip"), conn.peer_ip.clone());
+        headers.insert(
+            HeaderName::from_static("x-forwarded-for"),
+            conn.peer_ip.clone(),
+        );
+        headers.insert(
+            HeaderName::from_static("x-forwarded-proto"),
+            HeaderValue::from_static("https"),
+        );
+        if let Some(host) = host {
+            headers.insert(HeaderName::from_static("x-forwarded-host"), host);
+        }
+        for (name, value) in conn.identity_headers.iter() {
+            headers.insert(name.clone(), value.clone());
+        }
+    }
+
+    /// Removes every header the client could use to lie about itself (spec §4).
+    fn strip_spoofable(&self, headers: &mut HeaderMap) {
+        let doomed: Vec<HeaderName> = headers
+            .keys()
+            .filter(|name| {
+                let n = name.as_str();
+                let n: Cow<'_, str> = if n.contains('_') {
+                    Cow::Owned(n.replace('_', "-"))
+                } else {
+                    Cow::Borrowed(n)
+                };
+                SPOOFABLE.contains(&n.as_ref())
+                    || SPOOFABLE_PREFIXES.iter().any(|p| n.starts_with(p))
+                    || self.strip.iter().any(|c| c == n.as_ref())
+            })
+            .cloned()
+            .collect();
+        for name in doomed {
+            headers.remove(name);
+        }
+    }
+}
+
 /// The pooled client and what it needs to rewrite requests.
 #[derive(Debug)]
 pub struct Forwarder {
-    client: Client<HttpConnector, Incoming>,
+    client: Client<HttpConnector, LimitedBody>,
     authority: Authority,
     response_timeout: Duration,
     idle_timeout: Duration,
-    identity_names: Vec<String>,
+    policy: HeaderPolicy,
 }
 
 impl Forwarder {
     /// A forwarder for one backend.
-    pub fn new(upstream: &Upstream, names: &HeaderNames) -> Forwarder {
+    pub fn new(upstream: &Upstream, policy: HeaderPolicy) -> Forwarder {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(upstream.connect_timeout));
         connector.set_nodelay(true);
@@ -83,20 +153,41 @@ impl Forwarder {
             authority: upstream.authority.clone(),
             response_timeout: upstream.response_timeout,
             idle_timeout: upstream.idle_timeout,
-            identity_names: names.all().map(|n| n.as_str().replace('_', "-")).collect(),
+            policy,
         }
     }
 
-    /// Sends `req` to the backend at `path` and returns the backend's response, streamed.
+    /// The header policy, shared with forward auth.
+    pub fn policy(&self) -> &HeaderPolicy {
+        &self.policy
+    }
+
+    /// Sends `req` to the backend at `path`, with `extra` headers (the JWT subject, forward
+    /// auth's copies) and its body cut off at `max_body`, and returns the backend's response,
+    /// streamed.
     ///
     /// # Errors
-    /// A [`Reject`] (502 / 504) when the backend cannot be reached or does not answer in time.
+    /// 413 over `max_body`, 502 / 504 when the backend cannot be reached or does not answer in
+    /// time.
     pub async fn forward(
         &self,
-        mut req: Request<Incoming>,
+        req: Request<Incoming>,
         path: PathAndQuery,
         conn: &ConnInfo,
+        extra: Vec<(HeaderName, HeaderValue)>,
+        max_body: u64,
     ) -> Result<Response<ProxyBody>, Reject> {
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > max_body) {
+            crate::body::drain(req.into_body());
+            return Err(Reject::payload_too_large(max_body, "max_body".to_string()));
+        }
+        let overflow = std::sync::Arc::new(Overflow::default());
+        let mut req = req.map(|b| LimitedBody::new(b, max_body, overflow.clone()));
         // The Host the client used: the Host header for HTTP/1, :authority for HTTP/2.
         let host = match req.version() {
             Version::HTTP_2 | Version::HTTP_3 => req
@@ -107,28 +198,17 @@ impl Forwarder {
         };
         let websocket = is_websocket_upgrade(&req);
         let headers = req.headers_mut();
-        remove_hop_by_hop(headers, websocket);
-        self.strip_spoofable(headers);
-        headers.insert(HeaderName::from_static("x-real-ip"), conn.peer_ip.clone());
-        headers.insert(
-            HeaderName::from_static("x-forwarded-for"),
-            conn.peer_ip.clone(),
-        );
-        headers.insert(
-            HeaderName::from_static("x-forwarded-proto"),
-            HeaderValue::from_static("https"),
-        );
         match host {
             Some(host) => {
-                headers.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
                 headers.insert(header::HOST, host);
             }
             None => {
                 headers.remove(header::HOST);
             }
         }
-        for (name, value) in conn.identity_headers.iter() {
-            headers.insert(name.clone(), value.clone());
+        self.policy.sanitize(headers, websocket, conn);
+        for (name, value) in extra {
+            headers.append(name, value);
         }
         let mut parts = http::uri::Parts::default();
         parts.scheme = Some(Scheme::HTTP);
@@ -143,7 +223,15 @@ impl Forwarder {
         let resp = match tokio::time::timeout(self.response_timeout, self.client.request(req)).await
         {
             Ok(Ok(resp)) => resp,
-            Ok(Err(e)) => return Err(self.upstream_error(&e, conn)),
+            Ok(Err(e)) => {
+                if overflow.hit() {
+                    if let Some(rest) = overflow.take_rest() {
+                        crate::body::drain(rest);
+                    }
+                    return Err(Reject::payload_too_large(max_body, "max_body".to_string()));
+                }
+                return Err(self.upstream_error(&e, conn));
+            }
             Err(_) => {
                 tracing::warn!(
                     peer = %conn.peer,
@@ -209,28 +297,6 @@ impl Forwarder {
             Reject::bad_gateway(
                 "The backend closed the connection or sent an invalid response.".to_string(),
             )
-        }
-    }
-
-    /// Removes every header the client could use to lie about itself (spec §4).
-    fn strip_spoofable(&self, headers: &mut HeaderMap) {
-        let doomed: Vec<HeaderName> = headers
-            .keys()
-            .filter(|name| {
-                let n = name.as_str();
-                let n: Cow<'_, str> = if n.contains('_') {
-                    Cow::Owned(n.replace('_', "-"))
-                } else {
-                    Cow::Borrowed(n)
-                };
-                SPOOFABLE.contains(&n.as_ref())
-                    || SPOOFABLE_PREFIXES.iter().any(|p| n.starts_with(p))
-                    || self.identity_names.iter().any(|c| c == n.as_ref())
-            })
-            .cloned()
-            .collect();
-        for name in doomed {
-            headers.remove(name);
         }
     }
 }

@@ -35,6 +35,54 @@ pub struct ClientIdentity {
     pub fingerprint: String,
     /// The leaf as URL-encoded PEM, as nginx `$ssl_client_escaped_cert`.
     pub escaped_pem: String,
+    /// Subject attributes and SANs that route allow-lists match on (decoded values).
+    pub names: IdentityNames,
+}
+
+/// The values a route's `allow` list can name; each list holds every occurrence.
+#[derive(Debug, Clone, Default)]
+pub struct IdentityNames {
+    /// Subject CN values.
+    pub cn: Vec<String>,
+    /// Subject OU values.
+    pub ou: Vec<String>,
+    /// Subject O values.
+    pub o: Vec<String>,
+    /// dNSName SANs.
+    pub san_dns: Vec<String>,
+    /// rfc822Name SANs.
+    pub san_email: Vec<String>,
+    /// URI SANs.
+    pub san_uri: Vec<String>,
+}
+
+fn attr_strings<'a>(
+    iter: impl Iterator<Item = &'a x509_parser::x509::AttributeTypeAndValue<'a>>,
+) -> Vec<String> {
+    iter.filter_map(|a| a.as_str().ok().map(str::to_string))
+        .collect()
+}
+
+fn names_of(cert: &X509Certificate<'_>) -> IdentityNames {
+    use x509_parser::extensions::GeneralName;
+    let subject = cert.subject();
+    let mut names = IdentityNames {
+        cn: attr_strings(subject.iter_common_name()),
+        ou: attr_strings(subject.iter_organizational_unit()),
+        o: attr_strings(subject.iter_organization()),
+        ..IdentityNames::default()
+    };
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            match name {
+                GeneralName::DNSName(d) => names.san_dns.push((*d).to_string()),
+                GeneralName::RFC822Name(e) => names.san_email.push((*e).to_string()),
+                GeneralName::URI(u) => names.san_uri.push((*u).to_string()),
+                _ => {}
+            }
+        }
+    }
+    names
 }
 
 impl ClientIdentity {
@@ -56,6 +104,7 @@ impl ClientIdentity {
             fingerprint: hex_lower(digest.as_ref()),
             escaped_pem: percent_encoding::utf8_percent_encode(&pem, NGINX_URI_COMPONENT)
                 .to_string(),
+            names: names_of(&cert),
         })
     }
 }

@@ -20,6 +20,7 @@
 //! - [`certs`]: the `certgate certs` subcommands on top of [`pki`]: CA folder, state, revocation.
 //! - [`commands`] and [`demo`]: the `run`, `check` and `demo` subcommands.
 
+pub mod access;
 pub mod access_log;
 pub mod body;
 pub mod certs;
@@ -27,10 +28,13 @@ pub mod commands;
 pub mod config;
 pub mod demo;
 pub mod forward;
+pub mod forward_auth;
 pub mod identity;
+pub mod jwt;
 pub mod logging;
 pub mod pki;
 pub mod policy;
+pub mod ratelimit;
 pub mod reply;
 pub mod routes;
 pub mod server;

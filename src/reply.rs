@@ -1,7 +1,7 @@
 //! The answers certgate makes itself: JSON errors of the shape
 //! `{"error": "<code>", "message": "<one sentence a person can act on>"}` (spec §6).
 
-use http::{HeaderValue, Response, StatusCode, header};
+use http::{HeaderName, HeaderValue, Response, StatusCode, header};
 
 use crate::body::ProxyBody;
 
@@ -16,6 +16,8 @@ pub struct Reject {
     pub message: String,
     /// The rule that refused it, for the access log.
     pub rule: Option<String>,
+    /// Extra response headers (`WWW-Authenticate`, `Allow`, `Retry-After`).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl Reject {
@@ -30,6 +32,81 @@ impl Reject {
             rule: Some(rule),
             ..Reject::new(StatusCode::FORBIDDEN, "forbidden", message)
         }
+    }
+
+    /// 401 `unauthorized` for a bearer token, with RFC 6750's `WWW-Authenticate`.
+    pub fn invalid_token(why: &str) -> Reject {
+        let mut r = Reject::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            format!("Bearer token refused: {why}."),
+        );
+        // `why` comes from a fixed set of messages; quotes are escaped all the same.
+        let header = format!(
+            "Bearer error=\"invalid_token\", error_description=\"{}\"",
+            why.replace('\\', "\\\\").replace('"', "\\\"")
+        );
+        if let Ok(v) = HeaderValue::from_str(&header) {
+            r.headers.push((header::WWW_AUTHENTICATE, v));
+        }
+        r
+    }
+
+    /// 401 `unauthorized` without a bearer challenge (forward auth).
+    pub fn unauthorized_plain(message: impl Into<String>) -> Reject {
+        Reject::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    /// 405 `method_not_allowed` with `Allow`.
+    pub fn method_not_allowed(method: &http::Method, allow: &str, rule: String) -> Reject {
+        let mut r = Reject::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("{method} is not allowed here; allowed: {allow}."),
+        );
+        r.rule = Some(rule);
+        if let Ok(v) = HeaderValue::from_str(allow) {
+            r.headers.push((header::ALLOW, v));
+        }
+        r
+    }
+
+    /// 413 `payload_too_large`.
+    pub fn payload_too_large(limit: u64, rule: String) -> Reject {
+        let mut r = Reject::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!(
+                "The request body is larger than the limit of {}.",
+                bytesize::ByteSize::b(limit).display().iec()
+            ),
+        );
+        r.rule = Some(rule);
+        r
+    }
+
+    /// 429 `too_many_requests` with `Retry-After` (whole seconds, at least 1).
+    pub fn too_many_requests(zone: &str, retry_after: std::time::Duration) -> Reject {
+        let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+        let secs = secs.max(1);
+        let mut r = Reject::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_requests",
+            format!("Rate limit {zone:?} exceeded; retry in {secs} s."),
+        );
+        r.rule = Some(format!("rate_limit {zone}"));
+        r.headers
+            .push((header::RETRY_AFTER, HeaderValue::from(secs)));
+        r
+    }
+
+    /// 503 `service_unavailable`.
+    pub fn service_unavailable(message: impl Into<String>) -> Reject {
+        Reject::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "service_unavailable",
+            message,
+        )
     }
 
     /// 502 `bad_gateway`.
@@ -48,6 +125,7 @@ impl Reject {
             code,
             message: message.into(),
             rule: None,
+            headers: Vec::new(),
         }
     }
 

@@ -9,7 +9,11 @@
 
 use std::fmt::Write as _;
 
+use http::Method;
 use serde::Deserialize;
+
+use crate::access::IpList;
+use crate::identity::ClientIdentity;
 
 /// What a matching route does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -189,6 +193,99 @@ pub enum RouteError {
     },
 }
 
+/// How a route authenticates requests beyond the client certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Auth {
+    /// Nothing more.
+    #[default]
+    None,
+    /// A bearer token checked against `[jwt]`.
+    Jwt,
+    /// Ask the `[forward_auth]` service.
+    Forward,
+}
+
+/// Certificate identities a route admits; any listed value admits (OR), exact match.
+#[derive(Debug, Clone, Default)]
+pub struct IdentityAllow {
+    /// Subject CN values.
+    pub cn: Vec<String>,
+    /// Subject OU values.
+    pub ou: Vec<String>,
+    /// Subject O values.
+    pub o: Vec<String>,
+    /// dNSName SANs (compared without regard to ASCII case).
+    pub san_dns: Vec<String>,
+    /// rfc822Name SANs.
+    pub san_email: Vec<String>,
+    /// URI SANs.
+    pub san_uri: Vec<String>,
+    /// SHA-256 fingerprints, lower-case hex without colons.
+    pub fingerprint: Vec<String>,
+}
+
+impl IdentityAllow {
+    /// Whether the identity has any listed value.
+    pub fn admits(&self, id: &ClientIdentity) -> bool {
+        let n = &id.names;
+        let any = |list: &[String], vals: &[String]| list.iter().any(|l| vals.contains(l));
+        any(&self.cn, &n.cn)
+            || any(&self.ou, &n.ou)
+            || any(&self.o, &n.o)
+            || self
+                .san_dns
+                .iter()
+                .any(|l| n.san_dns.iter().any(|v| v.eq_ignore_ascii_case(l)))
+            || any(&self.san_email, &n.san_email)
+            || any(&self.san_uri, &n.san_uri)
+            || self.fingerprint.contains(&id.fingerprint)
+    }
+}
+
+/// What a route demands of a request besides its path (spec §8), in the order it is checked.
+#[derive(Debug, Clone, Default)]
+pub struct RouteRules {
+    /// Allowed methods (HEAD comes with GET); `None` allows all.
+    pub methods: Option<Vec<Method>>,
+    /// Client IPs allowed on this route; empty allows all.
+    pub allow_ips: IpList,
+    /// A verified client certificate is required (meaningful with `client_auth = "optional"`).
+    pub client_cert_required: bool,
+    /// Certificate identities admitted; `None` admits any verified client.
+    pub allow: Option<IdentityAllow>,
+    /// Token or forward auth.
+    pub auth: Auth,
+    /// Index of the `[[rate_limit]]` zone.
+    pub rate_limit: Option<usize>,
+    /// Body limit for this route, overriding `[limits] max_body`.
+    pub max_body: Option<u64>,
+    /// Normalized prefix removed before forwarding.
+    pub strip_prefix: Option<String>,
+}
+
+impl RouteRules {
+    /// The `Allow` header value for a 405.
+    pub fn allow_header(&self) -> String {
+        let Some(methods) = &self.methods else {
+            return String::new();
+        };
+        let mut names: Vec<&str> = methods.iter().map(Method::as_str).collect();
+        if methods.contains(&Method::GET) && !methods.contains(&Method::HEAD) {
+            names.push("HEAD");
+        }
+        names.join(", ")
+    }
+
+    /// Whether `m` is allowed.
+    pub fn allows_method(&self, m: &Method) -> bool {
+        match &self.methods {
+            None => true,
+            Some(list) => list.contains(m) || (m == Method::HEAD && list.contains(&Method::GET)),
+        }
+    }
+}
+
 /// One `[[route]]`, compiled.
 #[derive(Debug, Clone)]
 pub struct Route {
@@ -200,6 +297,8 @@ pub struct Route {
     plain_prefix: bool,
     /// What a match does.
     pub action: Action,
+    /// What an allowed request must also satisfy.
+    pub rules: RouteRules,
 }
 
 impl Route {
@@ -225,7 +324,13 @@ impl Route {
             prefix,
             plain_prefix,
             action,
+            rules: RouteRules::default(),
         })
+    }
+
+    /// The route for messages and the access log: `route[3] /api/colorize`.
+    pub fn label(&self, index: usize) -> String {
+        format!("route[{index}] {}", self.path)
     }
 
     /// Whether this route matches a normalized path: by whole segments (`/gradio_api` matches
@@ -319,5 +424,63 @@ mod tests {
         let p = normalize("/gradio_api/info").unwrap();
         assert_eq!(first_match(&routes, &p).unwrap().0, 1);
         assert!(first_match(&routes, &normalize("/").unwrap()).is_none());
+    }
+}
+
+/// Removes `prefix` (normalized, as configured in `strip_prefix`) from the front of a normalized
+/// path, ignoring ASCII case as route matching does; what remains always starts with `/`.
+pub fn strip_prefix(path: &NormalizedPath, prefix: &str) -> NormalizedPath {
+    let p = prefix.trim_end_matches('/');
+    let enc = path.as_str();
+    let dec = path.decoded();
+    // The prefix is plain ASCII (validated at config time), so it has the same length in the
+    // encoded and the decoded form.
+    let matches = |s: &[u8]| s.len() >= p.len() && s[..p.len()].eq_ignore_ascii_case(p.as_bytes());
+    if p.is_empty() || !matches(enc.as_bytes()) || !matches(dec) {
+        return path.clone();
+    }
+    let rest_enc = &enc[p.len()..];
+    let rest_dec = &dec[p.len()..];
+    if !(rest_enc.is_empty() || rest_enc.starts_with('/')) {
+        return path.clone();
+    }
+    let fix = |s: &str| {
+        if s.is_empty() {
+            "/".to_string()
+        } else {
+            s.to_string()
+        }
+    };
+    let mut decoded = rest_dec.to_vec();
+    if decoded.is_empty() {
+        decoded.push(b'/');
+    }
+    NormalizedPath {
+        decoded,
+        encoded: fix(rest_enc),
+    }
+}
+
+#[cfg(test)]
+mod strip_tests {
+    use super::*;
+
+    #[test]
+    fn strip_prefix_keeps_a_leading_slash() {
+        let p = normalize("/api/colorize").unwrap();
+        assert_eq!(strip_prefix(&p, "/api").as_str(), "/colorize");
+        assert_eq!(strip_prefix(&p, "/api/").as_str(), "/colorize");
+        assert_eq!(
+            strip_prefix(&normalize("/API/x").unwrap(), "/api").as_str(),
+            "/x"
+        );
+        assert_eq!(
+            strip_prefix(&normalize("/api").unwrap(), "/api").as_str(),
+            "/"
+        );
+        assert_eq!(
+            strip_prefix(&normalize("/apix").unwrap(), "/api").as_str(),
+            "/apix"
+        );
     }
 }

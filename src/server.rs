@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::{HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -21,12 +21,13 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::access::{ConnGuard, ConnLimits, IpList};
 use crate::access_log::AccessRecord;
 use crate::body::ProxyBody;
 use crate::config::{Config, HeaderNames};
-use crate::forward::{ConnInfo, Forwarder};
+use crate::forward::{ConnInfo, Forwarder, HeaderPolicy};
 use crate::identity::{ClientIdentity, IdentityHeaders};
-use crate::routes::Route;
+use crate::policy::Policy;
 use crate::tls::{self, TlsError};
 
 /// Why the server could not start.
@@ -50,11 +51,17 @@ struct State {
     acceptor: TlsAcceptor,
     handshake_timeout: Duration,
     http: auto::Builder<TokioExecutor>,
-    routes: Vec<Route>,
+    policy: Policy,
     forwarder: Forwarder,
     headers: HeaderNames,
     access_log: bool,
+    allow_ips: IpList,
+    limits: Arc<ConnLimits>,
+    response_headers: Vec<(HeaderName, HeaderValue)>,
 }
+
+/// How often idle rate-limit keys are forgotten.
+const EVICT_EVERY: Duration = Duration::from_secs(60);
 
 /// A bound, ready-to-run proxy.
 pub struct Server {
@@ -79,8 +86,13 @@ impl Server {
         };
         let mut http = auto::Builder::new(TokioExecutor::new());
         // Without a timer hyper silently disables its header-read timeout.
-        http.http1().timer(TokioTimer::new());
+        http.http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(config.limits.header_read_timeout);
         http.http2().timer(TokioTimer::new());
+        let policy = Policy::new(config);
+        let owned = policy.owned_headers();
+        let header_policy = HeaderPolicy::new(&config.headers, owned.iter());
         Ok(Server {
             https,
             redirect,
@@ -89,10 +101,16 @@ impl Server {
                 acceptor: TlsAcceptor::from(tls),
                 handshake_timeout: config.tls.handshake_timeout,
                 http,
-                routes: config.routes.clone(),
-                forwarder: Forwarder::new(&config.upstream, &config.headers),
+                policy,
+                forwarder: Forwarder::new(&config.upstream, header_policy),
                 headers: config.headers.clone(),
                 access_log: config.log.access,
+                allow_ips: config.allow_ips.clone(),
+                limits: ConnLimits::new(
+                    config.limits.max_connections,
+                    config.limits.max_connections_per_ip,
+                ),
+                response_headers: config.response_headers.clone(),
             }),
         })
     }
@@ -122,23 +140,30 @@ impl Server {
             "certgate listening"
         );
         tokio::pin!(shutdown);
+        let mut evict = tokio::time::interval(EVICT_EVERY);
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
                 accepted = self.https.accept() => match accepted {
                     Ok((tcp, peer)) => {
-                        let state = self.state.clone();
-                        let cancel = cancel.clone();
-                        tracker.spawn(serve_tls(state, tcp, peer, cancel));
+                        if let Some(guard) = admit(&self.state, peer) {
+                            let state = self.state.clone();
+                            let cancel = cancel.clone();
+                            tracker.spawn(serve_tls(state, tcp, peer, cancel, guard));
+                        }
                     }
                     Err(e) => accept_error(e).await,
                 },
                 accepted = accept_opt(self.redirect.as_ref()) => match accepted {
                     Ok((tcp, peer)) => {
-                        tracker.spawn(serve_redirect(tcp, peer, https_port, cancel.clone()));
+                        if let Some(guard) = admit(&self.state, peer) {
+                            let headers = self.state.response_headers.clone();
+                            tracker.spawn(serve_redirect(tcp, peer, https_port, cancel.clone(), headers, guard));
+                        }
                     }
                     Err(e) => accept_error(e).await,
                 },
+                _ = evict.tick() => self.state.policy.evict_idle(),
             }
         }
         drop(self.https);
@@ -183,11 +208,34 @@ async fn accept_error(e: std::io::Error) {
     tokio::time::sleep(Duration::from_millis(50)).await;
 }
 
+/// The checks made on a bare TCP connection, before any TLS work: the IP allow-list and the
+/// connection limits. A refused peer is logged and closed at once.
+fn admit(state: &State, peer: SocketAddr) -> Option<ConnGuard> {
+    let peer = canonical(peer);
+    if !state.allow_ips.allows(peer.ip()) {
+        tracing::warn!(%peer, reason = "address not in [access] allow_ips", "connection refused");
+        return None;
+    }
+    match state.limits.try_acquire(peer.ip()) {
+        Ok(guard) => Some(guard),
+        Err(hit) => {
+            tracing::warn!(%peer, reason = hit.reason(), open = state.limits.open(), "connection refused");
+            None
+        }
+    }
+}
+
 fn canonical(peer: SocketAddr) -> SocketAddr {
     SocketAddr::new(peer.ip().to_canonical(), peer.port())
 }
 
-async fn serve_tls(state: Arc<State>, tcp: TcpStream, peer: SocketAddr, cancel: CancellationToken) {
+async fn serve_tls(
+    state: Arc<State>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    cancel: CancellationToken,
+    _guard: ConnGuard,
+) {
     let peer = canonical(peer);
     let _ = tcp.set_nodelay(true);
     let handshake = tokio::time::timeout(state.handshake_timeout, state.acceptor.accept(tcp));
@@ -262,8 +310,23 @@ async fn handle(state: &State, conn: &ConnInfo, req: Request<Incoming>) -> Respo
     let start = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let result = match crate::policy::check(&req, &state.routes) {
-        Ok(pq) => state.forwarder.forward(req, pq, conn).await,
+    let result = match state
+        .policy
+        .check(&req, conn, state.forwarder.policy())
+        .await
+    {
+        Ok(admitted) => {
+            state
+                .forwarder
+                .forward(
+                    req,
+                    admitted.target,
+                    conn,
+                    admitted.extra,
+                    admitted.max_body,
+                )
+                .await
+        }
         Err(reject) => Err(reject),
     };
     let dn = conn.identity.as_ref().map(|i| i.subject_dn.as_str());
@@ -284,6 +347,7 @@ async fn handle(state: &State, conn: &ConnInfo, req: Request<Incoming>) -> Respo
             (reject.to_response(), reject.rule)
         }
     };
+    add_response_headers(&mut resp, &state.response_headers);
     if state.access_log {
         let status = resp.status().as_u16();
         resp.body_mut().set_log(AccessRecord {
@@ -300,6 +364,16 @@ async fn handle(state: &State, conn: &ConnInfo, req: Request<Incoming>) -> Respo
     resp
 }
 
+/// `[response_headers]` on every response, certgate's own included; a header the backend set
+/// itself is left as it is.
+fn add_response_headers(resp: &mut Response<ProxyBody>, headers: &[(HeaderName, HeaderValue)]) {
+    for (name, value) in headers {
+        if !resp.headers().contains_key(name) {
+            resp.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+}
+
 /// The plain-HTTP listener: every request gets a 301 to the same host, path and query over
 /// HTTPS, with the HTTPS port kept when it is not 443. Nothing is ever proxied in clear text.
 async fn serve_redirect(
@@ -307,9 +381,17 @@ async fn serve_redirect(
     peer: SocketAddr,
     https_port: u16,
     cancel: CancellationToken,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    _guard: ConnGuard,
 ) {
-    let service = service_fn(move |req: Request<Incoming>| async move {
-        Ok::<_, Infallible>(redirect_response(&req, https_port))
+    let headers = Arc::new(headers);
+    let service = service_fn(move |req: Request<Incoming>| {
+        let headers = headers.clone();
+        async move {
+            let mut resp = redirect_response(&req, https_port);
+            add_response_headers(&mut resp, &headers);
+            Ok::<_, Infallible>(resp)
+        }
     });
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new());

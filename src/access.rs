@@ -1,0 +1,192 @@
+//! Who may connect at all: IP allow-lists (CIDR, IPv4 and IPv6) and connection limits, checked
+//! at accept time, before any TLS work, so a refused peer costs no handshake.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use ipnet::{IpNet, Ipv4Net};
+
+/// An IP allow-list; empty means everyone.
+#[derive(Debug, Clone, Default)]
+pub struct IpList(Vec<IpNet>);
+
+impl IpList {
+    /// Parses entries like `"10.0.0.0/8"`, `"192.168.1.7"` or `"::1"`. IPv4-mapped IPv6 entries
+    /// (`::ffff:10.0.0.0/104`) are stored as IPv4, so both spellings of a peer match.
+    ///
+    /// # Errors
+    /// The first entry that is neither an address nor a CIDR block, with why.
+    pub fn parse<S: AsRef<str>>(items: &[S]) -> Result<IpList, (usize, String)> {
+        let mut nets = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            let item = item.as_ref().trim();
+            let net = match item.parse::<IpNet>() {
+                Ok(n) => n,
+                Err(_) => match item.parse::<IpAddr>() {
+                    Ok(ip) => IpNet::from(ip),
+                    Err(_) => {
+                        return Err((
+                            i,
+                            format!(
+                                "{item:?} is neither an IP address nor a CIDR block like \"10.0.0.0/8\" or \"fd00::/8\""
+                            ),
+                        ));
+                    }
+                },
+            };
+            nets.push(canonical_net(net));
+        }
+        Ok(IpList(nets))
+    }
+
+    /// No entries: everyone is allowed.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether `ip` is allowed (always, for an empty list).
+    pub fn allows(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.0.is_empty() || self.0.iter().any(|n| n.contains(&ip))
+    }
+}
+
+fn canonical_net(net: IpNet) -> IpNet {
+    if let IpNet::V6(v6) = net
+        && let (Some(v4), true) = (v6.addr().to_ipv4_mapped(), v6.prefix_len() >= 96)
+        && let Ok(n) = Ipv4Net::new(v4, v6.prefix_len() - 96)
+    {
+        return IpNet::V4(n.trunc());
+    }
+    net.trunc()
+}
+
+/// Which connection limit was hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitHit {
+    /// `max_connections` for the whole daemon.
+    Total,
+    /// `max_connections_per_ip`.
+    PerIp,
+}
+
+impl LimitHit {
+    /// For the log line.
+    pub fn reason(self) -> &'static str {
+        match self {
+            LimitHit::Total => "max_connections reached",
+            LimitHit::PerIp => "max_connections_per_ip reached",
+        }
+    }
+}
+
+/// Open-connection counters, taken before the handshake and released when the connection ends.
+#[derive(Debug)]
+pub struct ConnLimits {
+    max_total: usize,
+    max_per_ip: usize,
+    total: AtomicUsize,
+    by_ip: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// Holds one connection's place; dropping it releases the place.
+#[derive(Debug)]
+pub struct ConnGuard {
+    limits: Arc<ConnLimits>,
+    ip: IpAddr,
+}
+
+impl ConnLimits {
+    /// Limits for the whole daemon and per client IP.
+    pub fn new(max_total: usize, max_per_ip: usize) -> Arc<ConnLimits> {
+        Arc::new(ConnLimits {
+            max_total,
+            max_per_ip,
+            total: AtomicUsize::new(0),
+            by_ip: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Takes a place for a connection from `ip`.
+    ///
+    /// # Errors
+    /// The limit that is full.
+    pub fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Result<ConnGuard, LimitHit> {
+        let ip = ip.to_canonical();
+        let mut by_ip = self.by_ip.lock().unwrap_or_else(|e| e.into_inner());
+        if self.total.load(Ordering::Relaxed) >= self.max_total {
+            return Err(LimitHit::Total);
+        }
+        let n = by_ip.entry(ip).or_insert(0);
+        if *n >= self.max_per_ip {
+            return Err(LimitHit::PerIp);
+        }
+        *n += 1;
+        self.total.fetch_add(1, Ordering::Relaxed);
+        Ok(ConnGuard {
+            limits: self.clone(),
+            ip,
+        })
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.total.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        let mut by_ip = self.limits.by_ip.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = by_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                by_ip.remove(&self.ip);
+            }
+        }
+        self.limits.total.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidr_v4_v6_and_mapped() {
+        let l = IpList::parse(&[
+            "192.168.1.0/24",
+            "10.0.0.0/8",
+            "::1",
+            "::ffff:172.16.0.0/108",
+        ])
+        .unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(l.allows(ip("192.168.1.77")));
+        assert!(l.allows(ip("::ffff:192.168.1.77")));
+        assert!(!l.allows(ip("192.168.2.1")));
+        assert!(l.allows(ip("::1")));
+        assert!(l.allows(ip("172.16.3.4")));
+        assert!(!l.allows(ip("::2")));
+        assert!(IpList::parse(&["10.0.0.0/33"]).is_err());
+        assert!(IpList::parse(&["nope"]).is_err());
+        assert!(IpList::default().allows(ip("8.8.8.8")));
+    }
+
+    #[test]
+    fn limits_count_and_release() {
+        let l = ConnLimits::new(3, 2);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let g1 = l.try_acquire(a).unwrap();
+        let _g2 = l.try_acquire(a).unwrap();
+        assert_eq!(l.try_acquire(a).unwrap_err(), LimitHit::PerIp);
+        let _g3 = l.try_acquire(b).unwrap();
+        assert_eq!(l.try_acquire(b).unwrap_err(), LimitHit::Total);
+        drop(g1);
+        let _g4 = l.try_acquire(b).unwrap();
+        assert_eq!(l.open(), 3);
+    }
+}
