@@ -18,7 +18,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
     /// No `Authorization: Bearer` header (a token in the query string does not count).
-    #[error("missing bearer token (send it as Authorization: Bearer <token>)")]
+    #[error("missing bearer token")]
     Missing,
     /// Not a JWT.
     #[error("malformed token")]

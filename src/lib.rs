@@ -10,7 +10,8 @@
 //! - [`identity`]: the peer certificate → [`identity::ClientIdentity`], DNs formatted as nginx.
 //! - [`server`]: listeners, handshakes with a timeout, connection tasks, graceful shutdown, the
 //!   HTTP→HTTPS redirect listener.
-//! - [`policy`] and [`routes`]: request form, path normalization, path rules.
+//! - [`policy`] and [`routes`]: request form, path normalization, path rules and their
+//!   conditions (methods, IPs, identities, tokens, rate limits, body size).
 //! - [`forward`]: header hygiene, the pooled backend client, streaming, WebSocket upgrades.
 //! - [`body`]: the response body type (streamed with an idle timeout).
 //! - [`reply`]: certgate's own JSON error responses.
@@ -18,6 +19,9 @@
 //! - [`logging`]: text or JSON logs on stderr.
 //! - [`pki`]: the private CA (certificates, CRLs, PKCS#12), used by `demo` and the tests.
 //! - [`certs`]: the `certgate certs` subcommands on top of [`pki`]: CA folder, state, revocation.
+//! - [`access`]: IP allow-lists and connection limits, checked at accept.
+//! - [`ratelimit`], [`jwt`], [`forward_auth`]: the policy checks a route can ask for.
+//! - [`token`]: the `certgate token` subcommands.
 //! - [`commands`] and [`demo`]: the `run`, `check` and `demo` subcommands.
 
 pub mod access;
@@ -39,3 +43,4 @@ pub mod reply;
 pub mod routes;
 pub mod server;
 pub mod tls;
+pub mod token;

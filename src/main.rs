@@ -38,6 +38,11 @@ enum Command {
         #[command(subcommand)]
         command: certgate::certs::CertsCommand,
     },
+    /// Bearer-token tooling: mint a token, or ask the config whether it accepts one.
+    Token {
+        #[command(subcommand)]
+        command: certgate::token::TokenCommand,
+    },
     /// One-command quickstart: demo PKI, echo backend, proxy on 127.0.0.1:8443.
     Demo {
         /// Where the demo PKI lives (created if missing).
@@ -52,6 +57,7 @@ fn main() -> ExitCode {
         Command::Run { config } => commands::run(&config),
         Command::Check { config } => commands::check(&config).map(|summary| print!("{summary}")),
         Command::Certs { command } => certgate::certs::run(command),
+        Command::Token { command } => certgate::token::run(command),
         Command::Demo { dir } => certgate::demo::run(&dir),
     };
     match result {

@@ -140,6 +140,9 @@ impl Reject {
         );
         resp.headers_mut()
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        for (name, value) in &self.headers {
+            resp.headers_mut().append(name.clone(), value.clone());
+        }
         resp
     }
 }

@@ -410,3 +410,211 @@ async fn demo_works_as_the_readme_says() {
         .unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+/// A folder with the test PKI under the file names the example configs use, and a JWT secret.
+fn example_dir(name: &str) -> PathBuf {
+    let dir = scratch_dir(name);
+    for (from, to) in [
+        ("server.crt", "server.crt"),
+        ("server.key", "server.key"),
+        ("ca-bundle.crt", "ca.crt"),
+        ("ca.crl", "ca.crl"),
+    ] {
+        std::fs::copy(test_pki().dir.join(from), dir.join(to)).unwrap();
+    }
+    std::fs::write(
+        dir.join("jwt.secret"),
+        "0123456789abcdef0123456789abcdef-deoldify\n",
+    )
+    .unwrap();
+    dir
+}
+
+/// Every shipped example config passes `certgate check`.
+#[tokio::test]
+async fn shipped_example_configs_pass_check() {
+    for name in ["certgate.toml", "deoldify.toml", "gradio-optional.toml"] {
+        let dir = example_dir(&format!("example-{name}"));
+        let text = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("config")
+                .join(name),
+        )
+        .unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        let (code, out, err) = check(&path).await;
+        assert_eq!(code, 0, "{name}: {err}");
+        assert!(out.contains("is valid"), "{name}: {out}");
+    }
+}
+
+/// Invalid policy config: each problem named with file, key, line and column, all together.
+#[tokio::test]
+async fn invalid_policy_config_names_every_problem() {
+    let dir = example_dir("policy-bad");
+    let config = r#"[listen]
+https = "127.0.0.1:8443"
+
+[tls]
+cert = "server.crt"
+key = "server.key"
+client_ca = "ca.crt"
+
+[access]
+allow_ips = ["10.0.0.0/33"]
+
+[[rate_limit]]
+name = "api"
+rate = "10 per second"
+
+[jwt]
+algorithms = []
+public_key_file = "missing.pem"
+
+[[route]]
+path = "/api"
+action = "allow"
+rate_limit = "apii"
+methods = ["GET"]
+max_body = "lots"
+"#;
+    let path = dir.join("certgate.toml");
+    std::fs::write(&path, config).unwrap();
+    let (code, _, err) = check(&path).await;
+    assert_eq!(code, 2, "{err}");
+    let p = path.display().to_string();
+    for want in [
+        format!(
+            "{p}:10:14: access.allow_ips: \"10.0.0.0/33\" is neither an IP address nor a CIDR block"
+        ),
+        format!("{p}:14:8: rate_limit[0].rate: \"10 per second\""),
+        format!("{p}:17:14: jwt.algorithms: list at least one algorithm"),
+        format!("{p}:23:14: route[0].rate_limit: no [[rate_limit]] zone named \"apii\""),
+        format!("{p}:25:12: route[0].max_body: invalid size \"lots\""),
+    ] {
+        assert!(err.contains(&want), "missing {want:?} in:\n{err}");
+    }
+    let unreadable = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("algorithms = []", "algorithms = [\"RS256\"]");
+    std::fs::write(&path, unreadable).unwrap();
+    let (code, _, err) = check(&path).await;
+    assert_eq!(code, 2);
+    assert!(
+        err.contains(&format!(
+            "{p}:18:19: jwt.public_key_file: {}: cannot read",
+            dir.join("missing.pem").display()
+        )),
+        "{err}"
+    );
+}
+
+/// The DeOldify gateway of the classic guide, from `config/deoldify.toml`: a client with a
+/// certificate and a token minted by `certgate token issue` colorizes; `/health` is open without
+/// a certificate; everything else is refused as the nginx config did.
+#[tokio::test]
+async fn deoldify_gateway_with_a_minted_token() {
+    let dir = example_dir("deoldify");
+    let backend = Backend::start().await;
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/deoldify.toml"))
+            .unwrap()
+            .replace("0.0.0.0:443", "127.0.0.1:0")
+            .replace("0.0.0.0:80", "127.0.0.1:0")
+            .replace("http://127.0.0.1:5000", &format!("http://{}", backend.addr));
+    let path = dir.join("deoldify.toml");
+    std::fs::write(&path, &text).unwrap();
+    let secret = dir.join("jwt.secret");
+    let out = certgate()
+        .args([
+            "token",
+            "issue",
+            "--secret-file",
+            secret.to_str().unwrap(),
+            "--sub",
+            "alice",
+        ])
+        .args([
+            "--iss",
+            "deoldify_api_gateway",
+            "--claim",
+            "user_id=alice",
+            "--ttl",
+            "1h",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let verified = certgate()
+        .args(["token", "verify", "-c", path.to_str().unwrap(), &token])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        verified.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verified.stderr)
+    );
+    assert!(String::from_utf8_lossy(&verified.stdout).contains("\"alice\""));
+    let tampered = format!("{token}x");
+    let refused = certgate()
+        .args(["token", "verify", "-c", path.to_str().unwrap(), &tampered])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("refused: bad signature"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
+    let proxy = Proxy::start_file(&path).await;
+    let bearer = format!("Bearer {token}");
+    let mut s = h1(proxy.addr, alice()).await;
+    let req = http::Request::post("/api/colorize")
+        .header("host", "localhost")
+        .header("authorization", &bearer)
+        .body(full(vec![0u8; 4096]))
+        .unwrap();
+    let got = read(s.send_request(req).await.unwrap()).await;
+    assert_eq!(got.status, 200, "{}", got.body);
+    assert_eq!(got.headers["strict-transport-security"], "max-age=31536000");
+    let seen = backend.only();
+    assert_eq!(seen.target, "/colorize");
+    assert_eq!(seen.headers["x-auth-subject"], "alice");
+
+    assert_eq!(
+        get_once(proxy.addr, client_config(None, &["http/1.1"]), "/health")
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        get1(&mut s, "/api/colorize", &[("authorization", &bearer)])
+            .await
+            .status,
+        405
+    );
+    assert_eq!(get1(&mut s, "/anything-else", &[]).await.status, 403);
+    let no_token = http::Request::post("/api/colorize")
+        .header("host", "localhost")
+        .body(full("x"))
+        .unwrap();
+    assert_eq!(s.send_request(no_token).await.unwrap().status(), 401);
+    let mut anon = h1(proxy.addr, client_config(None, &["http/1.1"])).await;
+    let no_cert = http::Request::post("/api/colorize")
+        .header("host", "localhost")
+        .header("authorization", &bearer)
+        .body(full("x"))
+        .unwrap();
+    assert_eq!(anon.send_request(no_cert).await.unwrap().status(), 403);
+    assert_eq!(backend.seen().len(), 2);
+}

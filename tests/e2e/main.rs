@@ -9,4 +9,5 @@ mod cli;
 mod forwarding;
 mod identity;
 mod paths;
+mod policy;
 mod tls;

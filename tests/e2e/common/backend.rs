@@ -1,7 +1,8 @@
 //! A real backend on 127.0.0.1:0 that records every request that reaches it. Special paths:
 //! `/sse` (one event, then a second after `release()`), `/slow` (answers after `release()`),
 //! `/never` (never answers), `/upload` (counts a streamed body; `arrived()` fires on its first
-//! bytes), `/ws` (WebSocket-style upgrade, then echoes bytes), `/big` (1 MiB).
+//! bytes), `/ws` (WebSocket-style upgrade, then echoes bytes), `/big` (1 MiB), `/framed` (sets
+//! its own `X-Frame-Options`).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -38,6 +39,7 @@ struct Shared {
     release: Notify,
     arrived: Notify,
     connections: AtomicUsize,
+    uploaded: AtomicUsize,
 }
 
 #[derive(Clone)]
@@ -88,6 +90,11 @@ impl Backend {
     /// How many TCP connections the proxy opened to it.
     pub fn connections(&self) -> usize {
         self.shared.connections.load(Ordering::SeqCst)
+    }
+
+    /// Body bytes `/upload` received in all, including bodies cut off midway.
+    pub fn uploaded(&self) -> usize {
+        self.shared.uploaded.load(Ordering::SeqCst)
     }
 
     /// Lets one waiting `/sse` or `/slow` go on.
@@ -157,6 +164,7 @@ async fn serve(s: Arc<Shared>, conn: usize, mut req: Request<Incoming>) -> Respo
                 };
                 if let Some(d) = frame.data_ref() {
                     total += d.len();
+                    s.uploaded.fetch_add(d.len(), Ordering::SeqCst);
                     if first && total > 0 {
                         first = false;
                         s.arrived.notify_one();
@@ -166,6 +174,12 @@ async fn serve(s: Arc<Shared>, conn: usize, mut req: Request<Incoming>) -> Respo
             text(StatusCode::OK, total.to_string())
         }
         "/big" => text(StatusCode::OK, vec![b'x'; 1 << 20]),
+        "/framed" => {
+            let mut r = text(StatusCode::OK, "framed");
+            r.headers_mut()
+                .insert("x-frame-options", "SAMEORIGIN".parse().unwrap());
+            r
+        }
         "/ws" => {
             let on_upgrade = hyper::upgrade::on(&mut req);
             tokio::spawn(async move {

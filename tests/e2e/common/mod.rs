@@ -44,7 +44,17 @@ impl Proxy {
         let pki = test_pki();
         let config = Config::from_str(toml, &pki.dir.join("certgate.toml"))
             .unwrap_or_else(|e| panic!("test config invalid: {e}\n{toml}"));
-        let server = Server::bind(&config).await.expect("bind");
+        Self::start_config(&config).await
+    }
+
+    /// Starts the proxy from a config file.
+    pub async fn start_file(path: &Path) -> Proxy {
+        let config = Config::load(path).unwrap_or_else(|e| panic!("config invalid: {e}"));
+        Self::start_config(&config).await
+    }
+
+    async fn start_config(config: &Config) -> Proxy {
+        let server = Server::bind(config).await.expect("bind");
         let addr = server.local_addr();
         let redirect = server.redirect_addr();
         let (stop, stopped) = oneshot::channel::<()>();
