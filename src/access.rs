@@ -85,8 +85,8 @@ impl LimitHit {
 /// Open-connection counters, taken before the handshake and released when the connection ends.
 #[derive(Debug)]
 pub struct ConnLimits {
-    max_total: usize,
-    max_per_ip: usize,
+    max_total: AtomicUsize,
+    max_per_ip: AtomicUsize,
     total: AtomicUsize,
     by_ip: Mutex<HashMap<IpAddr, usize>>,
 }
@@ -102,8 +102,8 @@ impl ConnLimits {
     /// Limits for the whole daemon and per client IP.
     pub fn new(max_total: usize, max_per_ip: usize) -> Arc<ConnLimits> {
         Arc::new(ConnLimits {
-            max_total,
-            max_per_ip,
+            max_total: AtomicUsize::new(max_total),
+            max_per_ip: AtomicUsize::new(max_per_ip),
             total: AtomicUsize::new(0),
             by_ip: Mutex::new(HashMap::new()),
         })
@@ -116,11 +116,11 @@ impl ConnLimits {
     pub fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Result<ConnGuard, LimitHit> {
         let ip = ip.to_canonical();
         let mut by_ip = self.by_ip.lock().unwrap_or_else(|e| e.into_inner());
-        if self.total.load(Ordering::Relaxed) >= self.max_total {
+        if self.total.load(Ordering::Relaxed) >= self.max_total.load(Ordering::Relaxed) {
             return Err(LimitHit::Total);
         }
         let n = by_ip.entry(ip).or_insert(0);
-        if *n >= self.max_per_ip {
+        if *n >= self.max_per_ip.load(Ordering::Relaxed) {
             return Err(LimitHit::PerIp);
         }
         *n += 1;
@@ -129,6 +129,12 @@ impl ConnLimits {
             limits: self.clone(),
             ip,
         })
+    }
+
+    /// New limits after a reload; open connections are not closed, only new ones counted.
+    pub fn set_limits(&self, max_total: usize, max_per_ip: usize) {
+        self.max_total.store(max_total, Ordering::Relaxed);
+        self.max_per_ip.store(max_per_ip, Ordering::Relaxed);
     }
 
     /// Connections open now.

@@ -11,6 +11,7 @@ use std::time::Instant;
 use http::Method;
 
 use crate::identity::ClientIdentity;
+use crate::metrics::Metrics;
 
 /// The tracing target of access-log lines.
 pub const TARGET: &str = "certgate::access";
@@ -34,6 +35,12 @@ pub struct AccessRecord {
     pub rule: Option<String>,
     /// What went wrong while the body streamed, if anything.
     pub error: Option<&'static str>,
+    /// The route that answered (bounded: from the config), for the metrics.
+    pub route: String,
+    /// Whether to write the log line (`[log] access`); metrics are always recorded.
+    pub log: bool,
+    /// Where to record the request.
+    pub metrics: Arc<Metrics>,
 }
 
 impl AccessRecord {
@@ -42,9 +49,20 @@ impl AccessRecord {
         self.error.get_or_insert(what);
     }
 
-    /// Writes the line.
+    /// Records the request and writes the line.
     pub fn finish(self, bytes_sent: u64) {
-        let duration_ms = self.start.elapsed().as_secs_f64() * 1000.0;
+        let seconds = self.start.elapsed().as_secs_f64();
+        self.metrics.request(self.status, &self.route, seconds);
+        if let Some(e) = self.error {
+            self.metrics.upstream_error(match e {
+                "upstream idle timeout" => "idle_timeout",
+                _ => "body",
+            });
+        }
+        if !self.log {
+            return;
+        }
+        let duration_ms = seconds * 1000.0;
         tracing::info!(
             target: TARGET,
             client = %self.peer,

@@ -8,7 +8,7 @@ use time::OffsetDateTime;
 use x509_parser::parse_x509_certificate;
 use x509_parser::parse_x509_crl;
 
-use crate::config::{ClientAuth, Config, TlsVersion};
+use crate::config::{ClientAuth, Config, LogFormat, TlsVersion};
 use crate::server::{Server, ServerError};
 
 /// A failed command with its exit code.
@@ -42,24 +42,27 @@ impl From<ServerError> for CliError {
     fn from(e: ServerError) -> Self {
         match e {
             ServerError::Tls(_) => CliError::invalid(e),
-            ServerError::Bind { .. } => CliError::other(e),
+            ServerError::Bind { .. } | ServerError::Activation(_) => CliError::other(e),
         }
     }
 }
 
-/// `certgate run`: serves until SIGTERM or SIGINT.
+/// `certgate run`: serves until SIGTERM or SIGINT; SIGHUP reloads. `log_format` overrides
+/// `[log] format`.
 ///
 /// # Errors
 /// Exit 2 for an invalid config, 1 when a listener cannot be bound.
-pub fn run(config_path: &Path) -> Result<(), CliError> {
+pub fn run(config_path: &Path, log_format: Option<LogFormat>) -> Result<(), CliError> {
     let config = Config::load(config_path).map_err(CliError::invalid)?;
-    crate::logging::init(config.log.format);
+    crate::logging::init(log_format.unwrap_or(config.log.format));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(CliError::other)?;
     rt.block_on(async {
         let server = Server::bind(&config).await?;
+        tokio::spawn(crate::server::reload_on_sighup(server.shared()));
+        crate::systemd::ready();
         server.run(crate::server::shutdown_signal()).await;
         Ok(())
     })

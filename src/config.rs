@@ -63,6 +63,9 @@ const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 256;
 /// nginx's `client_header_timeout` is 60 s; a real client sends its head at once.
 const DEFAULT_HEADER_READ_TIMEOUT: &str = "30s";
+/// How often the reload watcher looks for changed files: cheap (a hash of a few small files)
+/// and quick enough that a revoked client is out within seconds of the new CRL landing.
+const DEFAULT_RELOAD_WATCH: &str = "10s";
 /// Clock skew tolerated on `exp`/`nbf`.
 const DEFAULT_JWT_LEEWAY: &str = "30s";
 /// nginx's `auth_request` has no own timeout; a token check that takes longer is broken.
@@ -153,6 +156,25 @@ struct RawConfig {
     jwt: Option<RawJwt>,
     forward_auth: Option<RawForwardAuth>,
     response_headers: Option<std::collections::BTreeMap<String, Spanned<String>>>,
+    admin: Option<RawAdmin>,
+    #[serde(default)]
+    reload: RawReload,
+}
+
+/// `[admin]`
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    /// Plain-HTTP listener for /metrics, /livez, /readyz; keep it on loopback.
+    listen: Spanned<String>,
+}
+
+/// `[reload]`
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawReload {
+    /// Poll interval for content changes, or "off".
+    watch: Option<Spanned<String>>,
 }
 
 /// `[limits]`
@@ -266,6 +288,9 @@ struct RawTls {
     min_version: Option<Spanned<String>>,
     /// Longest time a TLS handshake may take.
     handshake_timeout: Option<Spanned<String>>,
+    /// What a CRL past its next update means.
+    #[serde(default)]
+    crl_expired: CrlExpired,
 }
 
 /// `[upstream]`
@@ -367,6 +392,17 @@ pub enum ClientAuth {
     Optional,
 }
 
+/// What a CRL past its next-update date means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CrlExpired {
+    /// Refuse the clients of that CA (they might be revoked in a CRL we have not seen).
+    #[default]
+    Reject,
+    /// Accept them and log a warning.
+    Warn,
+}
+
 /// Lowest accepted TLS version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TlsVersion {
@@ -416,6 +452,12 @@ pub struct Config {
     pub forward_auth: Option<ForwardAuthConfig>,
     /// `[response_headers]`, merged with the defaults.
     pub response_headers: Vec<(HeaderName, HeaderValue)>,
+    /// `[admin] listen`
+    pub admin: Option<SocketAddr>,
+    /// `[reload] watch`; `None` when off.
+    pub reload_watch: Option<Duration>,
+    /// Every file this config was built from (itself included), for the reload watcher.
+    pub files: Vec<PathBuf>,
 }
 
 /// `[limits]`, validated.
@@ -491,6 +533,8 @@ pub struct Tls {
     pub min_version: TlsVersion,
     /// Longest handshake.
     pub handshake_timeout: Duration,
+    /// What an expired CRL means.
+    pub crl_expired: CrlExpired,
 }
 
 /// `[upstream]`, validated.
@@ -586,6 +630,7 @@ impl Config {
     /// [`ConfigError::Invalid`] with every problem found.
     pub fn from_str(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let mut v = Validator {
+            files: vec![path.to_path_buf()],
             file: path.to_path_buf(),
             text,
             base: path
@@ -623,6 +668,8 @@ struct Known<'a> {
 }
 
 struct Validator<'a> {
+    /// Every file read, for the reload watcher.
+    files: Vec<PathBuf>,
     file: PathBuf,
     text: &'a str,
     base: PathBuf,
@@ -700,6 +747,7 @@ impl Validator<'_> {
 
     fn read_file(&mut self, key: &str, value: &Spanned<String>) -> Option<(PathBuf, Vec<u8>)> {
         let path = self.path(value);
+        self.files.push(path.clone());
         match std::fs::read(&path) {
             Ok(bytes) => Some((path, bytes)),
             Err(e) => {
@@ -771,6 +819,14 @@ impl Validator<'_> {
         let jwt = raw.jwt.as_ref().and_then(|j| self.jwt(j));
         let forward_auth = raw.forward_auth.as_ref().and_then(|f| self.forward_auth(f));
         let response_headers = self.response_headers(raw.response_headers.as_ref());
+        let admin = raw
+            .admin
+            .as_ref()
+            .and_then(|a| self.addr("admin.listen", &a.listen));
+        let reload_watch = match &raw.reload.watch {
+            Some(v) if v.get_ref().trim() == "off" => None,
+            other => Some(self.duration("reload.watch", other.as_ref(), DEFAULT_RELOAD_WATCH)),
+        };
 
         // [[route]]
         let known = Known {
@@ -816,6 +872,9 @@ impl Validator<'_> {
             jwt,
             forward_auth,
             response_headers,
+            admin,
+            reload_watch,
+            files: std::mem::take(&mut self.files),
         })
     }
 
@@ -948,6 +1007,8 @@ impl Validator<'_> {
         let secret = raw.secret_file.as_ref().map(|v| self.path(v));
         let public = raw.public_key_file.as_ref().map(|v| self.path(v));
         let jwks = raw.jwks_file.as_ref().map(|v| self.path(v));
+        self.files
+            .extend([&secret, &public, &jwks].into_iter().flatten().cloned());
         let settings = JwtSettings {
             algorithms: raw.algorithms.get_ref(),
             secret_file: secret.as_deref(),
@@ -1289,6 +1350,7 @@ impl Validator<'_> {
             client_auth: raw.client_auth,
             min_version,
             handshake_timeout,
+            crl_expired: raw.crl_expired,
         })
     }
 

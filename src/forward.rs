@@ -20,6 +20,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use crate::body::{LimitedBody, Overflow, ProxyBody};
 use crate::config::{HeaderNames, Upstream};
 use crate::identity::{ClientIdentity, IdentityHeaders};
+use crate::metrics::Metrics;
 use crate::reply::Reject;
 
 /// uvicorn (Gradio) closes idle keep-alive connections after 5 s; closing ours first means the
@@ -53,6 +54,12 @@ pub struct ConnInfo {
     pub identity: Option<Arc<ClientIdentity>>,
     /// Identity headers, rendered once.
     pub identity_headers: IdentityHeaders,
+    /// The chain the client presented (leaf first), to re-check after a reload.
+    pub chain: Vec<rustls_pki_types::CertificateDer<'static>>,
+    /// The runtime generation this connection's certificate was last checked against.
+    pub generation: std::sync::atomic::AtomicU64,
+    /// Cancelled to close this connection gracefully (after a failed re-check).
+    pub close: tokio_util::sync::CancellationToken,
 }
 
 /// What is removed from and set on every request that leaves certgate (to the backend, or to
@@ -133,11 +140,12 @@ pub struct Forwarder {
     response_timeout: Duration,
     idle_timeout: Duration,
     policy: HeaderPolicy,
+    metrics: Arc<Metrics>,
 }
 
 impl Forwarder {
     /// A forwarder for one backend.
-    pub fn new(upstream: &Upstream, policy: HeaderPolicy) -> Forwarder {
+    pub fn new(upstream: &Upstream, policy: HeaderPolicy, metrics: Arc<Metrics>) -> Forwarder {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(upstream.connect_timeout));
         connector.set_nodelay(true);
@@ -154,6 +162,7 @@ impl Forwarder {
             response_timeout: upstream.response_timeout,
             idle_timeout: upstream.idle_timeout,
             policy,
+            metrics,
         }
     }
 
@@ -233,6 +242,7 @@ impl Forwarder {
                 return Err(self.upstream_error(&e, conn));
             }
             Err(_) => {
+                self.metrics.upstream_error("timeout");
                 tracing::warn!(
                     peer = %conn.peer,
                     upstream = %self.authority,
@@ -288,6 +298,11 @@ impl Forwarder {
             connect = e.is_connect(),
             "backend request failed"
         );
+        self.metrics.upstream_error(if e.is_connect() {
+            "connect"
+        } else {
+            "protocol"
+        });
         if e.is_connect() {
             Reject::bad_gateway(format!(
                 "certgate cannot connect to the backend at {} ({cause}); check that it is running.",

@@ -37,6 +37,8 @@ pub struct ClientIdentity {
     pub escaped_pem: String,
     /// Subject attributes and SANs that route allow-lists match on (decoded values).
     pub names: IdentityNames,
+    /// End of validity, Unix time.
+    pub not_after: i64,
 }
 
 /// The values a route's `allow` list can name; each list holds every occurrence.
@@ -105,6 +107,7 @@ impl ClientIdentity {
             escaped_pem: percent_encoding::utf8_percent_encode(&pem, NGINX_URI_COMPONENT)
                 .to_string(),
             names: names_of(&cert),
+            not_after: cert.validity().not_after.timestamp(),
         })
     }
 }

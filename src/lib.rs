@@ -26,6 +26,7 @@
 
 pub mod access;
 pub mod access_log;
+pub mod admin;
 pub mod body;
 pub mod certs;
 pub mod commands;
@@ -36,11 +37,14 @@ pub mod forward_auth;
 pub mod identity;
 pub mod jwt;
 pub mod logging;
+pub mod metrics;
 pub mod pki;
 pub mod policy;
 pub mod ratelimit;
+pub mod reload;
 pub mod reply;
 pub mod routes;
 pub mod server;
+pub mod systemd;
 pub mod tls;
 pub mod token;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use certgate::commands::{self, CliError};
-use certgate::config::DEFAULT_CONFIG_PATH;
+use certgate::config::{DEFAULT_CONFIG_PATH, LogFormat};
 
 /// A mutual-TLS reverse proxy for AI WebUIs and APIs.
 #[derive(Parser)]
@@ -20,11 +20,14 @@ struct Cli {
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
-    /// Run the proxy until SIGTERM or SIGINT.
+    /// Run the proxy until SIGTERM or SIGINT; SIGHUP reloads the config and every file it names.
     Run {
         /// The config file.
         #[arg(short, long, env = "CERTGATE_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
+        /// Log format, overriding [log] format.
+        #[arg(long, value_enum)]
+        log_format: Option<LogFormatArg>,
     },
     /// Validate the config and every file it names; print the effective settings.
     /// Exit 0 when valid, 2 when not.
@@ -51,10 +54,25 @@ enum Command {
     },
 }
 
+/// `--log-format`
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormatArg {
+    /// key=value lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { config } => commands::run(&config),
+        Command::Run { config, log_format } => commands::run(
+            &config,
+            log_format.map(|f| match f {
+                LogFormatArg::Text => LogFormat::Text,
+                LogFormatArg::Json => LogFormat::Json,
+            }),
+        ),
         Command::Check { config } => commands::check(&config).map(|summary| print!("{summary}")),
         Command::Certs { command } => certgate::certs::run(command),
         Command::Token { command } => certgate::token::run(command),

@@ -26,28 +26,43 @@ pub struct Admitted {
     pub extra: Vec<(HeaderName, HeaderValue)>,
     /// Body limit for this request.
     pub max_body: u64,
+    /// The matched route's label (`route[2] /api`), or `none`; bounded by the config, so it
+    /// can be a metric label.
+    pub route: String,
 }
 
 /// Routes and everything they refer to.
 #[derive(Debug)]
 pub struct Policy {
     routes: Vec<Route>,
-    zones: Vec<Zone>,
+    zones: Vec<Arc<Zone>>,
     jwt: Option<Arc<JwtVerifier>>,
     forward_auth: Option<ForwardAuth>,
     max_body: u64,
 }
 
 impl Policy {
-    /// Builds the policy from a validated config.
-    pub fn new(config: &Config) -> Policy {
+    /// Builds the policy from a validated config. A zone that `previous` has with the same
+    /// name, key, rate and burst is carried over with its buckets, so a reload does not hand
+    /// every client a fresh burst.
+    pub fn new(config: &Config, previous: Option<&Policy>) -> Policy {
+        let zones = config
+            .rate_limits
+            .iter()
+            .map(|z| {
+                previous
+                    .and_then(|p| {
+                        p.zones
+                            .iter()
+                            .find(|old| old.same_as(&z.name, z.key_by, z.rate, z.burst))
+                    })
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(Zone::new(&z.name, z.key_by, z.rate, z.burst)))
+            })
+            .collect();
         Policy {
             routes: config.routes.clone(),
-            zones: config
-                .rate_limits
-                .iter()
-                .map(|z| Zone::new(&z.name, z.key_by, z.rate, z.burst))
-                .collect(),
+            zones,
             jwt: config.jwt.clone(),
             forward_auth: config
                 .forward_auth
@@ -105,8 +120,10 @@ impl Policy {
         let mut extra = Vec::new();
         let mut max_body = self.max_body;
         let mut path = path;
+        let mut route_label = "none".to_string();
         if let Some((i, route)) = matched {
             let label = route.label(i);
+            route_label.clone_from(&label);
             if route.action == Action::Deny {
                 return Err(Reject::forbidden(
                     format!(
@@ -224,6 +241,7 @@ impl Policy {
             target,
             extra,
             max_body,
+            route: route_label,
         })
     }
 }

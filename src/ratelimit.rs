@@ -78,6 +78,8 @@ pub struct Zone<C: Clock + Clone = DefaultClock> {
     pub name: String,
     /// What it counts by.
     pub key_by: KeyBy,
+    rate: Rate,
+    burst: NonZeroU32,
     limiter: Limiter<C>,
     clock: C,
 }
@@ -115,9 +117,16 @@ impl<C: Clock + Clone> Zone<C> {
         Zone {
             name: name.to_string(),
             key_by,
+            rate,
+            burst,
             limiter: RateLimiter::dashmap_with_clock(quota, clock.clone()),
             clock,
         }
+    }
+
+    /// Whether this zone was made from these settings.
+    pub fn same_as(&self, name: &str, key_by: KeyBy, rate: Rate, burst: NonZeroU32) -> bool {
+        self.name == name && self.key_by == key_by && self.rate == rate && self.burst == burst
     }
 
     /// Counts one request under `key`.

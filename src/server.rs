@@ -1,33 +1,36 @@
 //! Listeners, the accept loop, the TLS handshake with its timeout, one task per connection
-//! serving HTTP/1.1 and HTTP/2, the plain-HTTP redirect listener, and graceful shutdown.
+//! serving HTTP/1.1 and HTTP/2, the plain-HTTP redirect listener, the admin listener, the reload
+//! watcher, and graceful shutdown.
 //!
 //! Per-connection work happens once, in the connection's task: the handshake, the client
-//! identity and its rendered headers. Per-request work is only the policy check and the forward.
+//! identity and its rendered headers. Per-request work is only what differs per request: a
+//! generation check (re-verifying the certificate after a reload), the policy, the forward.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use http::{HeaderName, HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode, Version, header};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulConnection;
+use rustls_pki_types::UnixTime;
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::access::{ConnGuard, ConnLimits, IpList};
+use crate::access::ConnGuard;
 use crate::access_log::AccessRecord;
 use crate::body::ProxyBody;
-use crate::config::{Config, HeaderNames};
-use crate::forward::{ConnInfo, Forwarder, HeaderPolicy};
+use crate::config::Config;
+use crate::forward::ConnInfo;
 use crate::identity::{ClientIdentity, IdentityHeaders};
-use crate::policy::Policy;
+use crate::reload::{Runtime, Shared};
+use crate::reply::Reject;
 use crate::tls::{self, TlsError};
 
 /// Why the server could not start.
@@ -41,77 +44,63 @@ pub enum ServerError {
         /// Why.
         source: std::io::Error,
     },
+    /// Sockets passed by systemd could not be used.
+    #[error("socket activation: {0}")]
+    Activation(std::io::Error),
     /// The TLS configuration was refused.
     #[error(transparent)]
     Tls(#[from] TlsError),
 }
 
-/// Everything a connection task needs, shared.
-struct State {
-    acceptor: TlsAcceptor,
-    handshake_timeout: Duration,
-    http: auto::Builder<TokioExecutor>,
-    policy: Policy,
-    forwarder: Forwarder,
-    headers: HeaderNames,
-    access_log: bool,
-    allow_ips: IpList,
-    limits: Arc<ConnLimits>,
-    response_headers: Vec<(HeaderName, HeaderValue)>,
-}
-
-/// How often idle rate-limit keys are forgotten.
-const EVICT_EVERY: Duration = Duration::from_secs(60);
+/// How often idle rate-limit keys are forgotten and CRL freshness is looked at.
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
+/// How often CRL freshness warnings repeat while a CRL is close to (or past) its next update.
+const CRL_WARN_EVERY: Duration = Duration::from_secs(3600);
 
 /// A bound, ready-to-run proxy.
 pub struct Server {
     https: TcpListener,
     redirect: Option<TcpListener>,
-    state: Arc<State>,
+    admin: Option<TcpListener>,
+    shared: Arc<Shared>,
     shutdown_timeout: Duration,
 }
 
 impl Server {
-    /// Builds the TLS state and binds the listeners.
+    /// Builds the runtime and binds the listeners (or takes them from systemd socket
+    /// activation when `LISTEN_FDS` names this process).
     ///
     /// # Errors
     /// [`ServerError::Tls`] for an unusable certificate setup, [`ServerError::Bind`] naming the
     /// address that could not be bound.
     pub async fn bind(config: &Config) -> Result<Server, ServerError> {
-        let tls = tls::server_config(&config.tls)?;
-        let https = bind(config.listen.https).await?;
-        let redirect = match config.listen.http_redirect {
+        let shared = Shared::new(config)?;
+        let activated = crate::systemd::activated().map_err(ServerError::Activation)?;
+        let from_systemd = |l: std::net::TcpListener, addr| {
+            TcpListener::from_std(l).map_err(|source| ServerError::Bind { addr, source })
+        };
+        let https = match activated.https {
+            Some(l) => from_systemd(l, config.listen.https)?,
+            None => bind(config.listen.https).await?,
+        };
+        let redirect = match (activated.http_redirect, config.listen.http_redirect) {
+            (Some(l), addr) => Some(from_systemd(
+                l,
+                addr.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 80))),
+            )?),
+            (None, Some(addr)) => Some(bind(addr).await?),
+            (None, None) => None,
+        };
+        let admin = match config.admin {
             Some(addr) => Some(bind(addr).await?),
             None => None,
         };
-        let mut http = auto::Builder::new(TokioExecutor::new());
-        // Without a timer hyper silently disables its header-read timeout.
-        http.http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(config.limits.header_read_timeout);
-        http.http2().timer(TokioTimer::new());
-        let policy = Policy::new(config);
-        let owned = policy.owned_headers();
-        let header_policy = HeaderPolicy::new(&config.headers, owned.iter());
         Ok(Server {
             https,
             redirect,
+            admin,
+            shared,
             shutdown_timeout: config.listen.shutdown_timeout,
-            state: Arc::new(State {
-                acceptor: TlsAcceptor::from(tls),
-                handshake_timeout: config.tls.handshake_timeout,
-                http,
-                policy,
-                forwarder: Forwarder::new(&config.upstream, header_policy),
-                headers: config.headers.clone(),
-                access_log: config.log.access,
-                allow_ips: config.allow_ips.clone(),
-                limits: ConnLimits::new(
-                    config.limits.max_connections,
-                    config.limits.max_connections_per_ip,
-                ),
-                response_headers: config.response_headers.clone(),
-            }),
         })
     }
 
@@ -128,6 +117,16 @@ impl Server {
         self.redirect.as_ref().and_then(|l| l.local_addr().ok())
     }
 
+    /// The address of the admin listener, if one is configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The shared state, to reload it (SIGHUP, tests) or read metrics.
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
     /// Serves until `shutdown` completes, then stops accepting and lets requests in flight
     /// finish for up to `listen.shutdown_timeout`.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
@@ -137,37 +136,57 @@ impl Server {
         tracing::info!(
             https = %self.local_addr(),
             redirect = ?self.redirect_addr(),
+            admin = ?self.admin_addr(),
             "certgate listening"
         );
+        self.shared.warn_crl_freshness();
+        tokio::spawn(watch_files(self.shared.clone(), cancel.clone()));
+        if let Some(every) = crate::systemd::watchdog_interval() {
+            tokio::spawn(watchdog(every, cancel.clone()));
+        }
         tokio::pin!(shutdown);
-        let mut evict = tokio::time::interval(EVICT_EVERY);
+        let mut housekeeping = tokio::time::interval(HOUSEKEEPING_EVERY);
+        let mut crl_warned = Instant::now();
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
                 accepted = self.https.accept() => match accepted {
                     Ok((tcp, peer)) => {
-                        if let Some(guard) = admit(&self.state, peer) {
-                            let state = self.state.clone();
-                            let cancel = cancel.clone();
-                            tracker.spawn(serve_tls(state, tcp, peer, cancel, guard));
+                        if let Some(guard) = admit(&self.shared, peer) {
+                            let shared = self.shared.clone();
+                            tracker.spawn(serve_tls(shared, tcp, peer, cancel.clone(), guard));
                         }
                     }
                     Err(e) => accept_error(e).await,
                 },
                 accepted = accept_opt(self.redirect.as_ref()) => match accepted {
                     Ok((tcp, peer)) => {
-                        if let Some(guard) = admit(&self.state, peer) {
-                            let headers = self.state.response_headers.clone();
-                            tracker.spawn(serve_redirect(tcp, peer, https_port, cancel.clone(), headers, guard));
+                        if let Some(guard) = admit(&self.shared, peer) {
+                            let shared = self.shared.clone();
+                            tracker.spawn(serve_redirect(shared, tcp, peer, https_port, cancel.clone(), guard));
                         }
                     }
                     Err(e) => accept_error(e).await,
                 },
-                _ = evict.tick() => self.state.policy.evict_idle(),
+                accepted = accept_opt(self.admin.as_ref()) => match accepted {
+                    Ok((tcp, _)) => {
+                        tokio::spawn(crate::admin::serve(tcp, self.shared.clone()));
+                    }
+                    Err(e) => accept_error(e).await,
+                },
+                _ = housekeeping.tick() => {
+                    self.shared.current().policy.evict_idle();
+                    if crl_warned.elapsed() >= CRL_WARN_EVERY {
+                        crl_warned = Instant::now();
+                        self.shared.warn_crl_freshness();
+                    }
+                }
             }
         }
+        crate::systemd::stopping();
         drop(self.https);
         drop(self.redirect);
+        drop(self.admin);
         tracker.close();
         tracing::info!(
             connections = tracker.len(),
@@ -208,18 +227,54 @@ async fn accept_error(e: std::io::Error) {
     tokio::time::sleep(Duration::from_millis(50)).await;
 }
 
+/// Polls the content of the config and every file it names; reloads when it changes.
+async fn watch_files(shared: Arc<Shared>, cancel: CancellationToken) {
+    let mut last = shared.fingerprint();
+    loop {
+        let Some(every) = shared.watch_interval() else {
+            // Watching is off; look again later in case a SIGHUP reload turns it on.
+            tokio::select! {
+                () = tokio::time::sleep(HOUSEKEEPING_EVERY) => continue,
+                () = cancel.cancelled() => return,
+            }
+        };
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            () = cancel.cancelled() => return,
+        }
+        let now = shared.fingerprint();
+        if now != last {
+            // Whether it succeeds or not, do not retry until the files change again.
+            let _ = shared.reload("file change").await;
+            last = shared.fingerprint();
+        }
+    }
+}
+
+async fn watchdog(every: Duration, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => crate::systemd::watchdog(),
+            () = cancel.cancelled() => return,
+        }
+    }
+}
+
 /// The checks made on a bare TCP connection, before any TLS work: the IP allow-list and the
 /// connection limits. A refused peer is logged and closed at once.
-fn admit(state: &State, peer: SocketAddr) -> Option<ConnGuard> {
+fn admit(shared: &Shared, peer: SocketAddr) -> Option<ConnGuard> {
     let peer = canonical(peer);
-    if !state.allow_ips.allows(peer.ip()) {
+    if !shared.current().allow_ips.allows(peer.ip()) {
+        shared.metrics.connection_refused("allow_ips");
         tracing::warn!(%peer, reason = "address not in [access] allow_ips", "connection refused");
         return None;
     }
-    match state.limits.try_acquire(peer.ip()) {
+    match shared.limits.try_acquire(peer.ip()) {
         Ok(guard) => Some(guard),
         Err(hit) => {
-            tracing::warn!(%peer, reason = hit.reason(), open = state.limits.open(), "connection refused");
+            shared.metrics.connection_refused(hit.reason());
+            tracing::warn!(%peer, reason = hit.reason(), open = shared.limits.open(), "connection refused");
             None
         }
     }
@@ -230,7 +285,7 @@ fn canonical(peer: SocketAddr) -> SocketAddr {
 }
 
 async fn serve_tls(
-    state: Arc<State>,
+    shared: Arc<Shared>,
     tcp: TcpStream,
     peer: SocketAddr,
     cancel: CancellationToken,
@@ -238,7 +293,9 @@ async fn serve_tls(
 ) {
     let peer = canonical(peer);
     let _ = tcp.set_nodelay(true);
-    let handshake = tokio::time::timeout(state.handshake_timeout, state.acceptor.accept(tcp));
+    // The runtime at accept time decides the handshake; later requests look at the current one.
+    let rt = shared.current();
+    let handshake = tokio::time::timeout(rt.handshake_timeout, rt.acceptor.accept(tcp));
     let tls = tokio::select! {
         r = handshake => r,
         () = cancel.cancelled() => return,
@@ -246,19 +303,32 @@ async fn serve_tls(
     let tls = match tls {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
-            tracing::warn!(%peer, reason = tls::failure_reason(&e), detail = %e, "TLS handshake failed");
+            let reason = tls::failure_reason(&e);
+            shared.metrics.handshake_failure(reason);
+            tracing::warn!(%peer, reason, detail = %e, "TLS handshake failed");
             return;
         }
         Err(_) => {
+            shared.metrics.handshake_failure("timeout");
             tracing::warn!(%peer, reason = "timeout", "TLS handshake failed");
             return;
         }
     };
-    let identity = match tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
+    let chain: Vec<_> = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .map(|c| c.iter().map(|d| d.clone().into_owned()).collect())
+        .unwrap_or_default();
+    let identity = match chain.first() {
         None => None,
         Some(der) => match ClientIdentity::from_der(der) {
-            Ok(id) => Some(Arc::new(id)),
+            Ok(id) => {
+                shared.metrics.client_cert_seen(id.not_after);
+                Some(Arc::new(id))
+            }
             Err(e) => {
+                shared.metrics.handshake_failure("unparsable certificate");
                 tracing::warn!(%peer, reason = "unparsable certificate", detail = %e, "TLS handshake failed");
                 return;
             }
@@ -269,29 +339,34 @@ async fn serve_tls(
         subject_dn = identity.as_ref().map_or("-", |i| i.subject_dn.as_str()),
         "TLS handshake complete"
     );
+    let close = cancel.child_token();
     let conn = Arc::new(ConnInfo {
         peer,
         peer_ip: HeaderValue::from_str(&peer.ip().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
-        identity_headers: IdentityHeaders::render(&state.headers, identity.as_deref()),
+        identity_headers: IdentityHeaders::render(&rt.headers, identity.as_deref()),
         identity,
+        chain,
+        generation: AtomicU64::new(rt.generation),
+        close: close.clone(),
     });
-    let svc_state = state.clone();
+    let svc_shared = shared.clone();
     let service = service_fn(move |req| {
-        let state = svc_state.clone();
+        let shared = svc_shared.clone();
         let conn = conn.clone();
-        async move { Ok::<_, Infallible>(handle(&state, &conn, req).await) }
+        async move { Ok::<_, Infallible>(handle(&shared, &conn, req).await) }
     });
-    let connection = state
+    let connection = rt
         .http
         .serve_connection_with_upgrades(TokioIo::new(tls), service);
-    if let Err(e) = until_cancelled(connection, &cancel).await {
+    if let Err(e) = until_cancelled(connection, &close).await {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }
 
-/// Drives a connection; on shutdown asks it to finish gracefully (HTTP/1: after the request in
-/// flight; HTTP/2: GOAWAY, then the open streams) and waits for that.
+/// Drives a connection; on shutdown (or when the connection must close) asks it to finish
+/// gracefully (HTTP/1: after the request in flight; HTTP/2: GOAWAY, then the open streams) and
+/// waits for that.
 async fn until_cancelled<C: GracefulConnection>(
     connection: C,
     cancel: &CancellationToken,
@@ -306,61 +381,123 @@ async fn until_cancelled<C: GracefulConnection>(
     }
 }
 
-async fn handle(state: &State, conn: &ConnInfo, req: Request<Incoming>) -> Response<ProxyBody> {
-    let start = Instant::now();
-    let method = req.method().clone();
-    let path = req.uri().path().to_string();
-    let result = match state
-        .policy
-        .check(&req, conn, state.forwarder.policy())
-        .await
-    {
-        Ok(admitted) => {
-            state
-                .forwarder
-                .forward(
-                    req,
-                    admitted.target,
-                    conn,
-                    admitted.extra,
-                    admitted.max_body,
-                )
-                .await
+/// After a reload, a connection's certificate is checked again against the new CAs and CRLs
+/// before its next request; a certificate the new state refuses ends the connection.
+fn recheck(conn: &ConnInfo, rt: &Runtime) -> Result<(), Reject> {
+    if conn.generation.load(Ordering::Acquire) == rt.generation {
+        return Ok(());
+    }
+    let refused = |message: String, reason: &str| {
+        let mut r = Reject::forbidden(message, format!("recheck {reason}"));
+        r.rule = Some(format!("recheck {reason}"));
+        r
+    };
+    match conn.chain.split_first() {
+        None if rt.client_auth_required => {
+            return Err(refused(
+                "A client certificate is now required; reconnect with one.".into(),
+                "no certificate",
+            ));
         }
-        Err(reject) => Err(reject),
+        None => {}
+        Some((leaf, intermediates)) => {
+            if let Err(e) = rt
+                .verifier
+                .verify_client_cert(leaf, intermediates, UnixTime::now())
+            {
+                let reason = tls::rustls_reason(&e);
+                let message = match reason {
+                    "revoked" => "Your client certificate has been revoked (certificate revoked).".to_string(),
+                    "unknown issuer" => "Your client certificate's issuer is no longer trusted (issuer no longer trusted).".to_string(),
+                    other => format!("Your client certificate is no longer accepted ({other})."),
+                };
+                return Err(refused(message, reason));
+            }
+        }
+    }
+    conn.generation.store(rt.generation, Ordering::Release);
+    Ok(())
+}
+
+async fn handle(shared: &Shared, conn: &ConnInfo, req: Request<Incoming>) -> Response<ProxyBody> {
+    let start = Instant::now();
+    let rt = shared.current();
+    let method = req.method().clone();
+    let version = req.version();
+    let path = req.uri().path().to_string();
+    let mut route = "none".to_string();
+    let mut closing = false;
+    let result = match recheck(conn, &rt) {
+        Err(reject) => {
+            closing = true;
+            Err(reject)
+        }
+        Ok(()) => match rt.policy.check(&req, conn, rt.forwarder.policy()).await {
+            Ok(admitted) => {
+                route = admitted.route;
+                rt.forwarder
+                    .forward(
+                        req,
+                        admitted.target,
+                        conn,
+                        admitted.extra,
+                        admitted.max_body,
+                    )
+                    .await
+            }
+            Err(reject) => Err(reject),
+        },
     };
     let dn = conn.identity.as_ref().map(|i| i.subject_dn.as_str());
     let (mut resp, rule) = match result {
         Ok(resp) => (resp, None),
         Err(reject) => {
             if reject.status.is_client_error() {
+                let rule = reject.rule.as_deref().unwrap_or("-");
+                shared.metrics.denied(rule);
+                if reject.status == StatusCode::TOO_MANY_REQUESTS {
+                    shared
+                        .metrics
+                        .rate_limited(rule.rsplit(' ').next().unwrap_or(rule));
+                }
                 tracing::info!(
                     peer = %conn.peer,
                     reason = reject.message.as_str(),
                     subject_dn = dn.unwrap_or("-"),
                     path = path.as_str(),
                     status = reject.status.as_u16(),
-                    rule = reject.rule.as_deref().unwrap_or("-"),
+                    rule,
                     "request refused"
                 );
+            }
+            if let Some(r) = &reject.rule {
+                route.clone_from(r);
             }
             (reject.to_response(), reject.rule)
         }
     };
-    add_response_headers(&mut resp, &state.response_headers);
-    if state.access_log {
-        let status = resp.status().as_u16();
-        resp.body_mut().set_log(AccessRecord {
-            start,
-            peer: conn.peer,
-            identity: conn.identity.clone(),
-            method,
-            path,
-            status,
-            rule,
-            error: None,
-        });
+    if closing {
+        if version <= Version::HTTP_11 {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        conn.close.cancel();
     }
+    add_response_headers(&mut resp, &rt.response_headers);
+    let status = resp.status().as_u16();
+    resp.body_mut().set_log(AccessRecord {
+        start,
+        peer: conn.peer,
+        identity: conn.identity.clone(),
+        method,
+        path,
+        status,
+        rule,
+        error: None,
+        route,
+        log: rt.access_log,
+        metrics: shared.metrics.clone(),
+    });
     resp
 }
 
@@ -377,19 +514,18 @@ fn add_response_headers(resp: &mut Response<ProxyBody>, headers: &[(HeaderName, 
 /// The plain-HTTP listener: every request gets a 301 to the same host, path and query over
 /// HTTPS, with the HTTPS port kept when it is not 443. Nothing is ever proxied in clear text.
 async fn serve_redirect(
+    shared: Arc<Shared>,
     tcp: TcpStream,
     peer: SocketAddr,
     https_port: u16,
     cancel: CancellationToken,
-    headers: Vec<(HeaderName, HeaderValue)>,
     _guard: ConnGuard,
 ) {
-    let headers = Arc::new(headers);
     let service = service_fn(move |req: Request<Incoming>| {
-        let headers = headers.clone();
+        let shared = shared.clone();
         async move {
             let mut resp = redirect_response(&req, https_port);
-            add_response_headers(&mut resp, &headers);
+            add_response_headers(&mut resp, &shared.current().response_headers);
             Ok::<_, Infallible>(resp)
         }
     });
@@ -408,7 +544,7 @@ fn redirect_response<B>(req: &Request<B>, https_port: u16) -> Response<ProxyBody
         .and_then(|h| h.to_str().ok())
         .and_then(|h| h.parse::<http::uri::Authority>().ok());
     let Some(host) = host else {
-        return crate::reply::Reject::bad_request("A Host header is required.").to_response();
+        return Reject::bad_request("A Host header is required.").to_response();
     };
     let pq = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
     let location = if https_port == 443 {
@@ -446,5 +582,21 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Reloads on every SIGHUP until the process ends.
+pub async fn reload_on_sighup(shared: Arc<Shared>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP; reload by file watch only");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP received");
+            let _ = shared.reload("SIGHUP").await;
+        }
     }
 }

@@ -22,7 +22,7 @@ use rustls::{CertificateError, RootCertStore, ServerConfig};
 use rustls::{DigitallySignedStruct, DistinguishedName, OtherError, SignatureScheme};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::config::{ClientAuth, TlsVersion};
+use crate::config::{ClientAuth, CrlExpired, TlsVersion};
 
 /// The process-wide crypto provider.
 pub fn provider() -> Arc<CryptoProvider> {
@@ -101,6 +101,11 @@ pub fn client_verifier(tls: &crate::config::Tls) -> Result<Arc<dyn ClientCertVer
         // A CA listed without a CRL of its own is not revocation-checked (rather than refusing
         // every client it issued); `certgate check` points such CAs out.
         .allow_unknown_revocation_status();
+    if tls.crl_expired == CrlExpired::Reject {
+        // A CRL past its next update may be missing revocations: refuse the clients it covers
+        // rather than trust stale news (`crl_expired = "warn"` only logs).
+        builder = builder.enforce_revocation_expiration();
+    }
     if tls.client_auth == ClientAuth::Optional {
         builder = builder.allow_unauthenticated();
     }
@@ -184,11 +189,28 @@ impl ClientCertVerifier for ClientVerifier {
     }
 }
 
+/// The rustls server configuration and the client-certificate verifier inside it (kept to
+/// re-check open connections after a reload).
+pub struct TlsSetup {
+    /// For the acceptor.
+    pub server_config: Arc<ServerConfig>,
+    /// The same verifier the handshakes use.
+    pub verifier: Arc<dyn ClientCertVerifier>,
+}
+
 /// Builds the server configuration.
 ///
 /// # Errors
 /// A [`TlsError`] naming the file at fault.
 pub fn server_config(tls: &crate::config::Tls) -> Result<Arc<ServerConfig>, TlsError> {
+    build(tls).map(|s| s.server_config)
+}
+
+/// Builds the server configuration and keeps its verifier.
+///
+/// # Errors
+/// A [`TlsError`] naming the file at fault.
+pub fn build(tls: &crate::config::Tls) -> Result<TlsSetup, TlsError> {
     let verifier = client_verifier(tls)?;
     let versions: &[&rustls::SupportedProtocolVersion] = match tls.min_version {
         TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
@@ -201,7 +223,7 @@ pub fn server_config(tls: &crate::config::Tls) -> Result<Arc<ServerConfig>, TlsE
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(versions)
         .map_err(|e| server_cert(e.to_string()))?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(verifier.clone())
         .with_single_cert(tls.cert_chain.clone(), tls.key.clone_key())
         .map_err(|e| server_cert(e.to_string()))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -210,10 +232,13 @@ pub fn server_config(tls: &crate::config::Tls) -> Result<Arc<ServerConfig>, TlsE
     // no tickets for TLS 1.3 (rustls' default ticketer already never issues any).
     config.session_storage = Arc::new(NoServerSessionStorage {});
     config.send_tls13_tickets = 0;
-    Ok(Arc::new(config))
+    Ok(TlsSetup {
+        server_config: Arc::new(config),
+        verifier,
+    })
 }
 
-/// The one-word reason a handshake failed, for the log line and (later) the metric label.
+/// The one-word reason a handshake failed, for the log line and the metric label.
 pub fn failure_reason(err: &io::Error) -> &'static str {
     let Some(tls) = err
         .get_ref()
@@ -226,6 +251,11 @@ pub fn failure_reason(err: &io::Error) -> &'static str {
             _ => "i/o error",
         };
     };
+    rustls_reason(tls)
+}
+
+/// The one-word reason for a rustls error (handshake or re-check).
+pub fn rustls_reason(tls: &rustls::Error) -> &'static str {
     match tls {
         rustls::Error::NoCertificatesPresented => "no certificate",
         rustls::Error::InvalidCertificate(e) => match e {

@@ -1,0 +1,77 @@
+//! The admin listener (`[admin] listen`, plain HTTP, meant for loopback): `/metrics` in the
+//! Prometheus text format, `/livez` (the process answers), `/readyz` (the config is loaded and
+//! the backend accepts a TCP connection).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+
+use crate::body::ProxyBody;
+use crate::reload::Shared;
+
+/// How long `/readyz` waits for the backend to accept a connection.
+const READY_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Serves one admin connection.
+pub async fn serve(tcp: TcpStream, shared: Arc<Shared>) {
+    let service = service_fn(move |req: Request<Incoming>| {
+        let shared = shared.clone();
+        async move { Ok::<_, Infallible>(answer(&shared, &req).await) }
+    });
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10));
+    let _ = http.serve_connection(TokioIo::new(tcp), service).await;
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<ProxyBody> {
+    let mut r = Response::new(ProxyBody::full(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
+    r
+}
+
+async fn answer(shared: &Shared, req: &Request<Incoming>) -> Response<ProxyBody> {
+    match req.uri().path() {
+        "/metrics" => text(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            shared.metrics.render(shared.limits.open()),
+        ),
+        "/livez" => text(StatusCode::OK, "text/plain", "ok\n".into()),
+        "/readyz" => {
+            let upstream = shared.current().upstream.clone();
+            let addr = match upstream.port_u16() {
+                Some(_) => upstream.as_str().to_string(),
+                None => format!("{}:80", upstream.host()),
+            };
+            match tokio::time::timeout(READY_CONNECT_TIMEOUT, TcpStream::connect(&addr)).await {
+                Ok(Ok(_)) => text(StatusCode::OK, "text/plain", "ready\n".into()),
+                Ok(Err(e)) => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    format!("not ready: backend {addr} refuses connections: {e}\n"),
+                ),
+                Err(_) => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    format!("not ready: backend {addr} did not accept a connection in time\n"),
+                ),
+            }
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: try /metrics, /livez or /readyz\n".into(),
+        ),
+    }
+}

@@ -1,0 +1,215 @@
+//! Prometheus metrics (prefix `certgate_`), served by the admin listener. Every label has a
+//! bounded set of values: status classes, route and rule labels from the config, handshake
+//! failure reasons from a fixed list, upstream error kinds — never a per-client value.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(String, String)>;
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+        .collect()
+}
+
+/// All of certgate's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<Labels, Counter>,
+    duration: Histogram,
+    handshake_failures: Family<Labels, Counter>,
+    connections_refused: Family<Labels, Counter>,
+    open_connections: Gauge,
+    upstream_errors: Family<Labels, Counter>,
+    rate_limited: Family<Labels, Counter>,
+    denied: Family<Labels, Counter>,
+    reloads: Family<Labels, Counter>,
+    server_cert_not_after: Gauge,
+    crl_next_update: Family<Labels, Gauge>,
+    client_cert_soonest_expiry: Gauge,
+    soonest: AtomicI64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("certgate");
+        let m = Metrics {
+            requests: Family::default(),
+            duration: Histogram::new(exponential_buckets(0.0005, 2.0, 18)),
+            handshake_failures: Family::default(),
+            connections_refused: Family::default(),
+            open_connections: Gauge::default(),
+            upstream_errors: Family::default(),
+            rate_limited: Family::default(),
+            denied: Family::default(),
+            reloads: Family::default(),
+            server_cert_not_after: Gauge::default(),
+            crl_next_update: Family::default(),
+            client_cert_soonest_expiry: Gauge::default(),
+            soonest: AtomicI64::new(i64::MAX),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "requests",
+            "Requests answered, by status class and route",
+            m.requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time from request head to the end of the response body",
+            m.duration.clone(),
+        );
+        registry.register(
+            "tls_handshake_failures",
+            "Failed TLS handshakes by reason",
+            m.handshake_failures.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections closed before the handshake, by reason",
+            m.connections_refused.clone(),
+        );
+        registry.register(
+            "open_connections",
+            "Client connections open now",
+            m.open_connections.clone(),
+        );
+        registry.register(
+            "upstream_errors",
+            "Backend failures by kind",
+            m.upstream_errors.clone(),
+        );
+        registry.register(
+            "rate_limited",
+            "Requests refused by a rate limit, by zone",
+            m.rate_limited.clone(),
+        );
+        registry.register(
+            "denied",
+            "Requests refused by a rule (route, method, IP, identity, token, rate, body)",
+            m.denied.clone(),
+        );
+        registry.register("reloads", "Reloads by result", m.reloads.clone());
+        registry.register(
+            "server_certificate_not_after_seconds",
+            "Expiry of the server certificate, Unix time",
+            m.server_cert_not_after.clone(),
+        );
+        registry.register(
+            "crl_next_update_seconds",
+            "Next update of each configured CRL, Unix time",
+            m.crl_next_update.clone(),
+        );
+        registry.register(
+            "client_certificate_soonest_expiry_seconds",
+            "The earliest expiry among client certificates seen since start, Unix time",
+            m.client_cert_soonest_expiry.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// A request finished.
+    pub fn request(&self, status: u16, route: &str, seconds: f64) {
+        let class = match status {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        self.requests
+            .get_or_create(&labels(&[("class", class), ("route", route)]))
+            .inc();
+        self.duration.observe(seconds);
+    }
+
+    /// A handshake failed.
+    pub fn handshake_failure(&self, reason: &str) {
+        self.handshake_failures
+            .get_or_create(&labels(&[("reason", reason)]))
+            .inc();
+    }
+
+    /// A connection was closed before the handshake.
+    pub fn connection_refused(&self, reason: &str) {
+        self.connections_refused
+            .get_or_create(&labels(&[("reason", reason)]))
+            .inc();
+    }
+
+    /// The backend failed.
+    pub fn upstream_error(&self, kind: &str) {
+        self.upstream_errors
+            .get_or_create(&labels(&[("kind", kind)]))
+            .inc();
+    }
+
+    /// A rule refused a request.
+    pub fn denied(&self, rule: &str) {
+        self.denied.get_or_create(&labels(&[("rule", rule)])).inc();
+    }
+
+    /// A rate limit refused a request.
+    pub fn rate_limited(&self, zone: &str) {
+        self.rate_limited
+            .get_or_create(&labels(&[("zone", zone)]))
+            .inc();
+    }
+
+    /// A reload finished.
+    pub fn reload(&self, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.reloads
+            .get_or_create(&labels(&[("result", result)]))
+            .inc();
+    }
+
+    /// The server certificate in use expires at `unix`.
+    pub fn set_server_cert_not_after(&self, unix: i64) {
+        self.server_cert_not_after.set(unix);
+    }
+
+    /// The CRLs in use: `(file name, next update)`; replaces the previous set.
+    pub fn set_crls(&self, crls: &[(String, i64)]) {
+        self.crl_next_update.clear();
+        for (name, next) in crls {
+            self.crl_next_update
+                .get_or_create(&labels(&[("crl", name)]))
+                .set(*next);
+        }
+    }
+
+    /// A client certificate expiring at `unix` completed a handshake.
+    pub fn client_cert_seen(&self, unix: i64) {
+        let prev = self.soonest.fetch_min(unix, Ordering::Relaxed);
+        if unix < prev {
+            self.client_cert_soonest_expiry.set(unix);
+        }
+    }
+
+    /// The Prometheus text format, with the open-connection count read now.
+    pub fn render(&self, open_connections: usize) -> String {
+        self.open_connections
+            .set(i64::try_from(open_connections).unwrap_or(i64::MAX));
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,418 @@
+//! Reload without dropping anyone. Everything built from one config — TLS acceptor and
+//! verifier, routes and policy, the backend pool, limits — is one [`Runtime`], held in an
+//! `ArcSwap`. A reload (SIGHUP, a watched file whose content changed, or a test) builds the whole
+//! new runtime off to the side, validates it, and only then swaps it in: connections and
+//! requests in flight keep the runtime they started with; new connections get the new one at
+//! once; open keep-alive connections are re-checked against the new CAs and CRLs before their
+//! next request. A reload that fails changes nothing, logs every problem, and is counted.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::HeaderValue;
+use http::uri::Authority;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::server::conn::auto;
+use rustls::server::danger::ClientCertVerifier;
+use tokio_rustls::TlsAcceptor;
+
+use crate::access::{ConnLimits, IpList};
+use crate::config::{Config, ConfigError, CrlExpired, HeaderNames, Listen};
+use crate::forward::{Forwarder, HeaderPolicy};
+use crate::metrics::Metrics;
+use crate::policy::Policy;
+use crate::tls::TlsError;
+
+/// Why a reload (or the first load) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The config or a file it names is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The TLS setup was refused.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
+
+/// What a runtime was built from, for the reload log line and the metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    /// Server certificate serial, upper-case hex.
+    pub server_serial: String,
+    /// Server certificate not-after, Unix time.
+    pub server_not_after: i64,
+    /// Client CA subjects.
+    pub client_cas: Vec<String>,
+    /// Each CRL: file, entries, next update (Unix time).
+    pub crls: Vec<CrlInfo>,
+    /// Number of routes.
+    pub routes: usize,
+}
+
+/// One loaded CRL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrlInfo {
+    /// Where it came from.
+    pub path: PathBuf,
+    /// Issuer DN.
+    pub issuer: String,
+    /// Revoked entries.
+    pub entries: usize,
+    /// Next update, Unix time.
+    pub next_update: Option<i64>,
+}
+
+impl Summary {
+    fn of(config: &Config) -> Summary {
+        let (server_serial, server_not_after) = config
+            .tls
+            .cert_chain
+            .first()
+            .and_then(|d| x509_parser::parse_x509_certificate(d).ok())
+            .map(|(_, c)| {
+                (
+                    c.raw_serial().iter().map(|b| format!("{b:02X}")).collect(),
+                    c.validity().not_after.timestamp(),
+                )
+            })
+            .unwrap_or_default();
+        let client_cas = config
+            .tls
+            .client_cas
+            .iter()
+            .filter_map(|d| x509_parser::parse_x509_certificate(d).ok())
+            .map(|(_, c)| crate::identity::format_dn(c.subject()))
+            .collect();
+        let crls = config
+            .tls
+            .crl_paths
+            .iter()
+            .zip(&config.tls.crls)
+            .filter_map(|(path, der)| {
+                let (_, crl) = x509_parser::parse_x509_crl(der).ok()?;
+                Some(CrlInfo {
+                    path: path.clone(),
+                    issuer: crate::identity::format_dn(crl.issuer()),
+                    entries: crl.iter_revoked_certificates().count(),
+                    next_update: crl.next_update().map(|t| t.timestamp()),
+                })
+            })
+            .collect();
+        Summary {
+            server_serial,
+            server_not_after,
+            client_cas,
+            crls,
+            routes: config.routes.len(),
+        }
+    }
+
+    /// What differs from `old`, as short phrases for the log line.
+    pub fn changes(&self, old: &Summary) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.server_serial != old.server_serial {
+            out.push(format!(
+                "server certificate {} -> {}",
+                old.server_serial, self.server_serial
+            ));
+        }
+        if self.client_cas != old.client_cas {
+            out.push(format!(
+                "client CAs {} -> {}",
+                old.client_cas.len(),
+                self.client_cas.len()
+            ));
+        }
+        for crl in &self.crls {
+            let before = old.crls.iter().find(|c| c.path == crl.path);
+            match before {
+                Some(b) if b == crl => {}
+                Some(b) => out.push(format!(
+                    "CRL {} {} -> {} revoked",
+                    crl.path.display(),
+                    b.entries,
+                    crl.entries
+                )),
+                None => out.push(format!(
+                    "CRL {} added ({} revoked)",
+                    crl.path.display(),
+                    crl.entries
+                )),
+            }
+        }
+        if self.routes != old.routes {
+            out.push(format!("routes {} -> {}", old.routes, self.routes));
+        }
+        out
+    }
+}
+
+/// Everything built from one config.
+pub struct Runtime {
+    /// Increases with every successful reload; connections remember the one they were checked
+    /// against.
+    pub generation: u64,
+    pub(crate) acceptor: TlsAcceptor,
+    pub(crate) verifier: Arc<dyn ClientCertVerifier>,
+    pub(crate) client_auth_required: bool,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) http: auto::Builder<TokioExecutor>,
+    pub(crate) policy: Policy,
+    pub(crate) forwarder: Forwarder,
+    pub(crate) headers: HeaderNames,
+    pub(crate) access_log: bool,
+    pub(crate) allow_ips: IpList,
+    pub(crate) response_headers: Vec<(http::HeaderName, HeaderValue)>,
+    pub(crate) upstream: Authority,
+    pub(crate) crl_expired: CrlExpired,
+    /// What it was built from.
+    pub summary: Summary,
+}
+
+impl Runtime {
+    /// Builds a runtime; rate-limit zones identical to `previous`'s keep their buckets.
+    ///
+    /// # Errors
+    /// [`TlsError`] when the TLS setup is refused.
+    pub fn build(
+        config: &Config,
+        generation: u64,
+        metrics: &Arc<Metrics>,
+        previous: Option<&Runtime>,
+    ) -> Result<Runtime, TlsError> {
+        let tls = crate::tls::build(&config.tls)?;
+        let mut http = auto::Builder::new(TokioExecutor::new());
+        // Without a timer hyper silently disables its header-read timeout.
+        http.http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(config.limits.header_read_timeout);
+        http.http2().timer(TokioTimer::new());
+        let policy = Policy::new(config, previous.map(|p| &p.policy));
+        let owned = policy.owned_headers();
+        let header_policy = HeaderPolicy::new(&config.headers, owned.iter());
+        Ok(Runtime {
+            generation,
+            acceptor: TlsAcceptor::from(tls.server_config),
+            verifier: tls.verifier,
+            client_auth_required: config.tls.client_auth == crate::config::ClientAuth::Required,
+            handshake_timeout: config.tls.handshake_timeout,
+            http,
+            policy,
+            forwarder: Forwarder::new(&config.upstream, header_policy, metrics.clone()),
+            headers: config.headers.clone(),
+            access_log: config.log.access,
+            allow_ips: config.allow_ips.clone(),
+            response_headers: config.response_headers.clone(),
+            upstream: config.upstream.authority.clone(),
+            crl_expired: config.tls.crl_expired,
+            summary: Summary::of(config),
+        })
+    }
+}
+
+/// The state every task shares: the current runtime and what outlives it.
+pub struct Shared {
+    pub(crate) runtime: ArcSwap<Runtime>,
+    pub(crate) limits: Arc<ConnLimits>,
+    /// The metrics.
+    pub metrics: Arc<Metrics>,
+    config_path: PathBuf,
+    listen: Listen,
+    admin: Option<std::net::SocketAddr>,
+    files: std::sync::Mutex<Vec<PathBuf>>,
+    watch: std::sync::Mutex<Option<Duration>>,
+    next_generation: AtomicU64,
+    reload_lock: tokio::sync::Mutex<()>,
+}
+
+/// What a successful reload changed.
+#[derive(Debug, Clone)]
+pub struct ReloadReport {
+    /// The new generation.
+    pub generation: u64,
+    /// Short phrases: certificate serials, CRL entry counts, CA and route counts.
+    pub changes: Vec<String>,
+}
+
+impl Shared {
+    /// Builds the first runtime from a validated config.
+    ///
+    /// # Errors
+    /// [`TlsError`] when the TLS setup is refused.
+    pub fn new(config: &Config) -> Result<Arc<Shared>, TlsError> {
+        let metrics = Arc::new(Metrics::new());
+        let runtime = Runtime::build(config, 1, &metrics, None)?;
+        let shared = Shared {
+            limits: ConnLimits::new(
+                config.limits.max_connections,
+                config.limits.max_connections_per_ip,
+            ),
+            metrics,
+            config_path: config.path.clone(),
+            listen: config.listen.clone(),
+            admin: config.admin,
+            files: std::sync::Mutex::new(config.files.clone()),
+            watch: std::sync::Mutex::new(config.reload_watch),
+            next_generation: AtomicU64::new(2),
+            reload_lock: tokio::sync::Mutex::new(()),
+            runtime: ArcSwap::from_pointee(runtime),
+        };
+        shared.publish_gauges();
+        Ok(Arc::new(shared))
+    }
+
+    /// The runtime in use now.
+    pub fn current(&self) -> Arc<Runtime> {
+        self.runtime.load_full()
+    }
+
+    fn publish_gauges(&self) {
+        let rt = self.runtime.load();
+        self.metrics
+            .set_server_cert_not_after(rt.summary.server_not_after);
+        let crls: Vec<(String, i64)> = rt
+            .summary
+            .crls
+            .iter()
+            .filter_map(|c| {
+                Some((
+                    c.path.file_name()?.to_string_lossy().into_owned(),
+                    c.next_update?,
+                ))
+            })
+            .collect();
+        self.metrics.set_crls(&crls);
+    }
+
+    /// Re-reads the config and every file it names and swaps the new runtime in, or changes
+    /// nothing and says why.
+    ///
+    /// # Errors
+    /// The [`ReloadError`] with every problem found; the running state is untouched.
+    pub async fn reload(&self, trigger: &str) -> Result<ReloadReport, ReloadError> {
+        let _serial = self.reload_lock.lock().await;
+        crate::systemd::reloading();
+        let old = self.runtime.load_full();
+        let built = Config::load(&self.config_path)
+            .map_err(ReloadError::from)
+            .and_then(|config| {
+                let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+                let rt = Runtime::build(&config, generation, &self.metrics, Some(&old))?;
+                Ok((config, rt))
+            });
+        let result = match built {
+            Ok((config, rt)) => {
+                let mut changes = rt.summary.changes(&old.summary);
+                if config.listen.https != self.listen.https
+                    || config.listen.http_redirect != self.listen.http_redirect
+                    || config.admin != self.admin
+                {
+                    tracing::warn!(
+                        "listen addresses changed in {}; they take effect after a restart",
+                        self.config_path.display()
+                    );
+                    changes.push("listen addresses (restart needed)".to_string());
+                }
+                self.limits.set_limits(
+                    config.limits.max_connections,
+                    config.limits.max_connections_per_ip,
+                );
+                if let Ok(mut f) = self.files.lock() {
+                    *f = config.files.clone();
+                }
+                if let Ok(mut w) = self.watch.lock() {
+                    *w = config.reload_watch;
+                }
+                let generation = rt.generation;
+                self.runtime.store(Arc::new(rt));
+                self.publish_gauges();
+                self.metrics.reload(true);
+                tracing::info!(
+                    trigger,
+                    generation,
+                    changes = %if changes.is_empty() { "none".to_string() } else { changes.join("; ") },
+                    "reload complete"
+                );
+                Ok(ReloadReport {
+                    generation,
+                    changes,
+                })
+            }
+            Err(e) => {
+                self.metrics.reload(false);
+                tracing::error!(
+                    trigger,
+                    error = %e,
+                    "reload failed; the running configuration is unchanged"
+                );
+                Err(e)
+            }
+        };
+        crate::systemd::reloaded(result.is_ok());
+        result
+    }
+
+    /// A digest of the config file and every file it names, to notice content changes (atomic
+    /// renames and in-place writes alike).
+    pub fn fingerprint(&self) -> Vec<u8> {
+        let files = self.files.lock().map(|f| f.clone()).unwrap_or_default();
+        fingerprint(&self.config_path, &files)
+    }
+
+    /// The watch interval now configured.
+    pub fn watch_interval(&self) -> Option<Duration> {
+        self.watch.lock().ok().and_then(|w| *w)
+    }
+
+    /// Logs CRLs that are expired or expire within 7 days.
+    pub fn warn_crl_freshness(&self) {
+        let rt = self.runtime.load();
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        for crl in &rt.summary.crls {
+            let Some(next) = crl.next_update else {
+                continue;
+            };
+            let left = next - now;
+            if left < 0 {
+                let effect = match rt.crl_expired {
+                    CrlExpired::Reject => {
+                        "clients of this CA are refused (crl_expired = \"reject\")"
+                    }
+                    CrlExpired::Warn => {
+                        "clients of this CA are still accepted (crl_expired = \"warn\")"
+                    }
+                };
+                tracing::error!(
+                    crl = %crl.path.display(),
+                    issuer = %crl.issuer,
+                    "CRL is past its next update; {effect}; re-sign it (certgate certs crl)"
+                );
+            } else if left < 7 * 86_400 {
+                tracing::warn!(
+                    crl = %crl.path.display(),
+                    issuer = %crl.issuer,
+                    hours_left = left / 3600,
+                    "CRL reaches its next update soon; re-sign it (certgate certs crl)"
+                );
+            }
+        }
+    }
+}
+
+fn fingerprint(config: &Path, files: &[PathBuf]) -> Vec<u8> {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for path in std::iter::once(config).chain(files.iter().map(PathBuf::as_path)) {
+        ctx.update(path.as_os_str().as_encoded_bytes());
+        match std::fs::read(path) {
+            Ok(bytes) => {
+                ctx.update(&(bytes.len() as u64).to_le_bytes());
+                ctx.update(&bytes);
+            }
+            Err(_) => ctx.update(b"\0missing"),
+        }
+    }
+    ctx.finish().as_ref().to_vec()
+}
