@@ -63,6 +63,8 @@ pub struct CrlInfo {
     pub entries: usize,
     /// Next update, Unix time.
     pub next_update: Option<i64>,
+    /// SHA-256 of the DER, to notice a replaced CRL with the same counts.
+    pub digest: Vec<u8>,
 }
 
 impl Summary {
@@ -98,6 +100,9 @@ impl Summary {
                     issuer: crate::identity::format_dn(crl.issuer()),
                     entries: crl.iter_revoked_certificates().count(),
                     next_update: crl.next_update().map(|t| t.timestamp()),
+                    digest: aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der)
+                        .as_ref()
+                        .to_vec(),
                 })
             })
             .collect();
@@ -131,7 +136,7 @@ impl Summary {
             match before {
                 Some(b) if b == crl => {}
                 Some(b) => out.push(format!(
-                    "CRL {} {} -> {} revoked",
+                    "CRL {} replaced ({} -> {} revoked)",
                     crl.path.display(),
                     b.entries,
                     crl.entries
@@ -343,11 +348,28 @@ impl Shared {
             }
             Err(e) => {
                 self.metrics.reload(false);
-                tracing::error!(
-                    trigger,
-                    error = %e,
-                    "reload failed; the running configuration is unchanged"
-                );
+                // One line per problem, each with its file, key, line and column, so every
+                // problem is findable in the journal (and in JSON logs, a field each).
+                if let ReloadError::Config(ConfigError::Invalid(problems)) = &e {
+                    for p in problems {
+                        let (line, column) = p.at.unwrap_or((0, 0));
+                        tracing::error!(
+                            trigger,
+                            file = %p.file.display(),
+                            line,
+                            column,
+                            key = p.key.as_str(),
+                            problem = %p,
+                            "reload failed; the running configuration is unchanged"
+                        );
+                    }
+                } else {
+                    tracing::error!(
+                        trigger,
+                        problem = %e,
+                        "reload failed; the running configuration is unchanged"
+                    );
+                }
                 Err(e)
             }
         };

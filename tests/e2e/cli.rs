@@ -210,10 +210,13 @@ struct Daemon {
 
 impl Daemon {
     async fn start(config: &Path) -> Daemon {
-        let mut child = certgate()
-            .arg("run")
-            .arg("-c")
-            .arg(config)
+        let mut cmd = certgate();
+        cmd.arg("run").arg("-c").arg(config);
+        Self::spawn(cmd).await
+    }
+
+    async fn spawn(mut cmd: Command) -> Daemon {
+        let mut child = cmd
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()
@@ -618,3 +621,263 @@ async fn deoldify_gateway_with_a_minted_token() {
     assert_eq!(anon.send_request(no_cert).await.unwrap().status(), 403);
     assert_eq!(backend.seen().len(), 2);
 }
+
+/// SIGHUP with a broken config: the old state keeps serving, and the error names the file,
+/// line and column; a fixed config then reloads.
+#[tokio::test]
+async fn sighup_with_broken_config_keeps_serving() {
+    let backend = Backend::start().await;
+    let good = full_config("127.0.0.1:0", &backend.addr.to_string(), "");
+    let path = write_config("sighup-broken", &good);
+    let mut d = Daemon::start(&path).await;
+    std::fs::write(
+        &path,
+        good.replace(
+            "shutdown_timeout = \"20s\"",
+            "shutdown_timeout = \"20s\"\nbogus = 1",
+        ),
+    )
+    .unwrap();
+    d.signal("-HUP");
+    let line = d.wait_line("reload failed").await;
+    assert!(
+        line.contains(&format!("{}:4:1", path.display())) && line.contains("bogus"),
+        "{line}"
+    );
+    assert_eq!(
+        get_once(d.addr, alice(), "/still-serving").await.status,
+        200
+    );
+    std::fs::write(&path, good.replace("/gradio_api/info", "/gradio_api/other")).unwrap();
+    d.signal("-HUP");
+    d.wait_line("reload complete").await;
+    assert_eq!(
+        get_once(d.addr, alice(), "/gradio_api/info").await.status,
+        200
+    );
+    d.signal("-TERM");
+    assert_eq!(
+        tokio::time::timeout(LIMIT, d.child.wait())
+            .await
+            .unwrap()
+            .unwrap()
+            .code(),
+        Some(0)
+    );
+}
+
+/// sd_notify, read from the test's own NOTIFY_SOCKET: READY=1, then RELOADING=1 with
+/// MONOTONIC_USEC and READY=1 around a SIGHUP reload, then STOPPING=1 on SIGTERM; watchdog
+/// pings when WATCHDOG_USEC is set.
+#[tokio::test]
+async fn sd_notify_messages_arrive_in_order() {
+    let backend = Backend::start().await;
+    let path = write_config(
+        "sd-notify",
+        &full_config("127.0.0.1:0", &backend.addr.to_string(), ""),
+    );
+    let socket_path = path.parent().unwrap().join("notify.sock");
+    let socket = tokio::net::UnixDatagram::bind(&socket_path).unwrap();
+    let mut cmd = certgate();
+    cmd.arg("run")
+        .arg("-c")
+        .arg(&path)
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "200000");
+    let mut d = Daemon::spawn(cmd).await;
+    let mut messages: Vec<String> = Vec::new();
+    let mut watchdog_pings = 0;
+    let mut next = |want: &'static str| {
+        let socket = &socket;
+        async move {
+            let mut buf = vec![0u8; 4096];
+            tokio::time::timeout(LIMIT, async {
+                loop {
+                    let n = socket.recv(&mut buf).await.unwrap();
+                    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    if msg.trim() == "WATCHDOG=1" {
+                        return (msg, true);
+                    }
+                    if msg.contains(want) {
+                        return (msg, false);
+                    }
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("no {want} from sd_notify"))
+        }
+    };
+    let (ready, _) = loop {
+        let (m, ping) = next("READY=1").await;
+        if ping {
+            watchdog_pings += 1
+        } else {
+            break (m, ping);
+        }
+    };
+    messages.push(ready);
+    d.signal("-HUP");
+    for want in ["RELOADING=1", "READY=1"] {
+        loop {
+            let (m, ping) = next(want).await;
+            if ping {
+                watchdog_pings += 1;
+            } else {
+                messages.push(m);
+                break;
+            }
+        }
+    }
+    while watchdog_pings == 0 {
+        if next("WATCHDOG=1").await.1 {
+            watchdog_pings += 1;
+        }
+    }
+    d.signal("-TERM");
+    loop {
+        let (m, ping) = next("STOPPING=1").await;
+        if !ping {
+            messages.push(m);
+            break;
+        }
+    }
+    assert!(messages[0].contains("READY=1"), "{messages:?}");
+    assert!(
+        messages[1].contains("RELOADING=1") && messages[1].contains("MONOTONIC_USEC="),
+        "{messages:?}"
+    );
+    assert!(messages[2].contains("READY=1"), "{messages:?}");
+    assert!(messages[3].contains("STOPPING=1"), "{messages:?}");
+    assert!(watchdog_pings > 0);
+    assert_eq!(
+        tokio::time::timeout(LIMIT, d.child.wait())
+            .await
+            .unwrap()
+            .unwrap()
+            .code(),
+        Some(0)
+    );
+}
+
+/// Socket activation: a listening socket created by the test is passed as fd 3 with
+/// LISTEN_FDS/LISTEN_PID/LISTEN_FDNAMES, and certgate serves on it instead of binding
+/// `[listen] https` (which here points at a port nobody listens on).
+#[tokio::test]
+async fn socket_activation_uses_the_passed_listener() {
+    use std::os::fd::AsRawFd;
+    let backend = Backend::start().await;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let unused = backend::dead_addr().await;
+    let path = write_config(
+        "socket-activation",
+        &full_config(&unused.to_string(), &backend.addr.to_string(), ""),
+    );
+    let fd = listener.as_raw_fd();
+    let mut cmd = Command::new("sh");
+    cmd.kill_on_drop(true)
+        .stdin(Stdio::null())
+        .env_remove("RUST_LOG")
+        .arg("-c")
+        .arg("LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=https exec \"$0\" run -c \"$1\"")
+        .arg(env!("CARGO_BIN_EXE_certgate"))
+        .arg(&path);
+    // Safety: dup2 is async-signal-safe; it runs in the child between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut d = Daemon::spawn(cmd).await;
+    assert_eq!(d.addr, addr, "certgate did not take the passed socket");
+    drop(listener);
+    assert_eq!(get_once(addr, alice(), "/activated").await.status, 200);
+    assert!(tokio::net::TcpStream::connect(unused).await.is_err());
+    d.signal("-TERM");
+    assert_eq!(
+        tokio::time::timeout(LIMIT, d.child.wait())
+            .await
+            .unwrap()
+            .unwrap()
+            .code(),
+        Some(0)
+    );
+}
+
+/// `--log-format json` overrides `[log] format = "text"`: every line is a JSON object,
+/// the reload line included.
+#[tokio::test]
+async fn log_format_flag_makes_every_line_json() {
+    let backend = Backend::start().await;
+    let path = write_config(
+        "log-flag",
+        &full_config(
+            "127.0.0.1:0",
+            &backend.addr.to_string(),
+            "\n[log]\nformat = \"text\"\n",
+        ),
+    );
+    let mut cmd = certgate();
+    cmd.args(["run", "--log-format", "json", "-c"]).arg(&path);
+    let mut d = Daemon::spawn(cmd).await;
+    assert_eq!(get_once(d.addr, alice(), "/j").await.status, 200);
+    d.signal("-HUP");
+    let reload = d.wait_line("reload complete").await;
+    let v: serde_json::Value = serde_json::from_str(&reload).unwrap();
+    assert_eq!(v["trigger"], "SIGHUP");
+    d.signal("-TERM");
+    assert_eq!(
+        tokio::time::timeout(LIMIT, d.child.wait())
+            .await
+            .unwrap()
+            .unwrap()
+            .code(),
+        Some(0)
+    );
+    while let Ok(line) = d.lines.try_recv() {
+        serde_json::from_str::<serde_json::Value>(&line)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    }
+}
+
+/// `systemd-analyze verify` accepts deploy/certgate.service and certgate.socket. systemd before
+/// 253 does not know `Type=notify-reload` and `ReloadSignal=`; those two warnings, and only
+/// those, are tolerated there.
+#[tokio::test]
+async fn systemd_unit_verifies() {
+    let dir = scratch_dir("systemd-verify");
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+    let unit = std::fs::read_to_string(deploy.join("certgate.service"))
+        .unwrap()
+        .replace("/usr/local/bin/certgate", env!("CARGO_BIN_EXE_certgate"));
+    std::fs::write(dir.join("certgate.service"), unit).unwrap();
+    std::fs::copy(deploy.join("certgate.socket"), dir.join("certgate.socket")).unwrap();
+    let out = std::process::Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(dir.join("certgate.service"))
+        .arg(dir.join("certgate.socket"))
+        .output()
+        .expect("systemd-analyze is installed (.ci/run installs systemd)");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let version = std::process::Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .unwrap();
+    let version: u32 = String::from_utf8_lossy(&version.stdout)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    for line in err.lines().filter(|l| !l.trim().is_empty()) {
+        let known_old = version < 253
+            && (line.contains("Failed to parse service type, ignoring: notify-reload")
+                || line.contains("Unknown key 'ReloadSignal'"));
+        assert!(known_old, "systemd-analyze {version}: {line}");
+    }
+}
+
+use crate::common::backend;

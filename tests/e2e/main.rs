@@ -8,6 +8,7 @@ mod certs;
 mod cli;
 mod forwarding;
 mod identity;
+mod ops;
 mod paths;
 mod policy;
 mod tls;

@@ -28,6 +28,10 @@ pub struct Proxy {
     pub addr: SocketAddr,
     /// The redirect listener, when configured.
     pub redirect: Option<SocketAddr>,
+    /// The admin listener, when configured.
+    pub admin: Option<SocketAddr>,
+    /// The shared state, to reload it.
+    pub shared: std::sync::Arc<certgate::reload::Shared>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -57,6 +61,8 @@ impl Proxy {
         let server = Server::bind(config).await.expect("bind");
         let addr = server.local_addr();
         let redirect = server.redirect_addr();
+        let admin = server.admin_addr();
+        let shared = server.shared();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server.run(async {
             let _ = stopped.await;
@@ -64,6 +70,8 @@ impl Proxy {
         Proxy {
             addr,
             redirect,
+            admin,
+            shared,
             stop: Some(stop),
             task: Some(task),
         }
@@ -128,4 +136,16 @@ pub fn scratch_dir(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("scratch dir");
     dir
+}
+
+/// A folder of its own with copies of the test PKI's server and CA files, for tests that
+/// rewrite them (reload, revocation), and `certgate.toml` with `extra` appended.
+pub fn own_config(name: &str, backend: SocketAddr, tls_extra: &str, extra: &str) -> PathBuf {
+    let dir = scratch_dir(name);
+    for f in ["server.crt", "server.key", "ca-bundle.crt", "ca.crl"] {
+        std::fs::copy(test_pki().dir.join(f), dir.join(f)).unwrap();
+    }
+    let path = dir.join("certgate.toml");
+    std::fs::write(&path, test_config(backend, tls_extra, extra)).unwrap();
+    path
 }
