@@ -687,7 +687,7 @@ async fn sd_notify_messages_arrive_in_order() {
     let mut d = Daemon::spawn(cmd).await;
     let mut messages: Vec<String> = Vec::new();
     let mut watchdog_pings = 0;
-    let mut next = |want: &'static str| {
+    let next = |want: &'static str| {
         let socket = &socket;
         async move {
             let mut buf = vec![0u8; 4096];

@@ -268,7 +268,7 @@ async fn reload_under_load_fails_no_request() {
         let mut i = 0usize;
         while !*done_rx.borrow_and_update() && i < 5_000 {
             i += 1;
-            let got = if i % 3 == 0 {
+            let got = if i.is_multiple_of(3) {
                 let mut fresh = h1(addr, alice()).await;
                 get1(&mut fresh, "/load", &[]).await
             } else {
