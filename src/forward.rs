@@ -396,3 +396,53 @@ mod tests {
         assert_eq!(h[header::UPGRADE], "websocket");
     }
 }
+
+/// Fuzzing hook: sanitizes headers parsed from arbitrary bytes (`name:value` lines) and checks
+/// that no client value survives under a name certgate owns. Not used by the daemon.
+#[doc(hidden)]
+pub fn fuzz_sanitize(data: &[u8]) {
+    let mut headers = HeaderMap::new();
+    for line in data.split(|b| *b == b'\n') {
+        let Some(pos) = line.iter().position(|b| *b == b':') else {
+            continue;
+        };
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(&line[..pos]),
+            HeaderValue::from_bytes(&line[pos + 1..]),
+        ) {
+            headers.append(n, v);
+        }
+    }
+    let names = HeaderNames::default();
+    let policy = HeaderPolicy::new(&names, []);
+    let conn = ConnInfo {
+        peer: SocketAddr::from(([127, 0, 0, 1], 1)),
+        peer_ip: HeaderValue::from_static("127.0.0.1"),
+        identity: None,
+        identity_headers: IdentityHeaders::render(&names, None),
+        chain: Vec::new(),
+        generation: std::sync::atomic::AtomicU64::new(0),
+        close: tokio_util::sync::CancellationToken::new(),
+    };
+    policy.sanitize(&mut headers, false, &conn);
+    let only = |n: &str, v: &str| {
+        let all: Vec<_> = headers.get_all(n).iter().collect();
+        assert!(all.len() == 1 && all[0] == v, "{n}: {all:?}");
+    };
+    only("x-ssl-client-verify", "NONE");
+    only("x-real-ip", "127.0.0.1");
+    only("x-forwarded-for", "127.0.0.1");
+    only("x-forwarded-proto", "https");
+    for name in headers.keys() {
+        let n = name.as_str().replace('_', "-");
+        assert!(
+            n == "x-ssl-client-verify"
+                || !(n.starts_with("x-ssl-client-") || n.starts_with("ssl-client-")),
+            "{n} survived"
+        );
+        assert!(
+            !matches!(n.as_str(), "forwarded" | "client-cert" | "x-gradio-server"),
+            "{n} survived"
+        );
+    }
+}

@@ -305,6 +305,13 @@ fn format_value(value: &Any<'_>, out: &mut String) {
     }
 }
 
+/// Escapes one UTF8String attribute value exactly as OpenSSL's RFC 2253 output does.
+pub fn escape_value(value: &str) -> String {
+    let mut out = String::new();
+    escape_chars(value.bytes().map(u32::from), false, &mut out);
+    out
+}
+
 /// OpenSSL's `do_buf` + `do_esc_char` with `ASN1_STRFLGS_RFC2253`.
 fn escape_chars(chars: impl ExactSizeIterator<Item = u32>, to_utf8: bool, out: &mut String) {
     let n = chars.len();

@@ -11,4 +11,5 @@ mod identity;
 mod ops;
 mod paths;
 mod policy;
+mod properties;
 mod tls;
