@@ -364,39 +364,6 @@ fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn connection_listed_headers_are_removed() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("close, X-Secret"),
-        );
-        h.insert("x-secret", HeaderValue::from_static("1"));
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert("x-kept", HeaderValue::from_static("1"));
-        remove_hop_by_hop(&mut h, false);
-        assert_eq!(h.len(), 1);
-        assert!(h.contains_key("x-kept"));
-    }
-
-    #[test]
-    fn websocket_keeps_upgrade() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, Upgrade"),
-        );
-        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        remove_hop_by_hop(&mut h, true);
-        assert_eq!(h[header::CONNECTION], "upgrade");
-        assert_eq!(h[header::UPGRADE], "websocket");
-    }
-}
-
 /// Fuzzing hook: sanitizes headers parsed from arbitrary bytes (`name:value` lines) and checks
 /// that no client value survives under a name certgate owns. Not used by the daemon.
 #[doc(hidden)]
@@ -444,5 +411,38 @@ pub fn fuzz_sanitize(data: &[u8]) {
             !matches!(n.as_str(), "forwarded" | "client-cert" | "x-gradio-server"),
             "{n} survived"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_listed_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, X-Secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        remove_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn websocket_keeps_upgrade() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        remove_hop_by_hop(&mut h, true);
+        assert_eq!(h[header::CONNECTION], "upgrade");
+        assert_eq!(h[header::UPGRADE], "websocket");
     }
 }

@@ -82,12 +82,10 @@ proptest! {
             spelled.push('/');
         }
         spelled.pop();
-        match normalize(&spelled) {
-            Ok(n) => {
-                let m = first_match(&rules, &n);
-                prop_assert!(m.is_some(), "{} escaped the rule as {}", spelled, n.as_str());
-            }
-            Err(_) => {}
+        // An error means the spelling is refused with 400, which is fine too.
+        if let Ok(n) = normalize(&spelled) {
+            let m = first_match(&rules, &n);
+            prop_assert!(m.is_some(), "{} escaped the rule as {}", spelled, n.as_str());
         }
     }
 
