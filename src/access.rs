@@ -196,3 +196,79 @@ mod tests {
         assert_eq!(l.open(), 3);
     }
 }
+
+/// `[limits] handshake_failures_per_ip`: an address whose handshakes keep failing (a scanner
+/// with bad or no certificates) is refused at accept, before any TLS work, until its rate of
+/// failures drops back under the limit.
+pub struct HandshakeThrottle {
+    rate: crate::ratelimit::Rate,
+    limiter: governor::DefaultKeyedRateLimiter<IpAddr>,
+    blocked: Mutex<HashMap<IpAddr, std::time::Instant>>,
+}
+
+impl std::fmt::Debug for HandshakeThrottle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HandshakeThrottle")
+            .field("rate", &self.rate)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HandshakeThrottle {
+    /// `rate.count` failures at once, then one more per `rate.per / rate.count`.
+    pub fn new(rate: crate::ratelimit::Rate) -> HandshakeThrottle {
+        let period = (rate.per / rate.count.get()).max(std::time::Duration::from_nanos(1));
+        let quota = governor::Quota::with_period(period)
+            .unwrap_or_else(|| governor::Quota::per_minute(rate.count))
+            .allow_burst(rate.count);
+        HandshakeThrottle {
+            rate,
+            limiter: governor::RateLimiter::keyed(quota),
+            blocked: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The settings it was made with.
+    pub fn rate(&self) -> crate::ratelimit::Rate {
+        self.rate
+    }
+
+    /// Counts a failed handshake from `ip`; returns how long the address is now refused, when
+    /// this failure put it over the limit.
+    pub fn failed(&self, ip: IpAddr) -> Option<std::time::Duration> {
+        use governor::clock::{Clock as _, DefaultClock};
+        let ip = ip.to_canonical();
+        match self.limiter.check_key(&ip) {
+            Ok(()) => None,
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                let until = std::time::Instant::now() + wait;
+                let mut blocked = self.blocked.lock().unwrap_or_else(|e| e.into_inner());
+                let newly = blocked
+                    .insert(ip, until)
+                    .is_none_or(|prev| prev < std::time::Instant::now());
+                newly.then_some(wait)
+            }
+        }
+    }
+
+    /// Whether `ip` is refused now.
+    pub fn is_blocked(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        let blocked = self.blocked.lock().unwrap_or_else(|e| e.into_inner());
+        blocked
+            .get(&ip)
+            .is_some_and(|until| *until > std::time::Instant::now())
+    }
+
+    /// Forgets addresses whose block ran out and idle counters.
+    pub fn evict(&self) {
+        let now = std::time::Instant::now();
+        self.blocked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, until| *until > now);
+        self.limiter.retain_recent();
+        self.limiter.shrink_to_fit();
+    }
+}

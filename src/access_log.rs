@@ -41,6 +41,8 @@ pub struct AccessRecord {
     pub log: bool,
     /// Where to record the request.
     pub metrics: Arc<Metrics>,
+    /// The connection's activity, ended when the response is.
+    pub activity: Arc<crate::forward::Activity>,
 }
 
 impl AccessRecord {
@@ -51,6 +53,7 @@ impl AccessRecord {
 
     /// Records the request and writes the line.
     pub fn finish(self, bytes_sent: u64) {
+        self.activity.end();
         let seconds = self.start.elapsed().as_secs_f64();
         self.metrics.request(self.status, &self.route, seconds);
         if let Some(e) = self.error {

@@ -179,6 +179,16 @@ pub struct LimitedBody {
 }
 
 impl LimitedBody {
+    /// No body (a replayed bodyless request).
+    pub fn empty() -> LimitedBody {
+        LimitedBody {
+            inner: None,
+            limit: 0,
+            seen: 0,
+            overflow: std::sync::Arc::default(),
+        }
+    }
+
     /// Wraps `inner`; `overflow` reports a hit.
     pub fn new(inner: Incoming, limit: u64, overflow: std::sync::Arc<Overflow>) -> LimitedBody {
         LimitedBody {

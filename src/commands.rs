@@ -55,6 +55,9 @@ impl From<ServerError> for CliError {
 pub fn run(config_path: &Path, log_format: Option<LogFormat>) -> Result<(), CliError> {
     let config = Config::load(config_path).map_err(CliError::invalid)?;
     crate::logging::init(log_format.unwrap_or(config.log.format));
+    // Before the runtime starts its worker threads: Landlock binds the calling thread and the
+    // threads it creates later.
+    crate::sandbox::restrict(config.landlock, &config.files);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -66,6 +66,11 @@ const DEFAULT_HEADER_READ_TIMEOUT: &str = "30s";
 /// How often the reload watcher looks for changed files: cheap (a hash of a few small files)
 /// and quick enough that a revoked client is out within seconds of the new CRL landing.
 const DEFAULT_RELOAD_WATCH: &str = "10s";
+/// nginx's `keepalive_timeout` default.
+const DEFAULT_KEEPALIVE_TIMEOUT: &str = "75s";
+/// A browser that lacks the right certificate fails a handful of times; a scanner fails
+/// thousands. 20 a minute costs a few milliseconds of CPU per minute per address.
+const DEFAULT_HANDSHAKE_FAILURES: &str = "20/m";
 /// Clock skew tolerated on `exp`/`nbf`.
 const DEFAULT_JWT_LEEWAY: &str = "30s";
 /// nginx's `auth_request` has no own timeout; a token check that takes longer is broken.
@@ -159,6 +164,8 @@ struct RawConfig {
     admin: Option<RawAdmin>,
     #[serde(default)]
     reload: RawReload,
+    #[serde(default)]
+    sandbox: RawSandbox,
 }
 
 /// `[admin]`
@@ -189,6 +196,18 @@ struct RawLimits {
     max_connections_per_ip: Option<Spanned<usize>>,
     /// HTTP/1: the whole request head must arrive within this.
     header_read_timeout: Option<Spanned<String>>,
+    /// An idle client connection (no request in flight) is closed after this.
+    keepalive_timeout: Option<Spanned<String>>,
+    /// Failed handshakes allowed per IP (`N/s`, `N/m`, `N/h`) before it is cut off.
+    handshake_failures_per_ip: Option<Spanned<String>>,
+}
+
+/// `[sandbox]`
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSandbox {
+    /// Restrict the file system with Landlock after start-up.
+    landlock: Option<bool>,
 }
 
 /// `[access]`
@@ -458,6 +477,8 @@ pub struct Config {
     pub reload_watch: Option<Duration>,
     /// Every file this config was built from (itself included), for the reload watcher.
     pub files: Vec<PathBuf>,
+    /// `[sandbox] landlock`
+    pub landlock: bool,
 }
 
 /// `[limits]`, validated.
@@ -471,6 +492,10 @@ pub struct Limits {
     pub max_connections_per_ip: usize,
     /// HTTP/1 request-head deadline.
     pub header_read_timeout: Duration,
+    /// Idle connection deadline.
+    pub keepalive_timeout: Duration,
+    /// Failed handshakes allowed per IP.
+    pub handshake_failures_per_ip: Rate,
 }
 
 /// One `[[rate_limit]]` zone, validated.
@@ -875,6 +900,7 @@ impl Validator<'_> {
             admin,
             reload_watch,
             files: std::mem::take(&mut self.files),
+            landlock: raw.sandbox.landlock.unwrap_or(true),
         })
     }
 
@@ -939,6 +965,24 @@ impl Validator<'_> {
                 raw.header_read_timeout.as_ref(),
                 DEFAULT_HEADER_READ_TIMEOUT,
             ),
+            keepalive_timeout: self.duration(
+                "limits.keepalive_timeout",
+                raw.keepalive_timeout.as_ref(),
+                DEFAULT_KEEPALIVE_TIMEOUT,
+            ),
+            handshake_failures_per_ip: match &raw.handshake_failures_per_ip {
+                None => Rate::parse(DEFAULT_HANDSHAKE_FAILURES).unwrap_or(Rate {
+                    count: NonZeroU32::MIN,
+                    per: Duration::from_secs(3),
+                }),
+                Some(v) => Rate::parse(v.get_ref()).unwrap_or_else(|m| {
+                    self.problem("limits.handshake_failures_per_ip", Some(v.span()), m);
+                    Rate {
+                        count: NonZeroU32::MIN,
+                        per: Duration::from_secs(3),
+                    }
+                }),
+            },
         }
     }
 

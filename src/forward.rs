@@ -12,6 +12,7 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{
     HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri, Version, header,
 };
+use hyper::body::Body as _;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -58,8 +59,56 @@ pub struct ConnInfo {
     pub chain: Vec<rustls_pki_types::CertificateDer<'static>>,
     /// The runtime generation this connection's certificate was last checked against.
     pub generation: std::sync::atomic::AtomicU64,
-    /// Cancelled to close this connection gracefully (after a failed re-check).
+    /// Cancelled to close this connection gracefully (after a failed re-check, or idle).
     pub close: tokio_util::sync::CancellationToken,
+    /// Requests in flight and the time of the last one, for the idle timeout.
+    pub activity: Arc<Activity>,
+}
+
+/// Requests in flight on a connection and when the last one started or ended.
+#[derive(Debug, Default)]
+pub struct Activity {
+    in_flight: std::sync::atomic::AtomicUsize,
+    last_ms: std::sync::atomic::AtomicU64,
+    epoch: std::sync::OnceLock<std::time::Instant>,
+}
+
+impl Activity {
+    fn now_ms(&self) -> u64 {
+        let epoch = self.epoch.get_or_init(std::time::Instant::now);
+        u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// A new connection: idle from now.
+    pub fn end_idle_start(&self) {
+        self.last_ms
+            .store(self.now_ms(), std::sync::atomic::Ordering::Release);
+    }
+
+    /// A request started.
+    pub fn begin(&self) {
+        self.in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.last_ms
+            .store(self.now_ms(), std::sync::atomic::Ordering::Release);
+    }
+
+    /// A request's response ended.
+    pub fn end(&self) {
+        self.in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        self.last_ms
+            .store(self.now_ms(), std::sync::atomic::Ordering::Release);
+    }
+
+    /// How long the connection has been idle (zero while a request is in flight).
+    pub fn idle_for(&self) -> Duration {
+        if self.in_flight.load(std::sync::atomic::Ordering::Acquire) > 0 {
+            return Duration::ZERO;
+        }
+        let last = self.last_ms.load(std::sync::atomic::Ordering::Acquire);
+        Duration::from_millis(self.now_ms().saturating_sub(last))
+    }
 }
 
 /// What is removed from and set on every request that leaves certgate (to the backend, or to
@@ -228,9 +277,33 @@ impl Forwarder {
         *req.version_mut() = Version::HTTP_11;
 
         let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
+        // An idempotent request without a body can be sent again if the pooled connection
+        // turns out to have been closed by the backend before any byte of an answer came back
+        // (a keep-alive race no pool can rule out).
+        let replay = (!websocket && is_idempotent(req.method()) && req.body().is_end_stream())
+            .then(|| {
+                let mut b = Request::builder()
+                    .method(req.method().clone())
+                    .uri(req.uri().clone())
+                    .version(req.version());
+                if let Some(h) = b.headers_mut() {
+                    h.clone_from(req.headers());
+                }
+                b
+            });
 
-        let resp = match tokio::time::timeout(self.response_timeout, self.client.request(req)).await
-        {
+        let deadline = tokio::time::Instant::now() + self.response_timeout;
+        let mut sent = tokio::time::timeout_at(deadline, self.client.request(req)).await;
+        if let (Ok(Err(e)), Some(replay)) = (&sent, replay) {
+            if is_retryable(e) {
+                tracing::debug!(peer = %conn.peer, error = %e, "backend closed a pooled connection; retrying once");
+                self.metrics.upstream_error("retried");
+                if let Ok(again) = replay.body(LimitedBody::empty()) {
+                    sent = tokio::time::timeout_at(deadline, self.client.request(again)).await;
+                }
+            }
+        }
+        let resp = match sent {
             Ok(Ok(resp)) => resp,
             Ok(Err(e)) => {
                 if overflow.hit() {
@@ -316,6 +389,29 @@ impl Forwarder {
     }
 }
 
+/// Safe to send twice (RFC 9110 §9.2.2).
+fn is_idempotent(m: &http::Method) -> bool {
+    matches!(
+        *m,
+        http::Method::GET
+            | http::Method::HEAD
+            | http::Method::OPTIONS
+            | http::Method::PUT
+            | http::Method::DELETE
+            | http::Method::TRACE
+    )
+}
+
+/// The pooled connection died before the backend answered anything.
+fn is_retryable(e: &hyper_util::client::legacy::Error) -> bool {
+    if e.is_connect() {
+        return false;
+    }
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<hyper::Error>())
+        .is_some_and(|h| h.is_incomplete_message() || h.is_canceled() || h.is_closed())
+}
+
 /// HTTP/1.1 `Connection: upgrade` + `Upgrade: websocket`.
 fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
     req.version() == Version::HTTP_11
@@ -390,6 +486,7 @@ pub fn fuzz_sanitize(data: &[u8]) {
         chain: Vec::new(),
         generation: std::sync::atomic::AtomicU64::new(0),
         close: tokio_util::sync::CancellationToken::new(),
+        activity: Arc::default(),
     };
     policy.sanitize(&mut headers, false, &conn);
     let only = |n: &str, v: &str| {

@@ -44,6 +44,7 @@ pub mod ratelimit;
 pub mod reload;
 pub mod reply;
 pub mod routes;
+pub mod sandbox;
 pub mod server;
 pub mod systemd;
 pub mod tls;

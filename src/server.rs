@@ -27,7 +27,7 @@ use crate::access::ConnGuard;
 use crate::access_log::AccessRecord;
 use crate::body::ProxyBody;
 use crate::config::Config;
-use crate::forward::ConnInfo;
+use crate::forward::{Activity, ConnInfo};
 use crate::identity::{ClientIdentity, IdentityHeaders};
 use crate::reload::{Runtime, Shared};
 use crate::reply::Reject;
@@ -265,7 +265,16 @@ async fn watchdog(every: Duration, cancel: CancellationToken) {
 /// connection limits. A refused peer is logged and closed at once.
 fn admit(shared: &Shared, peer: SocketAddr) -> Option<ConnGuard> {
     let peer = canonical(peer);
-    if !shared.current().allow_ips.allows(peer.ip()) {
+    let rt = shared.current();
+    if rt.handshake_throttle.is_blocked(peer.ip()) {
+        // Logged when the address was blocked; a line per refused connection would let a
+        // scanner flood the log.
+        shared
+            .metrics
+            .connection_refused("handshake_failures_per_ip");
+        return None;
+    }
+    if !rt.allow_ips.allows(peer.ip()) {
         shared.metrics.connection_refused("allow_ips");
         tracing::warn!(%peer, reason = "address not in [access] allow_ips", "connection refused");
         return None;
@@ -306,11 +315,13 @@ async fn serve_tls(
             let reason = tls::failure_reason(&e);
             shared.metrics.handshake_failure(reason);
             tracing::warn!(%peer, reason, detail = %e, "TLS handshake failed");
+            throttle(&rt, peer);
             return;
         }
         Err(_) => {
             shared.metrics.handshake_failure("timeout");
             tracing::warn!(%peer, reason = "timeout", "TLS handshake failed");
+            throttle(&rt, peer);
             return;
         }
     };
@@ -340,6 +351,13 @@ async fn serve_tls(
         "TLS handshake complete"
     );
     let close = cancel.child_token();
+    let activity = Arc::new(Activity::default());
+    activity.end_idle_start();
+    tokio::spawn(close_when_idle(
+        activity.clone(),
+        rt.keepalive_timeout,
+        close.clone(),
+    ));
     let conn = Arc::new(ConnInfo {
         peer,
         peer_ip: HeaderValue::from_str(&peer.ip().to_string())
@@ -349,6 +367,7 @@ async fn serve_tls(
         chain,
         generation: AtomicU64::new(rt.generation),
         close: close.clone(),
+        activity,
     });
     let svc_shared = shared.clone();
     let service = service_fn(move |req| {
@@ -361,6 +380,37 @@ async fn serve_tls(
         .serve_connection_with_upgrades(TokioIo::new(tls), service);
     if let Err(e) = until_cancelled(connection, &close).await {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// Counts a failed handshake against its address; logs once when the address goes over
+/// `handshake_failures_per_ip`.
+fn throttle(rt: &Runtime, peer: SocketAddr) {
+    if let Some(wait) = rt.handshake_throttle.failed(peer.ip()) {
+        tracing::warn!(
+            %peer,
+            refused_for = ?wait,
+            "too many failed handshakes from this address; refusing its connections before the handshake"
+        );
+    }
+}
+
+/// Closes a connection that has had no request in flight for `timeout`
+/// (`[limits] keepalive_timeout`), HTTP/1 and HTTP/2 alike.
+async fn close_when_idle(activity: Arc<Activity>, timeout: Duration, close: CancellationToken) {
+    let mut wait = timeout;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = close.cancelled() => return,
+        }
+        let idle = activity.idle_for();
+        if idle >= timeout {
+            tracing::debug!(?idle, "closing idle connection");
+            close.cancel();
+            return;
+        }
+        wait = timeout - idle;
     }
 }
 
@@ -421,6 +471,7 @@ fn recheck(conn: &ConnInfo, rt: &Runtime) -> Result<(), Reject> {
 
 async fn handle(shared: &Shared, conn: &ConnInfo, req: Request<Incoming>) -> Response<ProxyBody> {
     let start = Instant::now();
+    conn.activity.begin();
     let rt = shared.current();
     let method = req.method().clone();
     let version = req.version();
@@ -497,6 +548,7 @@ async fn handle(shared: &Shared, conn: &ConnInfo, req: Request<Incoming>) -> Res
         route,
         log: rt.access_log,
         metrics: shared.metrics.clone(),
+        activity: conn.activity.clone(),
     });
     resp
 }

@@ -1,0 +1,99 @@
+//! After start-up, the process gives up file-system access it does not need, with Landlock
+//! where the kernel has it: it may read the folders of the files its config names (so a reload
+//! can read their new versions) and the few system files name resolution reads, and nothing
+//! else — no writes, no executing anything. Best effort: on a kernel without Landlock it logs
+//! that and goes on. `[sandbox] landlock = false` turns it off. ghostunnel does the same; the
+//! general-purpose proxies do not.
+//!
+//! Landlock applies to the calling thread and the threads it starts later, so this runs on the
+//! main thread before the async runtime starts its workers.
+
+use std::path::{Path, PathBuf};
+
+use landlock::{
+    ABI, Access, AccessFs, PathBeneath, PathFd, Ruleset, RulesetAttr, RulesetCreatedAttr,
+    RulesetStatus,
+};
+
+/// System paths name resolution and NSS modules need read access to.
+const SYSTEM_READ: &[&str] = &[
+    "/etc/hosts",
+    "/etc/resolv.conf",
+    "/etc/nsswitch.conf",
+    "/etc/gai.conf",
+    "/etc/host.conf",
+    "/lib",
+    "/lib64",
+    "/usr/lib",
+];
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every restriction is in force.
+    Enforced,
+    /// The kernel supports only part of it.
+    Partial,
+    /// The kernel has no Landlock.
+    Unsupported,
+    /// Turned off in the config.
+    Off,
+}
+
+/// Restricts the process to reading `files`' folders and the system files above.
+pub fn restrict(enabled: bool, files: &[PathBuf]) -> Outcome {
+    if !enabled {
+        tracing::info!("sandbox: landlock off ([sandbox] landlock = false)");
+        return Outcome::Off;
+    }
+    let mut dirs: Vec<PathBuf> = files
+        .iter()
+        .filter_map(|f| {
+            let f = f.canonicalize().unwrap_or_else(|_| f.clone());
+            f.parent().map(Path::to_path_buf)
+        })
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    let result = (|| {
+        let abi = ABI::V3;
+        let mut ruleset = Ruleset::default()
+            .handle_access(AccessFs::from_all(abi))?
+            .create()?;
+        for path in dirs
+            .iter()
+            .map(PathBuf::as_path)
+            .chain(SYSTEM_READ.iter().map(Path::new))
+        {
+            if let Ok(fd) = PathFd::new(path) {
+                ruleset = ruleset.add_rule(PathBeneath::new(fd, AccessFs::from_read(abi)))?;
+            }
+        }
+        ruleset.restrict_self()
+    })();
+    match result {
+        Ok(status) => {
+            let outcome = match status.ruleset {
+                RulesetStatus::FullyEnforced => Outcome::Enforced,
+                RulesetStatus::PartiallyEnforced => Outcome::Partial,
+                RulesetStatus::NotEnforced => Outcome::Unsupported,
+            };
+            let readable: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+            match outcome {
+                Outcome::Unsupported => tracing::warn!(
+                    "sandbox: this kernel has no Landlock; file-system access is not restricted"
+                ),
+                _ => tracing::info!(
+                    status = ?outcome,
+                    readable = %readable.join(", "),
+                    "sandbox: landlock enforced; read-only access to the config's folders, no writes, no exec"
+                ),
+            }
+            outcome
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "sandbox: landlock could not be applied; file-system access is not restricted");
+            Outcome::Unsupported
+        }
+    }
+}
