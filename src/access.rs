@@ -156,47 +156,6 @@ impl Drop for ConnGuard {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cidr_v4_v6_and_mapped() {
-        let l = IpList::parse(&[
-            "192.168.1.0/24",
-            "10.0.0.0/8",
-            "::1",
-            "::ffff:172.16.0.0/108",
-        ])
-        .unwrap();
-        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-        assert!(l.allows(ip("192.168.1.77")));
-        assert!(l.allows(ip("::ffff:192.168.1.77")));
-        assert!(!l.allows(ip("192.168.2.1")));
-        assert!(l.allows(ip("::1")));
-        assert!(l.allows(ip("172.16.3.4")));
-        assert!(!l.allows(ip("::2")));
-        assert!(IpList::parse(&["10.0.0.0/33"]).is_err());
-        assert!(IpList::parse(&["nope"]).is_err());
-        assert!(IpList::default().allows(ip("8.8.8.8")));
-    }
-
-    #[test]
-    fn limits_count_and_release() {
-        let l = ConnLimits::new(3, 2);
-        let a: IpAddr = "10.0.0.1".parse().unwrap();
-        let b: IpAddr = "10.0.0.2".parse().unwrap();
-        let g1 = l.try_acquire(a).unwrap();
-        let _g2 = l.try_acquire(a).unwrap();
-        assert_eq!(l.try_acquire(a).unwrap_err(), LimitHit::PerIp);
-        let _g3 = l.try_acquire(b).unwrap();
-        assert_eq!(l.try_acquire(b).unwrap_err(), LimitHit::Total);
-        drop(g1);
-        let _g4 = l.try_acquire(b).unwrap();
-        assert_eq!(l.open(), 3);
-    }
-}
-
 /// `[limits] handshake_failures_per_ip`: an address whose handshakes keep failing (a scanner
 /// with bad or no certificates) is refused at accept, before any TLS work, until its rate of
 /// failures drops back under the limit.
@@ -270,5 +229,46 @@ impl HandshakeThrottle {
             .retain(|_, until| *until > now);
         self.limiter.retain_recent();
         self.limiter.shrink_to_fit();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidr_v4_v6_and_mapped() {
+        let l = IpList::parse(&[
+            "192.168.1.0/24",
+            "10.0.0.0/8",
+            "::1",
+            "::ffff:172.16.0.0/108",
+        ])
+        .unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(l.allows(ip("192.168.1.77")));
+        assert!(l.allows(ip("::ffff:192.168.1.77")));
+        assert!(!l.allows(ip("192.168.2.1")));
+        assert!(l.allows(ip("::1")));
+        assert!(l.allows(ip("172.16.3.4")));
+        assert!(!l.allows(ip("::2")));
+        assert!(IpList::parse(&["10.0.0.0/33"]).is_err());
+        assert!(IpList::parse(&["nope"]).is_err());
+        assert!(IpList::default().allows(ip("8.8.8.8")));
+    }
+
+    #[test]
+    fn limits_count_and_release() {
+        let l = ConnLimits::new(3, 2);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let g1 = l.try_acquire(a).unwrap();
+        let _g2 = l.try_acquire(a).unwrap();
+        assert_eq!(l.try_acquire(a).unwrap_err(), LimitHit::PerIp);
+        let _g3 = l.try_acquire(b).unwrap();
+        assert_eq!(l.try_acquire(b).unwrap_err(), LimitHit::Total);
+        drop(g1);
+        let _g4 = l.try_acquire(b).unwrap();
+        assert_eq!(l.open(), 3);
     }
 }

@@ -294,13 +294,13 @@ impl Forwarder {
 
         let deadline = tokio::time::Instant::now() + self.response_timeout;
         let mut sent = tokio::time::timeout_at(deadline, self.client.request(req)).await;
-        if let (Ok(Err(e)), Some(replay)) = (&sent, replay) {
-            if is_retryable(e) {
-                tracing::debug!(peer = %conn.peer, error = %e, "backend closed a pooled connection; retrying once");
-                self.metrics.upstream_error("retried");
-                if let Ok(again) = replay.body(LimitedBody::empty()) {
-                    sent = tokio::time::timeout_at(deadline, self.client.request(again)).await;
-                }
+        if let (Ok(Err(e)), Some(replay)) = (&sent, replay)
+            && is_retryable(e)
+        {
+            tracing::debug!(peer = %conn.peer, error = %e, "backend closed a pooled connection; retrying once");
+            self.metrics.upstream_error("retried");
+            if let Ok(again) = replay.body(LimitedBody::empty()) {
+                sent = tokio::time::timeout_at(deadline, self.client.request(again)).await;
             }
         }
         let resp = match sent {
