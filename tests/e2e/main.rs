@@ -7,6 +7,7 @@ mod common;
 mod certs;
 mod cli;
 mod forwarding;
+mod hardening;
 mod identity;
 mod ops;
 mod paths;
