@@ -1,0 +1,446 @@
+#!/usr/bin/env python3
+"""certgate vs nginx vs HAProxy, configured alike, measured by proxy CPU time.
+
+Every proxy terminates TLS 1.2+1.3 with a client certificate required against the same CA
+and CRL, applies the two deny rules, sets X-SSL-Client-Verify/-DN, X-Real-IP and
+X-Forwarded-For/-Proto, keeps a keep-alive pool of 32 to the backend, does not buffer
+responses, and logs no access lines (except scenario g). Each runs one worker pinned to CPU 0;
+the load generator (oha, which presents the client certificate) and the backend (nginx serving
+fixed bodies) share CPU 1. Targets run interleaved (A B C A B C ...) for several repetitions;
+the report gives median, min and max of each figure and each proxy's median as a ratio to
+nginx's from the same run. Figures are per proxy CPU time, so they do not depend on how fast
+the load generator is: µs per request, MB per CPU-second, KiB per idle connection.
+
+    bench/run.sh            # full run, about 15 minutes
+    bench/run.sh --quick    # one short repetition: a self-test of the harness
+    bench/run.sh --rsa      # RSA-2048 keys instead of ECDSA P-256
+"""
+
+import argparse
+import atexit
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target", "release", "certgate")
+TICK = os.sysconf("SC_CLK_TCK")
+PROCS = []
+
+
+def cleanup():
+    for p in PROCS:
+        if p.poll() is None:
+            p.terminate()
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+atexit.register(cleanup)
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+
+
+def sh(cmd, **kw):
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
+
+
+def setup():
+    need = [p for p, b in [("nginx", "nginx"), ("haproxy", "haproxy")] if not shutil.which(b)]
+    if need:
+        subprocess.run(["apt-get", "update", "-qq"], check=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", *need], check=True)
+    if not shutil.which("oha"):
+        subprocess.run(["cargo", "install", "oha", "--locked"], check=True)
+    subprocess.run(["cargo", "build", "--release", "--locked"], cwd=ROOT, check=True)
+
+
+def wait_port(port, timeout=20):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def cpu_seconds(pids):
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / TICK
+
+
+def rss_kib(pids):
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/status") as f:
+            total += next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
+    return total
+
+
+def children(pid):
+    out = []
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                with open(f"/proc/{p}/stat") as f:
+                    if f.read().rsplit(")", 1)[1].split()[1] == str(pid):
+                        out.append(int(p))
+            except OSError:
+                pass
+    return out
+
+
+class Target:
+    def __init__(self, name, cmd, port, env=None, workers_are_children=False):
+        self.name, self.cmd, self.port, self.env = name, cmd, port, env
+        self.workers_are_children = workers_are_children
+        self.proc = None
+
+    def start(self):
+        env = dict(os.environ, **(self.env or {}))
+        self.proc = subprocess.Popen(["taskset", "-c", "0", *self.cmd], env=env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        PROCS.append(self.proc)
+        wait_port(self.port)
+        time.sleep(0.5)
+
+    def pids(self):
+        ids = [self.proc.pid]
+        if self.workers_are_children:
+            ids += children(self.proc.pid)
+        return ids
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+def oha(args, url, pki, duration):
+    cmd = ["taskset", "-c", "1", "oha", "--no-tui", "--output-format", "json", "-z", f"{duration}s",
+           "--cacert", pki["ca"], "--cert", pki["client_crt"], "--key", pki["client_key"], *args, url]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    res = json.loads(out.stdout)
+    ok = int(res.get("statusCodeDistribution", {}).get("200", 0))
+    return ok, res
+
+
+def idle_connections(port, pki, n):
+    ctx = ssl.create_default_context(cafile=pki["ca"])
+    ctx.load_cert_chain(pki["client_crt"], pki["client_key"])
+    ctx.set_alpn_protocols(["http/1.1"])
+    conns = []
+    for _ in range(n):
+        s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="localhost")
+        s.sendall(b"GET /100b HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        buf = b""
+        while b"\r\n\r\n" not in buf or len(buf.split(b"\r\n\r\n", 1)[1]) < 100:
+            chunk = s.recv(65536)
+            if not chunk:
+                raise RuntimeError("connection closed during the idle-connection setup")
+            buf += chunk
+        conns.append(s)
+    return conns
+
+
+SCENARIOS = {
+    "a": ("HTTP/1.1 keep-alive GET 100 B, 64 connections", "us_per_req", [ "-c", "64"], "/100b"),
+    "b": ("HTTP/2, 16 connections x 4 streams", "us_per_req", ["--http2", "-c", "16", "-p", "4"], "/100b"),
+    "c": ("full TLS 1.3 mTLS handshake per request", "us_per_req", ["--disable-keepalive", "-c", "8"], "/100b"),
+    "d1": ("1 MiB downloads, 4 connections", "mb_per_cpu_s", ["-c", "4"], "/1m"),
+    "d2": ("50 MiB uploads, 2 connections", "mb_per_cpu_s", ["-c", "2", "-m", "POST"], "/upload"),
+    "f": ("latency at 500 req/s, 16 connections", "latency", ["-c", "16", "-q", "500"], "/100b"),
+    "g": ("as (a) with the JSON access log on", "us_per_req", ["-c", "64"], "/100b"),
+}
+
+
+def configs(work, pki, backend_port, ports):
+    cg = os.path.join(work, "certgate.toml")
+    common = f"""
+[listen]
+https = "127.0.0.1:{{port}}"
+[tls]
+cert = "{pki['server_crt']}"
+key = "{pki['server_key']}"
+client_ca = "{pki['ca']}"
+crl = ["{pki['crl']}"]
+[upstream]
+url = "http://127.0.0.1:{backend_port}"
+max_idle_connections = 32
+[limits]
+max_body = "100MiB"
+max_connections_per_ip = 100000
+max_connections = 100000
+handshake_failures_per_ip = "1000000/m"
+[[route]]
+path = "/gradio_api/info"
+action = "deny"
+[[route]]
+path = "/queue/data"
+action = "deny"
+"""
+    with open(cg, "w") as f:
+        f.write(common.format(port=ports["certgate"]) + "[log]\naccess = false\n")
+    cg_log = os.path.join(work, "certgate-log.toml")
+    with open(cg_log, "w") as f:
+        f.write(common.format(port=ports["certgate+log"]) + "[log]\nformat = \"json\"\naccess = true\n")
+    ng = os.path.join(work, "nginx.conf")
+    with open(ng, "w") as f:
+        f.write(f"""
+worker_processes 1;
+pid {work}/nginx.pid;
+error_log {work}/nginx-error.log error;
+daemon off;
+events {{ worker_connections 8192; }}
+http {{
+  access_log off;
+  upstream backend {{ server 127.0.0.1:{backend_port}; keepalive 32; }}
+  server {{
+    listen 127.0.0.1:{ports['nginx']} ssl;
+    http2 on;
+    ssl_certificate {pki['server_crt']};
+    ssl_certificate_key {pki['server_key']};
+    ssl_client_certificate {pki['ca']};
+    ssl_verify_client on;
+    ssl_crl {pki['crl']};
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_session_cache off;
+    ssl_session_tickets off;
+    keepalive_requests 1000000;
+    client_max_body_size 100m;
+    location /gradio_api/info {{ return 403; }}
+    location /queue/data {{ return 403; }}
+    location / {{
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $host;
+      proxy_set_header X-Real-IP $remote_addr;
+      proxy_set_header X-Forwarded-For $remote_addr;
+      proxy_set_header X-Forwarded-Proto https;
+      proxy_set_header X-SSL-Client-Verify $ssl_client_verify;
+      proxy_set_header X-SSL-Client-DN $ssl_client_s_dn;
+      proxy_buffering off;
+      proxy_request_buffering off;
+    }}
+  }}
+}}
+""")
+    hp = os.path.join(work, "haproxy.cfg")
+    with open(os.path.join(work, "server.pem"), "w") as f:
+        f.write(open(pki["server_crt"]).read() + open(pki["server_key"]).read())
+    with open(hp, "w") as f:
+        f.write(f"""
+global
+  nbthread 1
+  tune.ssl.cachesize 0
+  maxconn 100000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 75s
+  timeout server 75s
+  timeout http-keep-alive 75s
+frontend fe
+  bind 127.0.0.1:{ports['haproxy']} ssl crt {work}/server.pem ca-file {pki['ca']} verify required crl-file {pki['crl']} alpn h2,http/1.1 ssl-min-ver TLSv1.2 no-tls-tickets
+  http-request deny if {{ path_beg /gradio_api/info }} || {{ path_beg /queue/data }}
+  http-request set-header X-SSL-Client-Verify %[ssl_c_verify]
+  http-request set-header X-SSL-Client-DN %{{+Q}}[ssl_c_s_dn]
+  http-request set-header X-Real-IP %[src]
+  http-request set-header X-Forwarded-For %[src]
+  http-request set-header X-Forwarded-Proto https
+  default_backend be
+backend be
+  http-reuse always
+  server b1 127.0.0.1:{backend_port} pool-max-conn 32
+""")
+    return cg, cg_log, ng, hp
+
+
+def make_pki(work, rsa):
+    ca = os.path.join(work, "ca")
+    key = ["--key", "rsa-2048"] if rsa else []
+    sh([BIN, "certs", "init-ca", "--dir", ca, *key])
+    sh([BIN, "certs", "server", "--dir", ca, "--name", "localhost", "--san", "localhost", "--san", "127.0.0.1", *key])
+    sh([BIN, "certs", "client", "--dir", ca, "--name", "bench", *key])
+    sh([BIN, "certs", "client", "--dir", ca, "--name", "gone", *key])
+    sh([BIN, "certs", "revoke", "--dir", ca, "--name", "gone"])
+    return {"ca": f"{ca}/ca.crt", "crl": f"{ca}/ca.crl", "server_crt": f"{ca}/localhost.crt",
+            "server_key": f"{ca}/localhost.key", "client_crt": f"{ca}/bench.crt", "client_key": f"{ca}/bench.key"}
+
+
+def backend(work):
+    port = 18080
+    with open(os.path.join(work, "1m.bin"), "wb") as f:
+        f.write(os.urandom(1 << 20))
+    conf = os.path.join(work, "backend.conf")
+    with open(conf, "w") as f:
+        f.write(f"""
+worker_processes 1;
+pid {work}/backend.pid;
+error_log {work}/backend-error.log error;
+daemon off;
+events {{ worker_connections 8192; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  keepalive_timeout 75s;
+  server {{
+    listen 127.0.0.1:{port};
+    client_max_body_size 0;
+    location = /100b {{ return 200 "{'x' * 100}"; }}
+    location = /1m {{ alias {work}/1m.bin; }}
+    location = /upload {{ return 200 "ok"; }}
+  }}
+}}
+""")
+    p = subprocess.Popen(["taskset", "-c", "1", "nginx", "-c", conf, "-p", work],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    PROCS.append(p)
+    wait_port(port)
+    return port
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--rsa", action="store_true")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--duration", type=int, default=8)
+    ap.add_argument("--idle", type=int, default=1000)
+    ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
+    a = ap.parse_args()
+    if a.quick:
+        a.reps, a.duration, a.idle = 1, 2, 100
+    setup()
+    work = tempfile.mkdtemp(prefix="certgate-bench-")
+    pki = make_pki(work, a.rsa)
+    upload = os.path.join(work, "50m.bin")
+    with open(upload, "wb") as f:
+        f.write(b"u" * (50 << 20))
+    bport = backend(work)
+    ports = {"certgate": 19443, "nginx": 19444, "haproxy": 19445, "certgate+log": 19446}
+    cg, cg_log, ng, hp = configs(work, pki, bport, ports)
+    one_worker = {"TOKIO_WORKER_THREADS": "1"}
+    targets = {
+        "certgate": Target("certgate", [BIN, "run", "-c", cg], ports["certgate"], one_worker),
+        "nginx": Target("nginx", ["nginx", "-c", ng, "-p", work], ports["nginx"], workers_are_children=True),
+        "haproxy": Target("haproxy", ["haproxy", "-f", hp], ports["haproxy"]),
+        "certgate+log": Target("certgate+log", [BIN, "run", "-c", cg_log], ports["certgate+log"], one_worker),
+    }
+    results = {}
+    for t in targets.values():
+        t.start()
+    # (e) idle RSS first, on a fresh process.
+    idle = {}
+    for name in ["certgate", "nginx", "haproxy"]:
+        t = targets[name]
+        base = rss_kib(t.pids())
+        conns = idle_connections(t.port, pki, a.idle)
+        time.sleep(1)
+        loaded = rss_kib(t.pids())
+        for c in conns:
+            c.close()
+        idle[name] = {"idle_rss_kib": base, "kib_per_conn": (loaded - base) / a.idle}
+    results["e"] = idle
+    if targets["certgate+log"].proc:
+        # Its log goes to /dev/null; it only runs in (g).
+        pass
+    for key, (title, unit, args, path) in SCENARIOS.items():
+        names = ["certgate+log", "certgate"] if key == "g" else ["certgate", "nginx", "haproxy"]
+        per = {n: [] for n in names}
+        for _ in range(a.reps):
+            for n in names:
+                t = targets[n]
+                extra = ["-D", upload] if key == "d2" else []
+                before = cpu_seconds(t.pids())
+                ok, res = oha(args + extra, f"https://localhost:{t.port}{path}", pki, a.duration)
+                cpu = cpu_seconds(t.pids()) - before
+                if unit == "us_per_req":
+                    per[n].append(cpu / max(ok, 1) * 1e6)
+                elif unit == "mb_per_cpu_s":
+                    size = (1 << 20) if key == "d1" else (50 << 20)
+                    per[n].append(ok * size / 1e6 / max(cpu, 1e-9))
+                else:
+                    lat = res.get("latencyPercentiles", {})
+                    per[n].append({"p50_ms": lat.get("p50", 0) * 1000, "p99_ms": lat.get("p99", 0) * 1000})
+                time.sleep(0.2)
+        results[key] = per
+    for t in targets.values():
+        t.stop()
+    report = render(results, a)
+    os.makedirs(a.out, exist_ok=True)
+    suffix = "-quick" if a.quick else ("-rsa" if a.rsa else "")
+    with open(os.path.join(a.out, f"latest{suffix}.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    with open(os.path.join(a.out, f"latest{suffix}.md"), "w") as f:
+        f.write(report)
+    print(report)
+
+
+def summarize(vals):
+    return statistics.median(vals), min(vals), max(vals)
+
+
+def render(results, a):
+    lines = []
+    env = sh(["uname", "-srm"]).stdout.strip()
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    versions = {
+        "certgate": sh([BIN, "--version"]).stdout.strip(),
+        "nginx": subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip(),
+        "haproxy": sh(["haproxy", "-v"]).stdout.splitlines()[0],
+        "oha": sh(["oha", "--version"]).stdout.strip(),
+    }
+    lines.append(f"Run: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {env}, {cpu}, {os.cpu_count()} cores; "
+                 f"{a.reps} repetitions x {a.duration} s, keys {'RSA-2048' if a.rsa else 'ECDSA P-256'}.")
+    lines.append("Versions: " + "; ".join(versions.values()) + ".")
+    lines.append("")
+    lines.append("| scenario | figure | certgate | nginx | HAProxy | certgate / nginx |")
+    lines.append("| --- | --- | --- | --- | --- | --- |")
+    fmt = lambda m, lo, hi: f"{m:.1f} ({lo:.1f}–{hi:.1f})"
+    for key, (title, unit, _, _) in SCENARIOS.items():
+        per = results[key]
+        if key == "g":
+            m_log = summarize(per["certgate+log"])
+            m_plain = summarize(per["certgate"])
+            lines.append(f"| g. {title} | µs/req | {fmt(*m_log)} (log on) | | | {m_log[0] / m_plain[0]:.2f} × certgate without log ({m_plain[0]:.1f}) |")
+            continue
+        if unit == "latency":
+            cells = {}
+            for n in ["certgate", "nginx", "haproxy"]:
+                p99 = [v["p99_ms"] for v in per[n]]
+                p50 = [v["p50_ms"] for v in per[n]]
+                cells[n] = (statistics.median(p50), statistics.median(p99), min(p99), max(p99))
+            c = lambda n: f"p50 {cells[n][0]:.2f} / p99 {cells[n][1]:.2f} ({cells[n][2]:.2f}–{cells[n][3]:.2f})"
+            lines.append(f"| {key}. {title} | ms | {c('certgate')} | {c('nginx')} | {c('haproxy')} | p99 {cells['certgate'][1] / cells['nginx'][1]:.2f} |")
+            continue
+        ms = {n: summarize(per[n]) for n in ["certgate", "nginx", "haproxy"]}
+        label = "µs/req (CPU)" if unit == "us_per_req" else "MB per CPU-s"
+        if key == "c":
+            label = "µs/handshake (CPU)"
+        lines.append(f"| {key}. {title} | {label} | {fmt(*ms['certgate'])} | {fmt(*ms['nginx'])} | {fmt(*ms['haproxy'])} | {ms['certgate'][0] / ms['nginx'][0]:.2f} |")
+    e = results["e"]
+    kib = {n: e[n]["kib_per_conn"] for n in e}
+    rss = {n: e[n]["idle_rss_kib"] for n in e}
+    lines.append(f"| e. idle mTLS connection ({a.idle} held) | KiB/conn | {kib['certgate']:.1f} | {kib['nginx']:.1f} | {kib['haproxy']:.1f} | {kib['certgate'] / max(kib['nginx'], 1e-9):.2f} |")
+    lines.append(f"| e. idle RSS | KiB | {rss['certgate']} | {rss['nginx']} (master + worker) | {rss['haproxy']} | {rss['certgate'] / rss['nginx']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
