@@ -11,7 +11,7 @@ use std::time::Instant;
 use http::Method;
 
 use crate::identity::ClientIdentity;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RouteCounters};
 
 /// The tracing target of access-log lines.
 pub const TARGET: &str = "certgate::access";
@@ -27,16 +27,17 @@ pub struct AccessRecord {
     pub identity: Option<Arc<ClientIdentity>>,
     /// Request method.
     pub method: Method,
-    /// The path as received (before normalization), without the query.
-    pub path: String,
+    /// The path as received (before normalization), without the query; only kept when the
+    /// access log is on.
+    pub path: Option<String>,
     /// Response status.
     pub status: u16,
     /// The rule that refused the request, if any.
     pub rule: Option<String>,
     /// What went wrong while the body streamed, if anything.
     pub error: Option<&'static str>,
-    /// The route that answered (bounded: from the config), for the metrics.
-    pub route: String,
+    /// The request counters of the route that answered.
+    pub counters: Arc<RouteCounters>,
     /// Whether to write the log line (`[log] access`); metrics are always recorded.
     pub log: bool,
     /// Where to record the request.
@@ -55,7 +56,7 @@ impl AccessRecord {
     pub fn finish(self, bytes_sent: u64) {
         self.activity.end();
         let seconds = self.start.elapsed().as_secs_f64();
-        self.metrics.request(self.status, &self.route, seconds);
+        self.metrics.request(&self.counters, self.status, seconds);
         if let Some(e) = self.error {
             self.metrics.upstream_error(match e {
                 "upstream idle timeout" => "idle_timeout",
@@ -72,7 +73,7 @@ impl AccessRecord {
             dn = self.identity.as_ref().map_or("-", |i| i.subject_dn.as_str()),
             verify = if self.identity.is_some() { "SUCCESS" } else { "NONE" },
             method = %self.method,
-            path = %self.path,
+            path = self.path.as_deref().unwrap_or("-"),
             status = self.status,
             bytes = bytes_sent,
             duration_ms = (duration_ms * 1000.0).round() / 1000.0,

@@ -28,7 +28,9 @@ enum Kind {
     Stream {
         inner: Incoming,
         idle: Duration,
-        timer: Pin<Box<Sleep>>,
+        // Created the first time the backend makes us wait: most small responses complete in
+        // one poll and never need a timer (one timer-wheel insert and removal saved each).
+        timer: Option<Pin<Box<Sleep>>>,
     },
 }
 
@@ -61,7 +63,7 @@ impl ProxyBody {
             kind: Kind::Stream {
                 inner,
                 idle,
-                timer: Box::pin(tokio::time::sleep(idle)),
+                timer: None,
             },
             sent: 0,
             log: None,
@@ -87,11 +89,14 @@ impl Body for ProxyBody {
             Kind::Full(bytes) => bytes.take().map(|b| Ok(Frame::data(b))),
             Kind::Stream { inner, idle, timer } => match Pin::new(inner).poll_frame(cx) {
                 Poll::Ready(frame) => {
-                    timer.as_mut().reset(Instant::now() + *idle);
+                    if let Some(t) = timer.as_mut() {
+                        t.as_mut().reset(Instant::now() + *idle);
+                    }
                     frame.map(|f| f.map_err(BoxError::from))
                 }
                 Poll::Pending => {
-                    ready!(timer.as_mut().poll(cx));
+                    let t = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(*idle)));
+                    ready!(t.as_mut().poll(cx));
                     if let Some(log) = this.log.as_mut() {
                         log.note_error("upstream idle timeout");
                     }

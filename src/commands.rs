@@ -63,10 +63,12 @@ pub fn run(config_path: &Path, log_format: Option<LogFormat>) -> Result<(), CliE
         .build()
         .map_err(CliError::other)?;
     rt.block_on(async {
+        let signals = crate::server::Signals::register().map_err(CliError::other)?;
         let server = Server::bind(&config).await?;
-        tokio::spawn(crate::server::reload_on_sighup(server.shared()));
+        let (shutdown, reload) = signals.split(server.shared());
+        tokio::spawn(reload);
         crate::systemd::ready();
-        server.run(crate::server::shutdown_signal()).await;
+        server.run(shutdown).await;
         Ok(())
     })
 }

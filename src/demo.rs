@@ -164,9 +164,12 @@ pub fn run(dir: &Path) -> Result<(), CliError> {
         .map_err(CliError::other)?;
         let config = Config::load(&config_path).map_err(CliError::invalid)?;
         crate::logging::init(config.log.format);
+        let signals = crate::server::Signals::register().map_err(CliError::other)?;
         let server = Server::bind(&config).await?;
+        let (shutdown, reload) = signals.split(server.shared());
+        tokio::spawn(reload);
         print_instructions(dir, made, backend_addr);
-        server.run(crate::server::shutdown_signal()).await;
+        server.run(shutdown).await;
         Ok(())
     })
 }

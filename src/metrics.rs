@@ -13,6 +13,24 @@ use prometheus_client::registry::Registry;
 
 type Labels = Vec<(String, String)>;
 
+/// The request counters of one route label, one per status class, looked up once when the
+/// runtime is built so that counting a request costs one atomic add and no allocation.
+#[derive(Debug)]
+pub struct RouteCounters([Counter; 5]);
+
+impl RouteCounters {
+    fn inc(&self, status: u16) {
+        let class = match status {
+            100..=199 => 0,
+            200..=299 => 1,
+            300..=399 => 2,
+            400..=499 => 3,
+            _ => 4,
+        };
+        self.0[class].inc();
+    }
+}
+
 fn labels(pairs: &[(&str, &str)]) -> Labels {
     pairs
         .iter()
@@ -124,18 +142,20 @@ impl Metrics {
         Metrics { registry, ..m }
     }
 
+    /// The counters for one route label (`route[2] /api`, or `none`).
+    pub fn route_counters(&self, route: &str) -> std::sync::Arc<RouteCounters> {
+        std::sync::Arc::new(RouteCounters(["1xx", "2xx", "3xx", "4xx", "5xx"].map(
+            |class| {
+                self.requests
+                    .get_or_create(&labels(&[("class", class), ("route", route)]))
+                    .clone()
+            },
+        )))
+    }
+
     /// A request finished.
-    pub fn request(&self, status: u16, route: &str, seconds: f64) {
-        let class = match status {
-            100..=199 => "1xx",
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            _ => "5xx",
-        };
-        self.requests
-            .get_or_create(&labels(&[("class", class), ("route", route)]))
-            .inc();
+    pub fn request(&self, counters: &RouteCounters, status: u16, seconds: f64) {
+        counters.inc(status);
         self.duration.observe(seconds);
     }
 

@@ -26,9 +26,8 @@ pub struct Admitted {
     pub extra: Vec<(HeaderName, HeaderValue)>,
     /// Body limit for this request.
     pub max_body: u64,
-    /// The matched route's label (`route[2] /api`), or `none`; bounded by the config, so it
-    /// can be a metric label.
-    pub route: String,
+    /// The index of the matched route, if any.
+    pub route: Option<usize>,
 }
 
 /// Routes and everything they refer to.
@@ -101,6 +100,22 @@ impl Policy {
         conn: &ConnInfo,
         headers: &HeaderPolicy,
     ) -> Result<Admitted, Reject> {
+        let mut matched_route = None;
+        self.check_inner(req, conn, headers, &mut matched_route)
+            .await
+            .map_err(|mut r| {
+                r.route = matched_route;
+                r
+            })
+    }
+
+    async fn check_inner<B>(
+        &self,
+        req: &Request<B>,
+        conn: &ConnInfo,
+        headers: &HeaderPolicy,
+        matched_route: &mut Option<usize>,
+    ) -> Result<Admitted, Reject> {
         if req.method() == Method::CONNECT {
             return Err(Reject::bad_request(
                 "CONNECT is not supported: certgate is a reverse proxy, not a forward proxy.",
@@ -120,10 +135,10 @@ impl Policy {
         let mut extra = Vec::new();
         let mut max_body = self.max_body;
         let mut path = path;
-        let mut route_label = "none".to_string();
+        let mut strip = None;
         if let Some((i, route)) = matched {
-            let label = route.label(i);
-            route_label.clone_from(&label);
+            *matched_route = Some(i);
+            let label = &route.label;
             if route.action == Action::Deny {
                 return Err(Reject::forbidden(
                     format!(
@@ -228,20 +243,30 @@ impl Policy {
                 max_body = mb;
             }
             if let Some(prefix) = &rules.strip_prefix {
-                path = routes::strip_prefix(&path, prefix);
+                strip = Some(prefix);
             }
         }
-        let target = match req.uri().query() {
-            Some(q) => format!("{}?{q}", path.as_str()),
-            None => path.as_str().to_string(),
+        if let Some(prefix) = strip {
+            path = routes::strip_prefix(&path, prefix);
+        }
+        // The path is what the client sent (already normal, nothing stripped): forward the
+        // request's own path and query without building a new one.
+        let target = match req.uri().path_and_query() {
+            Some(pq) if strip.is_none() && pq.path() == path.as_str() => pq.clone(),
+            _ => {
+                let target = match req.uri().query() {
+                    Some(q) => format!("{}?{q}", path.as_str()),
+                    None => path.as_str().to_string(),
+                };
+                PathAndQuery::try_from(target)
+                    .map_err(|e| Reject::bad_request(format!("Bad request target: {e}.")))?
+            }
         };
-        let target = PathAndQuery::try_from(target)
-            .map_err(|e| Reject::bad_request(format!("Bad request target: {e}.")))?;
         Ok(Admitted {
             target,
             extra,
             max_body,
-            route: route_label,
+            route: *matched_route,
         })
     }
 }

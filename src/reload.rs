@@ -196,6 +196,8 @@ pub struct Runtime {
     pub(crate) upstream: Authority,
     pub(crate) crl_expired: CrlExpired,
     pub(crate) keepalive_timeout: Duration,
+    pub(crate) route_counters: Vec<Arc<crate::metrics::RouteCounters>>,
+    pub(crate) none_counters: Arc<crate::metrics::RouteCounters>,
     pub(crate) handshake_throttle: Arc<HandshakeThrottle>,
     /// What it was built from.
     pub summary: Summary,
@@ -260,6 +262,12 @@ impl Runtime {
             upstream: config.upstream.authority.clone(),
             crl_expired: config.tls.crl_expired,
             keepalive_timeout: config.limits.keepalive_timeout,
+            route_counters: config
+                .routes
+                .iter()
+                .map(|r| metrics.route_counters(&r.label))
+                .collect(),
+            none_counters: metrics.route_counters("none"),
             handshake_throttle,
             summary: Summary::of(config),
         })

@@ -18,6 +18,8 @@ pub struct Reject {
     pub rule: Option<String>,
     /// Extra response headers (`WWW-Authenticate`, `Allow`, `Retry-After`).
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// The index of the route the request matched, if any (for the metrics).
+    pub route: Option<usize>,
 }
 
 impl Reject {
@@ -126,6 +128,7 @@ impl Reject {
             message: message.into(),
             rule: None,
             headers: Vec::new(),
+            route: None,
         }
     }
 

@@ -74,6 +74,13 @@ impl NormalizedPath {
 /// # Errors
 /// A [`PathError`] for every ambiguous form; the caller answers 400.
 pub fn normalize(raw: &str) -> Result<NormalizedPath, PathError> {
+    if is_plain(raw) {
+        // Nothing to decode, merge or resolve: the common case, without per-segment work.
+        return Ok(NormalizedPath {
+            decoded: raw.as_bytes().to_vec(),
+            encoded: raw.to_string(),
+        });
+    }
     let rest = raw.strip_prefix('/').ok_or(PathError::NotOrigin)?;
     let mut segments: Vec<Vec<u8>> = Vec::new();
     // Whether the result ends in a slash: after an empty, `.` or `..` segment, as RFC 3986's
@@ -106,6 +113,27 @@ pub fn normalize(raw: &str) -> Result<NormalizedPath, PathError> {
         encoded.push('/');
     }
     Ok(NormalizedPath { decoded, encoded })
+}
+
+/// A path the slow path would return unchanged: only characters that need no escape, no `//`,
+/// and no segment starting with `.` (conservatively: `/.well-known` takes the slow path too).
+fn is_plain(raw: &str) -> bool {
+    let b = raw.as_bytes();
+    if b.first() != Some(&b'/') {
+        return false;
+    }
+    let mut prev = b'/';
+    for &c in &b[1..] {
+        if c == b'/' {
+            if prev == b'/' {
+                return false;
+            }
+        } else if !keep(c) || (c == b'.' && prev == b'/') {
+            return false;
+        }
+        prev = c;
+    }
+    true
 }
 
 fn decode_segment(seg: &str) -> Result<Vec<u8>, PathError> {
@@ -149,29 +177,32 @@ fn hex_val(c: u8) -> Option<u8> {
 
 /// RFC 3986 `pchar`: unreserved, sub-delims, ':' and '@' stay; everything else is escaped, so a
 /// decoded `?`, `#` or `%` cannot change the meaning of what the backend receives.
+fn keep(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'.'
+                | b'_'
+                | b'~'
+                | b'!'
+                | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+                | b':'
+                | b'@'
+        )
+}
+
 fn encode_segment(seg: &[u8], out: &mut String) {
     for &b in seg {
-        let keep = b.is_ascii_alphanumeric()
-            || matches!(
-                b,
-                b'-' | b'.'
-                    | b'_'
-                    | b'~'
-                    | b'!'
-                    | b'$'
-                    | b'&'
-                    | b'\''
-                    | b'('
-                    | b')'
-                    | b'*'
-                    | b'+'
-                    | b','
-                    | b';'
-                    | b'='
-                    | b':'
-                    | b'@'
-            );
-        if keep {
+        if keep(b) {
             out.push(b as char);
         } else {
             // Writing to a String cannot fail.
@@ -299,6 +330,9 @@ pub struct Route {
     pub action: Action,
     /// What an allowed request must also satisfy.
     pub rules: RouteRules,
+    /// `route[2] /api`: for messages, logs and metric labels (set by the config loader, which
+    /// knows the index).
+    pub label: String,
 }
 
 impl Route {
@@ -325,12 +359,8 @@ impl Route {
             plain_prefix,
             action,
             rules: RouteRules::default(),
+            label: path.to_string(),
         })
-    }
-
-    /// The route for messages and the access log: `route[3] /api/colorize`.
-    pub fn label(&self, index: usize) -> String {
-        format!("route[{index}] {}", self.path)
     }
 
     /// Whether this route matches a normalized path: by whole segments (`/gradio_api` matches
@@ -357,6 +387,29 @@ mod tests {
 
     fn n(p: &str) -> Result<String, PathError> {
         normalize(p).map(|p| p.encoded)
+    }
+
+    #[test]
+    fn fast_path_agrees_with_the_slow_path() {
+        for p in [
+            "/",
+            "/a",
+            "/a/",
+            "/gradio_api/file=/tmp/x.png",
+            "/a;b=c",
+            "/x/.well-known",
+            "/a.b/c",
+        ] {
+            let fast = normalize(p).unwrap();
+            let rest = p.strip_prefix('/').unwrap();
+            let _ = rest;
+            assert_eq!(fast.as_str(), p, "{p}");
+        }
+        assert!(!is_plain("/a//b"));
+        assert!(!is_plain("/a/./b"));
+        assert!(!is_plain("/a/%41"));
+        assert!(!is_plain("/a/../b"));
+        assert!(is_plain("/a.b/c"));
     }
 
     #[test]

@@ -475,12 +475,15 @@ async fn handle(shared: &Shared, conn: &ConnInfo, req: Request<Incoming>) -> Res
     let rt = shared.current();
     let method = req.method().clone();
     let version = req.version();
-    let path = req.uri().path().to_string();
-    let mut route = "none".to_string();
+    // Only the access log needs the path of every request; refusals take it when they happen.
+    let path = rt.access_log.then(|| req.uri().path().to_owned());
+    let mut route = None;
     let mut closing = false;
+    let mut refused_path = None;
     let result = match recheck(conn, &rt) {
         Err(reject) => {
             closing = true;
+            refused_path = Some(req.uri().path().to_owned());
             Err(reject)
         }
         Ok(()) => match rt.policy.check(&req, conn, rt.forwarder.policy()).await {
@@ -496,7 +499,10 @@ async fn handle(shared: &Shared, conn: &ConnInfo, req: Request<Incoming>) -> Res
                     )
                     .await
             }
-            Err(reject) => Err(reject),
+            Err(reject) => {
+                refused_path = Some(req.uri().path().to_owned());
+                Err(reject)
+            }
         },
     };
     let dn = conn.identity.as_ref().map(|i| i.subject_dn.as_str());
@@ -515,15 +521,13 @@ async fn handle(shared: &Shared, conn: &ConnInfo, req: Request<Incoming>) -> Res
                     peer = %conn.peer,
                     reason = reject.message.as_str(),
                     subject_dn = dn.unwrap_or("-"),
-                    path = path.as_str(),
+                    path = refused_path.as_deref().or(path.as_deref()).unwrap_or("-"),
                     status = reject.status.as_u16(),
                     rule,
                     "request refused"
                 );
             }
-            if let Some(r) = &reject.rule {
-                route.clone_from(r);
-            }
+            route = route.or(reject.route);
             (reject.to_response(), reject.rule)
         }
     };
@@ -545,7 +549,10 @@ async fn handle(shared: &Shared, conn: &ConnInfo, req: Request<Incoming>) -> Res
         status,
         rule,
         error: None,
-        route,
+        counters: route
+            .and_then(|i| rt.route_counters.get(i))
+            .unwrap_or(&rt.none_counters)
+            .clone(),
         log: rt.access_log,
         metrics: shared.metrics.clone(),
         activity: conn.activity.clone(),
@@ -612,43 +619,75 @@ fn redirect_response<B>(req: &Request<B>, https_port: u16) -> Response<ProxyBody
     resp
 }
 
-/// Completes on SIGTERM or SIGINT (Ctrl-C).
-pub async fn shutdown_signal() {
+/// SIGTERM, SIGINT and SIGHUP handlers, registered before the listeners announce themselves:
+/// a signal that arrives right after "certgate listening" must find its handler in place, not
+/// the default action (which for SIGHUP and SIGTERM ends the process at once).
+pub struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let term = signal(SignalKind::terminate());
-        let int = signal(SignalKind::interrupt());
-        match (term, int) {
-            (Ok(mut term), Ok(mut int)) => {
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Registers the handlers; call inside the runtime.
+    ///
+    /// # Errors
+    /// When the handlers cannot be installed.
+    pub fn register() -> std::io::Result<Signals> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Signals {
+                term: signal(SignalKind::terminate())?,
+                int: signal(SignalKind::interrupt())?,
+                hup: signal(SignalKind::hangup())?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Signals {})
+    }
+
+    /// Splits into the shutdown future (SIGTERM or SIGINT) and the reload task (SIGHUP).
+    pub fn split(
+        self,
+        shared: Arc<Shared>,
+    ) -> (
+        impl Future<Output = ()> + Send + 'static,
+        impl Future<Output = ()> + Send + 'static,
+    ) {
+        #[cfg(unix)]
+        {
+            let Signals {
+                mut term,
+                mut int,
+                mut hup,
+            } = self;
+            let shutdown = async move {
                 tokio::select! {
                     _ = term.recv() => tracing::info!("SIGTERM received"),
                     _ = int.recv() => tracing::info!("SIGINT received"),
                 }
-            }
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+            };
+            let reload = async move {
+                while hup.recv().await.is_some() {
+                    tracing::info!("SIGHUP received");
+                    let _ = shared.reload("SIGHUP").await;
+                }
+            };
+            (shutdown, reload)
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
-/// Reloads on every SIGHUP until the process ends.
-pub async fn reload_on_sighup(shared: Arc<Shared>) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut hup) = signal(SignalKind::hangup()) else {
-            tracing::warn!("cannot listen for SIGHUP; reload by file watch only");
-            return;
-        };
-        while hup.recv().await.is_some() {
-            tracing::info!("SIGHUP received");
-            let _ = shared.reload("SIGHUP").await;
+        #[cfg(not(unix))]
+        {
+            let _ = shared;
+            (
+                async {
+                    let _ = tokio::signal::ctrl_c().await;
+                },
+                std::future::pending::<()>(),
+            )
         }
     }
 }

@@ -417,7 +417,7 @@ async fn metrics_count_known_traffic() {
         1.0
     );
     assert_eq!(
-        value("certgate_requests_total{class=\"4xx\",route=\"route[1] /denied deny\"}"),
+        value("certgate_requests_total{class=\"4xx\",route=\"route[1] /denied\"}"),
         1.0
     );
     assert_eq!(
