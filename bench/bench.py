@@ -210,8 +210,8 @@ http {{
   access_log off;
   upstream backend {{ server 127.0.0.1:{backend_port}; keepalive 32; }}
   server {{
-    listen 127.0.0.1:{ports['nginx']} ssl;
-    http2 on;
+    # `listen ... http2` rather than `http2 on;`: Debian 12 ships nginx 1.22.
+    listen 127.0.0.1:{ports['nginx']} ssl http2;
     ssl_certificate {pki['server_crt']};
     ssl_certificate_key {pki['server_key']};
     ssl_client_certificate {pki['ca']};
@@ -248,7 +248,8 @@ http {{
 global
   nbthread 1
   tune.ssl.cachesize 0
-  maxconn 100000
+  # The machine's open-file limit is 20,000: HAProxy needs two descriptors per connection.
+  maxconn 8000
 defaults
   mode http
   timeout connect 5s
@@ -287,6 +288,7 @@ def backend(work):
     port = 18080
     with open(os.path.join(work, "1m.bin"), "wb") as f:
         f.write(os.urandom(1 << 20))
+    os.chmod(os.path.join(work, "1m.bin"), 0o644)
     conf = os.path.join(work, "backend.conf")
     with open(conf, "w") as f:
         f.write(f"""
@@ -323,11 +325,14 @@ def main():
     ap.add_argument("--duration", type=int, default=8)
     ap.add_argument("--idle", type=int, default=1000)
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
+    ap.add_argument("--baseline", help="another certgate binary to measure alongside (an optimization's before)")
     a = ap.parse_args()
     if a.quick:
         a.reps, a.duration, a.idle = 1, 2, 100
     setup()
     work = tempfile.mkdtemp(prefix="certgate-bench-")
+    # nginx's worker runs unprivileged and must read the 1 MiB body from here.
+    os.chmod(work, 0o755)
     pki = make_pki(work, a.rsa)
     upload = os.path.join(work, "50m.bin")
     with open(upload, "wb") as f:
@@ -342,6 +347,12 @@ def main():
         "haproxy": Target("haproxy", ["haproxy", "-f", hp], ports["haproxy"]),
         "certgate+log": Target("certgate+log", [BIN, "run", "-c", cg_log], ports["certgate+log"], one_worker),
     }
+    if a.baseline:
+        ports["baseline"] = 19447
+        bcfg = os.path.join(work, "baseline.toml")
+        with open(cg) as src, open(bcfg, "w") as dst:
+            dst.write(src.read().replace(f"127.0.0.1:{ports['certgate']}", f"127.0.0.1:{ports['baseline']}"))
+        targets["baseline"] = Target("baseline", [a.baseline, "run", "-c", bcfg], ports["baseline"], one_worker)
     results = {}
     for t in targets.values():
         t.start()
@@ -362,6 +373,8 @@ def main():
         pass
     for key, (title, unit, args, path) in SCENARIOS.items():
         names = ["certgate+log", "certgate"] if key == "g" else ["certgate", "nginx", "haproxy"]
+        if a.baseline and key in ("a", "b", "c", "d1", "d2"):
+            names.append("baseline")
         per = {n: [] for n in names}
         for _ in range(a.reps):
             for n in names:
@@ -382,14 +395,18 @@ def main():
         results[key] = per
     for t in targets.values():
         t.stop()
-    report = render(results, a)
     os.makedirs(a.out, exist_ok=True)
     suffix = "-quick" if a.quick else ("-rsa" if a.rsa else "")
     with open(os.path.join(a.out, f"latest{suffix}.json"), "w") as f:
         json.dump(results, f, indent=2)
+    report = render(results, a)
     with open(os.path.join(a.out, f"latest{suffix}.md"), "w") as f:
         f.write(report)
     print(report)
+
+
+def ratio(x, y):
+    return f"{x / y:.2f}" if y else "n/a"
 
 
 def summarize(vals):
@@ -418,7 +435,7 @@ def render(results, a):
         if key == "g":
             m_log = summarize(per["certgate+log"])
             m_plain = summarize(per["certgate"])
-            lines.append(f"| g. {title} | µs/req | {fmt(*m_log)} (log on) | | | {m_log[0] / m_plain[0]:.2f} × certgate without log ({m_plain[0]:.1f}) |")
+            lines.append(f"| g. {title} | µs/req | {fmt(*m_log)} (log on) | | | {ratio(m_log[0], m_plain[0])} × certgate without log ({m_plain[0]:.1f}) |")
             continue
         if unit == "latency":
             cells = {}
@@ -427,18 +444,29 @@ def render(results, a):
                 p50 = [v["p50_ms"] for v in per[n]]
                 cells[n] = (statistics.median(p50), statistics.median(p99), min(p99), max(p99))
             c = lambda n: f"p50 {cells[n][0]:.2f} / p99 {cells[n][1]:.2f} ({cells[n][2]:.2f}–{cells[n][3]:.2f})"
-            lines.append(f"| {key}. {title} | ms | {c('certgate')} | {c('nginx')} | {c('haproxy')} | p99 {cells['certgate'][1] / cells['nginx'][1]:.2f} |")
+            lines.append(f"| {key}. {title} | ms | {c('certgate')} | {c('nginx')} | {c('haproxy')} | p99 {ratio(cells['certgate'][1], cells['nginx'][1])} |")
             continue
         ms = {n: summarize(per[n]) for n in ["certgate", "nginx", "haproxy"]}
         label = "µs/req (CPU)" if unit == "us_per_req" else "MB per CPU-s"
         if key == "c":
             label = "µs/handshake (CPU)"
-        lines.append(f"| {key}. {title} | {label} | {fmt(*ms['certgate'])} | {fmt(*ms['nginx'])} | {fmt(*ms['haproxy'])} | {ms['certgate'][0] / ms['nginx'][0]:.2f} |")
+        lines.append(f"| {key}. {title} | {label} | {fmt(*ms['certgate'])} | {fmt(*ms['nginx'])} | {fmt(*ms['haproxy'])} | {ratio(ms['certgate'][0], ms['nginx'][0])} |")
     e = results["e"]
     kib = {n: e[n]["kib_per_conn"] for n in e}
     rss = {n: e[n]["idle_rss_kib"] for n in e}
     lines.append(f"| e. idle mTLS connection ({a.idle} held) | KiB/conn | {kib['certgate']:.1f} | {kib['nginx']:.1f} | {kib['haproxy']:.1f} | {kib['certgate'] / max(kib['nginx'], 1e-9):.2f} |")
-    lines.append(f"| e. idle RSS | KiB | {rss['certgate']} | {rss['nginx']} (master + worker) | {rss['haproxy']} | {rss['certgate'] / rss['nginx']:.2f} |")
+    lines.append(f"| e. idle RSS | KiB | {rss['certgate']} | {rss['nginx']} (master + worker) | {rss['haproxy']} | {ratio(rss['certgate'], rss['nginx'])} |")
+    if a.baseline:
+        lines.append("")
+        lines.append("Optimization check, same run: certgate against the baseline binary (" + a.baseline + ").")
+        lines.append("")
+        lines.append("| scenario | certgate | baseline | certgate / baseline |")
+        lines.append("| --- | --- | --- | --- |")
+        for key in ("a", "b", "c", "d1", "d2"):
+            per = results[key]
+            m, b = statistics.median(per["certgate"]), statistics.median(per["baseline"])
+            lines.append(f"| {key} | {m:.1f} | {b:.1f} | {ratio(m, b)} |")
+        lines.append("")
     return "\n".join(lines) + "\n"
 
 
