@@ -325,7 +325,8 @@ def main():
     ap.add_argument("--duration", type=int, default=8)
     ap.add_argument("--idle", type=int, default=1000)
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
-    ap.add_argument("--baseline", help="another certgate binary to measure alongside (an optimization's before)")
+    ap.add_argument("--baseline", action="append", default=[], metavar="NAME=BIN",
+                    help="another certgate binary to measure alongside (an optimization's before or after); repeatable")
     a = ap.parse_args()
     if a.quick:
         a.reps, a.duration, a.idle = 1, 2, 100
@@ -347,12 +348,13 @@ def main():
         "haproxy": Target("haproxy", ["haproxy", "-f", hp], ports["haproxy"]),
         "certgate+log": Target("certgate+log", [BIN, "run", "-c", cg_log], ports["certgate+log"], one_worker),
     }
-    if a.baseline:
-        ports["baseline"] = 19447
-        bcfg = os.path.join(work, "baseline.toml")
+    a.baselines = [b.split("=", 1) for b in a.baseline]
+    for i, (name, path) in enumerate(a.baselines):
+        ports[name] = 19447 + i
+        bcfg = os.path.join(work, f"{name}.toml")
         with open(cg) as src, open(bcfg, "w") as dst:
-            dst.write(src.read().replace(f"127.0.0.1:{ports['certgate']}", f"127.0.0.1:{ports['baseline']}"))
-        targets["baseline"] = Target("baseline", [a.baseline, "run", "-c", bcfg], ports["baseline"], one_worker)
+            dst.write(src.read().replace(f"127.0.0.1:{ports['certgate']}", f"127.0.0.1:{ports[name]}"))
+        targets[name] = Target(name, [path, "run", "-c", bcfg], ports[name], one_worker)
     results = {}
     for t in targets.values():
         t.start()
@@ -373,8 +375,8 @@ def main():
         pass
     for key, (title, unit, args, path) in SCENARIOS.items():
         names = ["certgate+log", "certgate"] if key == "g" else ["certgate", "nginx", "haproxy"]
-        if a.baseline and key in ("a", "b", "c", "d1", "d2"):
-            names.append("baseline")
+        if key in ("a", "b", "c", "d1", "d2"):
+            names += [n for n, _ in a.baselines]
         per = {n: [] for n in names}
         for _ in range(a.reps):
             for n in names:
@@ -456,15 +458,16 @@ def render(results, a):
     rss = {n: e[n]["idle_rss_kib"] for n in e}
     lines.append(f"| e. idle mTLS connection ({a.idle} held) | KiB/conn | {kib['certgate']:.1f} | {kib['nginx']:.1f} | {kib['haproxy']:.1f} | {kib['certgate'] / max(kib['nginx'], 1e-9):.2f} |")
     lines.append(f"| e. idle RSS | KiB | {rss['certgate']} | {rss['nginx']} (master + worker) | {rss['haproxy']} | {ratio(rss['certgate'], rss['nginx'])} |")
-    if a.baseline:
+    for name, path in a.baselines:
         lines.append("")
-        lines.append("Optimization check, same run: certgate against the baseline binary (" + a.baseline + ").")
+        lines.append(f"Variant check, same run: certgate against `{name}` ({path}); "
+                     "(a)-(c) are µs of CPU (lower is better), (d) MB per CPU-second (higher is better).")
         lines.append("")
-        lines.append("| scenario | certgate | baseline | certgate / baseline |")
+        lines.append(f"| scenario | certgate | {name} | certgate / {name} |")
         lines.append("| --- | --- | --- | --- |")
         for key in ("a", "b", "c", "d1", "d2"):
             per = results[key]
-            m, b = statistics.median(per["certgate"]), statistics.median(per["baseline"])
+            m, b = statistics.median(per["certgate"]), statistics.median(per[name])
             lines.append(f"| {key} | {m:.1f} | {b:.1f} | {ratio(m, b)} |")
         lines.append("")
     return "\n".join(lines) + "\n"
