@@ -262,6 +262,16 @@ impl Daemon {
         .unwrap_or_else(|_| panic!("no {needle:?} within {LIMIT:?}"))
     }
 
+    /// SIGTERM, then the process must exit 0.
+    async fn stop_ok(&mut self) {
+        self.signal("-TERM");
+        let status = tokio::time::timeout(LIMIT, self.child.wait())
+            .await
+            .expect("did not exit after SIGTERM")
+            .unwrap();
+        assert_eq!(status.code(), Some(0));
+    }
+
     fn signal(&self, sig: &str) {
         let pid = self.child.id().unwrap().to_string();
         let ok = std::process::Command::new("kill")
@@ -336,15 +346,7 @@ async fn json_logs_have_access_and_handshake_fields() {
     let v: serde_json::Value = serde_json::from_str(&refused).unwrap();
     assert_eq!(v["reason"], "no certificate");
     assert!(v["peer"].as_str().unwrap().starts_with("127.0.0.1:"));
-    d.signal("-TERM");
-    assert_eq!(
-        tokio::time::timeout(LIMIT, d.child.wait())
-            .await
-            .unwrap()
-            .unwrap()
-            .code(),
-        Some(0)
-    );
+    d.stop_ok().await;
 }
 
 /// `certgate demo` as the README runs it: PKI made, the printed curl with the certificate gets
@@ -655,15 +657,7 @@ async fn sighup_with_broken_config_keeps_serving() {
         get_once(d.addr, alice(), "/gradio_api/info").await.status,
         200
     );
-    d.signal("-TERM");
-    assert_eq!(
-        tokio::time::timeout(LIMIT, d.child.wait())
-            .await
-            .unwrap()
-            .unwrap()
-            .code(),
-        Some(0)
-    );
+    d.stop_ok().await;
 }
 
 /// sd_notify, read from the test's own NOTIFY_SOCKET: READY=1, then RELOADING=1 with
@@ -796,15 +790,7 @@ async fn socket_activation_uses_the_passed_listener() {
     drop(listener);
     assert_eq!(get_once(addr, alice(), "/activated").await.status, 200);
     assert!(tokio::net::TcpStream::connect(unused).await.is_err());
-    d.signal("-TERM");
-    assert_eq!(
-        tokio::time::timeout(LIMIT, d.child.wait())
-            .await
-            .unwrap()
-            .unwrap()
-            .code(),
-        Some(0)
-    );
+    d.stop_ok().await;
 }
 
 /// `--log-format json` overrides `[log] format = "text"`: every line is a JSON object,
@@ -828,15 +814,7 @@ async fn log_format_flag_makes_every_line_json() {
     let reload = d.wait_line("reload complete").await;
     let v: serde_json::Value = serde_json::from_str(&reload).unwrap();
     assert_eq!(v["trigger"], "SIGHUP");
-    d.signal("-TERM");
-    assert_eq!(
-        tokio::time::timeout(LIMIT, d.child.wait())
-            .await
-            .unwrap()
-            .unwrap()
-            .code(),
-        Some(0)
-    );
+    d.stop_ok().await;
     while let Ok(line) = d.lines.try_recv() {
         serde_json::from_str::<serde_json::Value>(&line)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
