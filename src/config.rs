@@ -1200,12 +1200,14 @@ impl Validator<'_> {
             // An identity allow-list implies the route needs a certificate.
             rules.client_cert_required = true;
             rules.allow = Some(IdentityAllow {
-                cn: a.cn.clone(),
-                ou: a.ou.clone(),
-                o: a.o.clone(),
-                san_dns: a.san_dns.clone(),
-                san_email: a.san_email.clone(),
-                san_uri: a.san_uri.clone(),
+                names: crate::identity::IdentityNames {
+                    cn: a.cn.clone(),
+                    ou: a.ou.clone(),
+                    o: a.o.clone(),
+                    san_dns: a.san_dns.clone(),
+                    san_email: a.san_email.clone(),
+                    san_uri: a.san_uri.clone(),
+                },
                 fingerprint,
             });
         }

@@ -13,7 +13,7 @@ use http::Method;
 use serde::Deserialize;
 
 use crate::access::IpList;
-use crate::identity::ClientIdentity;
+use crate::identity::{ClientIdentity, IdentityNames};
 
 /// What a matching route does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -237,21 +237,12 @@ pub enum Auth {
     Forward,
 }
 
-/// Certificate identities a route admits; any listed value admits (OR), exact match.
+/// Certificate identities a route admits: the same names a certificate carries, plus
+/// fingerprints. Any listed value admits (OR), exact match (DNS names ignoring ASCII case).
 #[derive(Debug, Clone, Default)]
 pub struct IdentityAllow {
-    /// Subject CN values.
-    pub cn: Vec<String>,
-    /// Subject OU values.
-    pub ou: Vec<String>,
-    /// Subject O values.
-    pub o: Vec<String>,
-    /// dNSName SANs (compared without regard to ASCII case).
-    pub san_dns: Vec<String>,
-    /// rfc822Name SANs.
-    pub san_email: Vec<String>,
-    /// URI SANs.
-    pub san_uri: Vec<String>,
+    /// Admitted CN, OU, O and SAN values.
+    pub names: IdentityNames,
     /// SHA-256 fingerprints, lower-case hex without colons.
     pub fingerprint: Vec<String>,
 }
@@ -259,17 +250,16 @@ pub struct IdentityAllow {
 impl IdentityAllow {
     /// Whether the identity has any listed value.
     pub fn admits(&self, id: &ClientIdentity) -> bool {
-        let n = &id.names;
+        let (a, n) = (&self.names, &id.names);
         let any = |list: &[String], vals: &[String]| list.iter().any(|l| vals.contains(l));
-        any(&self.cn, &n.cn)
-            || any(&self.ou, &n.ou)
-            || any(&self.o, &n.o)
-            || self
-                .san_dns
+        any(&a.cn, &n.cn)
+            || any(&a.ou, &n.ou)
+            || any(&a.o, &n.o)
+            || a.san_dns
                 .iter()
                 .any(|l| n.san_dns.iter().any(|v| v.eq_ignore_ascii_case(l)))
-            || any(&self.san_email, &n.san_email)
-            || any(&self.san_uri, &n.san_uri)
+            || any(&a.san_email, &n.san_email)
+            || any(&a.san_uri, &n.san_uri)
             || self.fingerprint.contains(&id.fingerprint)
     }
 }
