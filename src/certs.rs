@@ -1036,8 +1036,10 @@ fn client(a: &ClientArgs) -> Result<(), CliError> {
 
 fn reload_hint(crl: &Path) -> String {
     format!(
-        "certgate reads {} at start-up: restart it (systemctl restart certgate) so new connections are checked against the new CRL; \
-         keep the CRL fresh with `certgate certs crl` from cron well before its next update",
+        "A running certgate that names {} picks it up within its [reload] watch interval (10 s by default), \
+         or at once with `systemctl reload certgate` (SIGHUP), and then refuses a revoked client even on \
+         connections it already holds. Keep the CRL fresh with `certgate certs crl` from cron well before \
+         its next update.",
         crl.display()
     )
 }

@@ -213,7 +213,7 @@ fn issued_certificates_verify_with_openssl_and_revocation_shows_in_the_crl() {
         "keyCompromise",
     ]);
     assert!(
-        out.contains("restart"),
+        out.contains("systemctl reload certgate"),
         "the revoke output says how certgate picks it up: {out}"
     );
     let crl = dir.join("ca.crl");
