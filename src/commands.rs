@@ -103,6 +103,54 @@ fn fmt_time(t: OffsetDateTime) -> String {
     )
 }
 
+/// A route's conditions, for the summary.
+fn route_conditions(r: &crate::routes::Route, c: &Config) -> String {
+    let rules = &r.rules;
+    let mut parts = Vec::new();
+    if rules.methods.is_some() {
+        parts.push(format!("methods {}", rules.allow_header()));
+    }
+    if !rules.allow_ips.is_empty() {
+        parts.push("allow_ips".to_string());
+    }
+    if rules.client_cert_required {
+        parts.push("client certificate required".to_string());
+    }
+    if let Some(a) = &rules.allow {
+        let n = &a.names;
+        let count = n.cn.len()
+            + n.ou.len()
+            + n.o.len()
+            + n.san_dns.len()
+            + n.san_email.len()
+            + n.san_uri.len()
+            + a.fingerprint.len();
+        parts.push(format!("allow list of {count}"));
+    }
+    match rules.auth {
+        crate::routes::Auth::None => {}
+        crate::routes::Auth::Jwt => parts.push("auth jwt".to_string()),
+        crate::routes::Auth::Forward => parts.push("auth forward".to_string()),
+    }
+    if let Some(z) = rules.rate_limit.and_then(|i| c.rate_limits.get(i)) {
+        parts.push(format!("rate_limit {}", z.name));
+    }
+    if let Some(mb) = rules.max_body {
+        parts.push(format!(
+            "max_body {}",
+            bytesize::ByteSize::b(mb).display().iec()
+        ));
+    }
+    if let Some(p) = &rules.strip_prefix {
+        parts.push(format!("strip_prefix {p}"));
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("  ({})", parts.join(", "))
+    }
+}
+
 /// The effective configuration, as `certgate check` prints it.
 pub fn summary(c: &Config) -> String {
     let mut s = String::new();
@@ -240,11 +288,85 @@ pub fn summary(c: &Config) -> String {
     for (i, r) in c.routes.iter().enumerate() {
         let _ = writeln!(
             w,
-            "  {i:>2}  {:<5} {}",
+            "  {i:>2}  {:<5} {}{}",
             format!("{:?}", r.action).to_lowercase(),
-            r.path
+            r.path,
+            route_conditions(r, c)
         );
     }
+    let _ = writeln!(w, "\n[limits]");
+    let _ = writeln!(
+        w,
+        "max_body = {}",
+        bytesize::ByteSize::b(c.limits.max_body).display().iec()
+    );
+    let _ = writeln!(
+        w,
+        "max_connections = {}, max_connections_per_ip = {}",
+        c.limits.max_connections, c.limits.max_connections_per_ip
+    );
+    let _ = writeln!(
+        w,
+        "header_read_timeout = {}, keepalive_timeout = {}",
+        humantime::format_duration(c.limits.header_read_timeout),
+        humantime::format_duration(c.limits.keepalive_timeout)
+    );
+    let hf = c.limits.handshake_failures_per_ip;
+    let _ = writeln!(
+        w,
+        "handshake_failures_per_ip = {} per {}",
+        hf.count,
+        humantime::format_duration(hf.per)
+    );
+    let _ = writeln!(
+        w,
+        "\n[access]\nallow_ips = {}",
+        if c.allow_ips.is_empty() {
+            "(everyone)"
+        } else {
+            "(see the config file)"
+        }
+    );
+    for z in &c.rate_limits {
+        let _ = writeln!(
+            w,
+            "\n[[rate_limit]] {}: {:?}, {} per {}, burst {}",
+            z.name,
+            z.key_by,
+            z.rate.count,
+            humantime::format_duration(z.rate.per),
+            z.burst
+        );
+    }
+    if let Some(j) = &c.jwt {
+        let _ = writeln!(w, "\n[jwt]\n{}", j.describe());
+    }
+    if let Some(f) = &c.forward_auth {
+        let _ = writeln!(
+            w,
+            "\n[forward_auth]\nurl = {}, timeout = {}, copy_headers = {:?}",
+            f.url,
+            humantime::format_duration(f.timeout),
+            f.copy_headers
+        );
+    }
+    let _ = writeln!(w, "\n[response_headers]");
+    for (n, v) in &c.response_headers {
+        let _ = writeln!(w, "{n}: {}", v.to_str().unwrap_or("(binary)"));
+    }
+    let _ = writeln!(
+        w,
+        "\n[admin]\nlisten = {}",
+        c.admin.map_or("(off)".to_string(), |a| a.to_string())
+    );
+    let _ = writeln!(
+        w,
+        "\n[reload]\nwatch = {}",
+        c.reload_watch
+            .map_or("off".to_string(), |d| humantime::format_duration(d)
+                .to_string())
+    );
+    let _ = writeln!(w, "\n[sandbox]\nlandlock = {}", c.landlock);
     let _ = writeln!(w, "\n[log]");
     let _ = writeln!(w, "format = {:?}", c.log.format);
     let _ = writeln!(w, "access = {}", c.log.access);

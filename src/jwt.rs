@@ -248,6 +248,19 @@ impl JwtVerifier {
         })
     }
 
+    /// One line for `certgate check`: algorithms and claims checked, never a key.
+    pub fn describe(&self) -> String {
+        format!(
+            "algorithms {:?}, issuer {}, audience {}, leeway {}, subject claim {:?} -> {}",
+            self.algorithms,
+            self.issuer.as_deref().unwrap_or("(any)"),
+            self.audience.as_deref().unwrap_or("(any)"),
+            humantime::format_duration(self.leeway),
+            self.subject_claim,
+            self.subject_header
+        )
+    }
+
     /// Finds the bearer token in the request headers.
     ///
     /// # Errors

@@ -451,6 +451,29 @@ async fn shipped_example_configs_pass_check() {
         let (code, out, err) = check(&path).await;
         assert_eq!(code, 0, "{name}: {err}");
         assert!(out.contains("is valid"), "{name}: {out}");
+        for want in [
+            "[limits]",
+            "max_body = 50.0 MiB",
+            "[reload]",
+            "[sandbox]",
+            "x-frame-options: DENY",
+        ] {
+            assert!(out.contains(want), "{name}: missing {want:?} in:\n{out}");
+        }
+        if name == "deoldify.toml" {
+            for want in [
+                "algorithms [HS256], issuer deoldify_api_gateway",
+                "\"user_id\" -> x-auth-subject",
+                "methods POST, allow_ips, client certificate required, auth jwt, rate_limit api, max_body 50.0 MiB, strip_prefix /api",
+                "[[rate_limit]] api: Client, 10 per 1s, burst 20",
+            ] {
+                assert!(out.contains(want), "missing {want:?} in:\n{out}");
+            }
+            assert!(
+                !out.contains("0123456789abcdef"),
+                "the JWT secret was printed"
+            );
+        }
     }
 }
 
