@@ -63,6 +63,8 @@ pub struct ConnInfo {
     pub close: tokio_util::sync::CancellationToken,
     /// Requests in flight and the time of the last one, for the idle timeout.
     pub activity: Arc<Activity>,
+    /// Where upgraded connections (WebSockets) run, so shutdown can wait for them.
+    pub tunnels: tokio_util::task::TaskTracker,
 }
 
 /// Requests in flight on a connection and when the last one started or ended.
@@ -337,7 +339,7 @@ impl Forwarder {
             let mut upstream_resp = Response::from_parts(parts.clone(), body);
             let upstream_upgrade = hyper::upgrade::on(&mut upstream_resp);
             let peer = conn.peer;
-            tokio::spawn(async move {
+            conn.tunnels.spawn(async move {
                 match tokio::try_join!(client_upgrade, upstream_upgrade) {
                     Ok((client, upstream)) => {
                         let mut client = TokioIo::new(client);
@@ -487,6 +489,7 @@ pub fn fuzz_sanitize(data: &[u8]) {
         generation: std::sync::atomic::AtomicU64::new(0),
         close: tokio_util::sync::CancellationToken::new(),
         activity: Arc::default(),
+        tunnels: tokio_util::task::TaskTracker::new(),
     };
     policy.sanitize(&mut headers, false, &conn);
     let only = |n: &str, v: &str| {

@@ -287,6 +287,9 @@ pub struct Shared {
     watch: std::sync::Mutex<Option<Duration>>,
     next_generation: AtomicU64,
     reload_lock: tokio::sync::Mutex<()>,
+    /// Upgraded connections (WebSockets): they outlive their HTTP connection, and shutdown
+    /// waits for them like for requests in flight.
+    pub(crate) tunnels: tokio_util::task::TaskTracker,
 }
 
 /// What a successful reload changed.
@@ -319,6 +322,7 @@ impl Shared {
             watch: std::sync::Mutex::new(config.reload_watch),
             next_generation: AtomicU64::new(2),
             reload_lock: tokio::sync::Mutex::new(()),
+            tunnels: tokio_util::task::TaskTracker::new(),
             runtime: ArcSwap::from_pointee(runtime),
         };
         shared.publish_gauges();

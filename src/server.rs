@@ -194,12 +194,19 @@ impl Server {
             "shutting down: no new connections; waiting for requests in flight"
         );
         cancel.cancel();
-        if tokio::time::timeout(self.shutdown_timeout, tracker.wait())
+        // WebSockets in flight are waited for like requests in flight, within the same grace.
+        self.shared.tunnels.close();
+        let everything = async {
+            tracker.wait().await;
+            self.shared.tunnels.wait().await;
+        };
+        if tokio::time::timeout(self.shutdown_timeout, everything)
             .await
             .is_err()
         {
             tracing::warn!(
                 connections = tracker.len(),
+                websockets = self.shared.tunnels.len(),
                 "shutdown timeout reached; closing the remaining connections"
             );
         } else {
@@ -368,6 +375,7 @@ async fn serve_tls(
         generation: AtomicU64::new(rt.generation),
         close: close.clone(),
         activity,
+        tunnels: shared.tunnels.clone(),
     });
     let svc_shared = shared.clone();
     let service = service_fn(move |req| {

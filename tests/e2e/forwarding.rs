@@ -278,3 +278,41 @@ async fn idle_backend_body_is_cut_off() {
         .expect("hang");
     assert!(body.is_err());
 }
+
+/// Graceful shutdown waits for an open WebSocket like for a request in flight: the tunnel keeps
+/// working after shutdown has begun, and shutdown completes once the client closes it.
+#[tokio::test]
+async fn shutdown_waits_for_open_websockets() {
+    let backend = Backend::start().await;
+    let mut proxy = Proxy::start(backend.addr, "").await;
+    let mut send = h1(proxy.addr, alice()).await;
+    let req = Request::get("/ws")
+        .header("host", "localhost")
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .body(empty())
+        .unwrap();
+    let mut resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 101);
+    let mut io = hyper_util::rt::TokioIo::new(hyper::upgrade::on(&mut resp).await.unwrap());
+    let stopping = proxy.shutdown();
+    // New connections are refused, the open tunnel still carries data...
+    let mut buf = [0u8; 5];
+    io.write_all(b"still").await.unwrap();
+    tokio::time::timeout(LIMIT, io.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf, b"still");
+    assert!(
+        !stopping.is_finished(),
+        "shutdown did not wait for the WebSocket"
+    );
+    // ...and shutdown ends when the client closes it.
+    io.shutdown().await.unwrap();
+    drop(io);
+    tokio::time::timeout(LIMIT, stopping)
+        .await
+        .expect("shutdown hangs")
+        .unwrap();
+}
