@@ -258,6 +258,25 @@ mod tests {
     }
 
     #[test]
+    fn handshake_throttle_blocks_after_the_burst() {
+        let t = HandshakeThrottle::new(crate::ratelimit::Rate::parse("3/m").unwrap());
+        let ip: IpAddr = "10.1.2.3".parse().unwrap();
+        assert!(t.failed(ip).is_none());
+        assert!(t.failed(ip).is_none());
+        assert!(t.failed(ip).is_none());
+        assert!(!t.is_blocked(ip));
+        let wait = t.failed(ip).expect("the fourth failure blocks");
+        assert!(wait > std::time::Duration::ZERO);
+        assert!(t.is_blocked(ip));
+        assert!(
+            t.is_blocked("::ffff:10.1.2.3".parse().unwrap()),
+            "mapped spelling"
+        );
+        assert!(t.failed(ip).is_none(), "blocked once, logged once");
+        assert!(!t.is_blocked("10.1.2.4".parse().unwrap()));
+    }
+
+    #[test]
     fn limits_count_and_release() {
         let l = ConnLimits::new(3, 2);
         let a: IpAddr = "10.0.0.1".parse().unwrap();

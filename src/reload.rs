@@ -498,3 +498,53 @@ fn fingerprint(config: &Path, files: &[PathBuf]) -> Vec<u8> {
     }
     ctx.finish().as_ref().to_vec()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(serial: &str, crl_entries: usize, digest: u8) -> Summary {
+        Summary {
+            server_serial: serial.into(),
+            server_not_after: 0,
+            client_cas: vec!["CN=ca".into()],
+            crls: vec![CrlInfo {
+                path: PathBuf::from("/etc/certgate/ca.crl"),
+                issuer: "CN=ca".into(),
+                entries: crl_entries,
+                next_update: Some(1),
+                digest: vec![digest],
+            }],
+            routes: 3,
+        }
+    }
+
+    #[test]
+    fn changes_name_serials_and_crl_counts() {
+        let old = summary("01", 0, 1);
+        assert!(summary("01", 0, 1).changes(&old).is_empty());
+        let c = summary("02", 1, 2).changes(&old);
+        assert_eq!(c[0], "server certificate 01 -> 02");
+        assert_eq!(c[1], "CRL /etc/certgate/ca.crl replaced (0 -> 1 revoked)");
+        // Same counts, new content: still reported.
+        assert_eq!(summary("01", 0, 9).changes(&old).len(), 1);
+    }
+
+    #[test]
+    fn fingerprint_follows_content_not_timestamps() {
+        let dir = std::env::temp_dir().join(format!("certgate-fp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = dir.join("c.toml");
+        let crl = dir.join("ca.crl");
+        std::fs::write(&cfg, "a").unwrap();
+        std::fs::write(&crl, "one").unwrap();
+        let first = fingerprint(&cfg, std::slice::from_ref(&crl));
+        std::fs::write(&crl, "one").unwrap();
+        assert_eq!(first, fingerprint(&cfg, std::slice::from_ref(&crl)));
+        std::fs::write(&crl, "two").unwrap();
+        assert_ne!(first, fingerprint(&cfg, std::slice::from_ref(&crl)));
+        std::fs::remove_file(&crl).unwrap();
+        assert_ne!(first, fingerprint(&cfg, std::slice::from_ref(&crl)));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
