@@ -360,11 +360,6 @@ async fn serve_tls(
     let close = cancel.child_token();
     let activity = Arc::new(Activity::default());
     activity.end_idle_start();
-    tokio::spawn(close_when_idle(
-        activity.clone(),
-        rt.keepalive_timeout,
-        close.clone(),
-    ));
     let conn = Arc::new(ConnInfo {
         peer,
         peer_ip: HeaderValue::from_str(&peer.ip().to_string())
@@ -374,7 +369,7 @@ async fn serve_tls(
         chain,
         generation: AtomicU64::new(rt.generation),
         close: close.clone(),
-        activity,
+        activity: activity.clone(),
         tunnels: shared.tunnels.clone(),
     });
     let svc_shared = shared.clone();
@@ -386,7 +381,7 @@ async fn serve_tls(
     let connection = rt
         .http
         .serve_connection_with_upgrades(TokioIo::new(tls), service);
-    if let Err(e) = until_cancelled(connection, &close).await {
+    if let Err(e) = drive(connection, &close, &activity, rt.keepalive_timeout).await {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }
@@ -403,23 +398,35 @@ fn throttle(rt: &Runtime, peer: SocketAddr) {
     }
 }
 
-/// Closes a connection that has had no request in flight for `timeout`
-/// (`[limits] keepalive_timeout`), HTTP/1 and HTTP/2 alike.
-async fn close_when_idle(activity: Arc<Activity>, timeout: Duration, close: CancellationToken) {
-    let mut wait = timeout;
+/// Drives a client connection until it ends, is told to close (shutdown, a failed re-check),
+/// or has had no request in flight for `idle` (`[limits] keepalive_timeout`, HTTP/1 and HTTP/2
+/// alike); then asks it to finish gracefully and waits for that. The idle check lives in the
+/// connection's own task: no extra task or timer per connection.
+async fn drive<C: GracefulConnection>(
+    connection: C,
+    close: &CancellationToken,
+    activity: &Activity,
+    idle: Duration,
+) -> Result<(), C::Error> {
+    tokio::pin!(connection);
+    let timer = tokio::time::sleep(idle);
+    tokio::pin!(timer);
     loop {
         tokio::select! {
-            () = tokio::time::sleep(wait) => {}
-            () = close.cancelled() => return,
+            r = connection.as_mut() => return r,
+            () = close.cancelled() => break,
+            () = timer.as_mut() => {
+                let idle_for = activity.idle_for();
+                if idle_for >= idle {
+                    tracing::debug!(?idle_for, "closing idle connection");
+                    break;
+                }
+                timer.as_mut().reset(tokio::time::Instant::now() + (idle - idle_for));
+            }
         }
-        let idle = activity.idle_for();
-        if idle >= timeout {
-            tracing::debug!(?idle, "closing idle connection");
-            close.cancel();
-            return;
-        }
-        wait = timeout - idle;
     }
+    connection.as_mut().graceful_shutdown();
+    connection.await
 }
 
 /// Drives a connection; on shutdown (or when the connection must close) asks it to finish
