@@ -15,7 +15,7 @@ use crate::config::{Config, DEFAULT_CONFIG_PATH};
 pub enum TokenCommand {
     /// Print a signed token.
     Issue(IssueArgs),
-    /// Say whether the configured [jwt] accepts a token, and why not.
+    /// Say whether the configured `[jwt]` accepts a token, and why not.
     Verify(VerifyArgs),
 }
 
