@@ -112,24 +112,12 @@ async fn http2_client_upload_and_download() {
 async fn websocket_upgrade_passes_through() {
     let backend = Backend::start().await;
     let proxy = Proxy::start(backend.addr, "").await;
-    let mut send = h1(proxy.addr, alice()).await;
-    let req = Request::get("/ws")
-        .header("host", "localhost")
-        .header("connection", "Upgrade")
-        .header("upgrade", "websocket")
-        .header("sec-websocket-version", "13")
-        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
-        .body(empty())
-        .unwrap();
-    let mut resp = send.send_request(req).await.unwrap();
-    assert_eq!(resp.status(), 101);
-    assert_eq!(resp.headers()["upgrade"], "websocket");
+    let (headers, mut io) = open_websocket(proxy.addr).await;
+    assert_eq!(headers["upgrade"], "websocket");
     assert_eq!(
-        resp.headers()["sec-websocket-accept"],
+        headers["sec-websocket-accept"],
         "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
     );
-    let upgraded = hyper::upgrade::on(&mut resp).await.unwrap();
-    let mut io = hyper_util::rt::TokioIo::new(upgraded);
     // A masked text frame "hello", as a browser sends it; the backend echoes raw bytes.
     let frame = [
         0x81,
@@ -285,16 +273,7 @@ async fn idle_backend_body_is_cut_off() {
 async fn shutdown_waits_for_open_websockets() {
     let backend = Backend::start().await;
     let mut proxy = Proxy::start(backend.addr, "").await;
-    let mut send = h1(proxy.addr, alice()).await;
-    let req = Request::get("/ws")
-        .header("host", "localhost")
-        .header("connection", "upgrade")
-        .header("upgrade", "websocket")
-        .body(empty())
-        .unwrap();
-    let mut resp = send.send_request(req).await.unwrap();
-    assert_eq!(resp.status(), 101);
-    let mut io = hyper_util::rt::TokioIo::new(hyper::upgrade::on(&mut resp).await.unwrap());
+    let (_, mut io) = open_websocket(proxy.addr).await;
     let stopping = proxy.shutdown();
     // New connections are refused, the open tunnel still carries data...
     let mut buf = [0u8; 5];

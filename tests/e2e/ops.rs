@@ -160,16 +160,7 @@ async fn certificate_rotation_keeps_streams_open() {
         "data: one\n\n"
     );
 
-    let mut ws_conn = h1(proxy.addr, alice()).await;
-    let req = Request::get("/ws")
-        .header("host", "localhost")
-        .header("connection", "upgrade")
-        .header("upgrade", "websocket")
-        .body(empty())
-        .unwrap();
-    let mut resp = ws_conn.send_request(req).await.unwrap();
-    assert_eq!(resp.status(), 101);
-    let mut ws = hyper_util::rt::TokioIo::new(hyper::upgrade::on(&mut resp).await.unwrap());
+    let (_, mut ws) = open_websocket(proxy.addr).await;
     ws.write_all(b"before").await.unwrap();
     let mut buf = [0u8; 6];
     ws.read_exact(&mut buf).await.unwrap();
