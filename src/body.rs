@@ -181,6 +181,8 @@ pub struct LimitedBody {
     limit: u64,
     seen: u64,
     overflow: std::sync::Arc<Overflow>,
+    /// Told when the body has been read to its end (the connection may then be parked).
+    activity: Option<std::sync::Arc<crate::forward::Activity>>,
 }
 
 impl LimitedBody {
@@ -191,16 +193,29 @@ impl LimitedBody {
             limit: 0,
             seen: 0,
             overflow: std::sync::Arc::default(),
+            activity: None,
         }
     }
 
-    /// Wraps `inner`; `overflow` reports a hit.
-    pub fn new(inner: Incoming, limit: u64, overflow: std::sync::Arc<Overflow>) -> LimitedBody {
+    /// Wraps `inner`; `overflow` reports a hit, `activity` the end of the body.
+    pub fn new(
+        inner: Incoming,
+        limit: u64,
+        overflow: std::sync::Arc<Overflow>,
+        activity: std::sync::Arc<crate::forward::Activity>,
+    ) -> LimitedBody {
         LimitedBody {
             inner: Some(inner),
             limit,
             seen: 0,
             overflow,
+            activity: Some(activity),
+        }
+    }
+
+    fn ended(&mut self) {
+        if let Some(a) = self.activity.take() {
+            a.body_read();
         }
     }
 }
@@ -232,10 +247,17 @@ impl Body for LimitedBody {
                     }
                     this.seen = total;
                 }
+                // A sender that knows the length stops at is_end_stream without a last poll.
+                if this.inner.as_ref().is_some_and(Body::is_end_stream) {
+                    this.ended();
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Some(Err(e)) => Poll::Ready(Some(Err(e.into()))),
-            None => Poll::Ready(None),
+            None => {
+                this.ended();
+                Poll::Ready(None)
+            }
         }
     }
 

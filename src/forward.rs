@@ -73,6 +73,11 @@ pub struct Activity {
     in_flight: std::sync::atomic::AtomicUsize,
     last_ms: std::sync::atomic::AtomicU64,
     epoch: std::sync::OnceLock<std::time::Instant>,
+    /// Set while an idle HTTP/1 connection is being parked: hyper's closing of the connection
+    /// must then leave the TLS stream open (see [`crate::keepalive`]).
+    parking: std::sync::atomic::AtomicBool,
+    /// The last request had a body that was not seen to its end.
+    body_pending: std::sync::atomic::AtomicBool,
 }
 
 impl Activity {
@@ -87,8 +92,10 @@ impl Activity {
             .store(self.now_ms(), std::sync::atomic::Ordering::Release);
     }
 
-    /// A request started.
-    pub fn begin(&self) {
+    /// A request started; `has_body` when its body is not known to be empty.
+    pub fn begin(&self, has_body: bool) {
+        self.body_pending
+            .store(has_body, std::sync::atomic::Ordering::Release);
         self.in_flight
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         self.last_ms
@@ -110,6 +117,33 @@ impl Activity {
         }
         let last = self.last_ms.load(std::sync::atomic::Ordering::Acquire);
         Duration::from_millis(self.now_ms().saturating_sub(last))
+    }
+
+    /// Changes whenever a request starts or ends: tells one idle period from the next.
+    pub fn stamp(&self) -> u64 {
+        self.last_ms.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The request body was read to its end.
+    pub fn body_read(&self) {
+        self.body_pending
+            .store(false, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether the last request's body was left unread (hyper then closes the connection).
+    pub fn body_pending(&self) -> bool {
+        self.body_pending.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Marks the connection as being parked (or no longer).
+    pub fn set_parking(&self, parking: bool) {
+        self.parking
+            .store(parking, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether the connection is being parked.
+    pub fn parking(&self) -> bool {
+        self.parking.load(std::sync::atomic::Ordering::Acquire)
     }
 }
 
@@ -247,7 +281,8 @@ impl Forwarder {
             return Err(Reject::payload_too_large(max_body, "max_body".to_string()));
         }
         let overflow = std::sync::Arc::new(Overflow::default());
-        let mut req = req.map(|b| LimitedBody::new(b, max_body, overflow.clone()));
+        let mut req =
+            req.map(|b| LimitedBody::new(b, max_body, overflow.clone(), conn.activity.clone()));
         // The Host the client used: the Host header for HTTP/1, :authority for HTTP/2.
         let host = match req.version() {
             Version::HTTP_2 | Version::HTTP_3 => req

@@ -8,6 +8,7 @@
 
 use std::fmt::Write as _;
 
+use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use percent_encoding::{AsciiSet, CONTROLS};
 use x509_parser::asn1_rs::{Any, FromDer as _, ToDer as _};
@@ -33,8 +34,6 @@ pub struct ClientIdentity {
     pub serial: String,
     /// SHA-256 of the DER certificate, lower-case hex.
     pub fingerprint: String,
-    /// The leaf as URL-encoded PEM, as nginx `$ssl_client_escaped_cert`.
-    pub escaped_pem: String,
     /// Subject attributes and SANs that route allow-lists match on (decoded values).
     pub names: IdentityNames,
     /// End of validity, Unix time.
@@ -95,21 +94,26 @@ impl ClientIdentity {
     pub fn from_der(der: &[u8]) -> Result<ClientIdentity, IdentityError> {
         let (_, cert) = X509Certificate::from_der(der).map_err(|e| IdentityError(e.to_string()))?;
         let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
-        let pem = pem::encode_config(
-            &pem::Pem::new("CERTIFICATE", der.to_vec()),
-            pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
-        );
         Ok(ClientIdentity {
             subject_dn: format_dn(cert.subject()),
             issuer_dn: format_dn(cert.issuer()),
             serial: serial_hex(cert.raw_serial()),
             fingerprint: hex_lower(digest.as_ref()),
-            escaped_pem: percent_encoding::utf8_percent_encode(&pem, NGINX_URI_COMPONENT)
-                .to_string(),
             names: names_of(&cert),
             not_after: cert.validity().not_after.timestamp(),
         })
     }
+}
+
+/// The certificate as URL-encoded PEM, as nginx `$ssl_client_escaped_cert`. Made only when the
+/// header is configured, straight into the header value: at close to a kilobyte it is the
+/// largest thing a connection would otherwise keep twice.
+fn escaped_pem(der: &[u8]) -> String {
+    let pem = pem::encode_config(
+        &pem::Pem::new("CERTIFICATE", der.to_vec()),
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    );
+    percent_encoding::utf8_percent_encode(&pem, NGINX_URI_COMPONENT).to_string()
 }
 
 /// The identity headers for one connection, rendered once.
@@ -117,24 +121,29 @@ impl ClientIdentity {
 pub struct IdentityHeaders(Vec<(HeaderName, HeaderValue)>);
 
 impl IdentityHeaders {
-    /// Renders the configured headers for a client with or without a certificate. Without one
-    /// only the verify header is set (`NONE`), so a backend can tell the two apart.
-    pub fn render(names: &HeaderNames, id: Option<&ClientIdentity>) -> IdentityHeaders {
+    /// Renders the configured headers for a client with or without a certificate (its
+    /// identity and DER). Without one only the verify header is set (`NONE`), so a backend can
+    /// tell the two apart.
+    pub fn render(names: &HeaderNames, id: Option<(&ClientIdentity, &[u8])>) -> IdentityHeaders {
         let mut out = Vec::with_capacity(6);
-        let mut push = |name: &Option<HeaderName>, value: &str| {
-            if let (Some(name), Ok(v)) = (name, HeaderValue::from_str(value)) {
+        let mut push = |name: &Option<HeaderName>, value: Result<HeaderValue, _>| {
+            if let (Some(name), Ok(v)) = (name, value) {
                 out.push((name.clone(), v));
             }
         };
+        let text = HeaderValue::from_str;
         match id {
-            None => push(&names.verify, "NONE"),
-            Some(id) => {
-                push(&names.verify, "SUCCESS");
-                push(&names.subject_dn, &id.subject_dn);
-                push(&names.issuer_dn, &id.issuer_dn);
-                push(&names.cert, &id.escaped_pem);
-                push(&names.serial, &id.serial);
-                push(&names.fingerprint, &id.fingerprint);
+            None => push(&names.verify, text("NONE")),
+            Some((id, der)) => {
+                push(&names.verify, text("SUCCESS"));
+                push(&names.subject_dn, text(&id.subject_dn));
+                push(&names.issuer_dn, text(&id.issuer_dn));
+                if names.cert.is_some() {
+                    let pem = Bytes::from(escaped_pem(der));
+                    push(&names.cert, HeaderValue::from_maybe_shared(pem));
+                }
+                push(&names.serial, text(&id.serial));
+                push(&names.fingerprint, text(&id.fingerprint));
             }
         }
         IdentityHeaders(out)

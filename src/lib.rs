@@ -10,6 +10,7 @@
 //! - [`identity`]: the peer certificate → [`identity::ClientIdentity`], DNs formatted as nginx.
 //! - [`server`]: listeners, handshakes with a timeout, connection tasks, graceful shutdown, the
 //!   HTTP→HTTPS redirect listener.
+//! - [`keepalive`]: HTTP/1 keep-alive connections, parked while idle so they hold little memory.
 //! - [`policy`] and [`routes`]: request form, path normalization, path rules and their
 //!   conditions (methods, IPs, identities, tokens, rate limits, body size).
 //! - [`forward`]: header hygiene, the pooled backend client, streaming, WebSocket upgrades.
@@ -36,6 +37,7 @@ pub mod forward;
 pub mod forward_auth;
 pub mod identity;
 pub mod jwt;
+pub mod keepalive;
 pub mod logging;
 pub mod metrics;
 pub mod pki;

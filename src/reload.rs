@@ -15,7 +15,6 @@ use arc_swap::ArcSwap;
 use http::HeaderValue;
 use http::uri::Authority;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use hyper_util::server::conn::auto;
 use rustls::server::danger::ClientCertVerifier;
 use tokio_rustls::TlsAcceptor;
 
@@ -186,7 +185,9 @@ pub struct Runtime {
     pub(crate) verifier: Arc<dyn ClientCertVerifier>,
     pub(crate) client_auth_required: bool,
     pub(crate) handshake_timeout: Duration,
-    pub(crate) http: auto::Builder<TokioExecutor>,
+    /// HTTP/1 settings; connections that negotiated `h2` use `http2`.
+    pub(crate) http1: hyper::server::conn::http1::Builder,
+    pub(crate) http2: hyper::server::conn::http2::Builder<TokioExecutor>,
     pub(crate) policy: Policy,
     pub(crate) forwarder: Forwarder,
     pub(crate) headers: HeaderNames,
@@ -215,17 +216,18 @@ impl Runtime {
         previous: Option<&Runtime>,
     ) -> Result<Runtime, TlsError> {
         let tls = crate::tls::build(&config.tls)?;
-        let mut http = auto::Builder::new(TokioExecutor::new());
+        let mut http1 = hyper::server::conn::http1::Builder::new();
+        let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         // Without a timer hyper silently disables its header-read timeout.
         // Explicit protocol limits (README "Security"): a request head over 64 KiB or with more
         // than 100 fields gets 431; HTTP/2 streams, header lists, pending resets and pings are
         // bounded so one client cannot exhaust the daemon.
-        http.http1()
+        http1
             .timer(TokioTimer::new())
             .header_read_timeout(config.limits.header_read_timeout)
             .max_buf_size(H1_MAX_BUF)
             .max_headers(H1_MAX_HEADERS);
-        http.http2()
+        http2
             .timer(TokioTimer::new())
             .max_concurrent_streams(H2_MAX_STREAMS)
             .max_header_list_size(H2_MAX_HEADER_LIST)
@@ -252,7 +254,8 @@ impl Runtime {
             verifier: tls.verifier,
             client_auth_required: config.tls.client_auth == crate::config::ClientAuth::Required,
             handshake_timeout: config.tls.handshake_timeout,
-            http,
+            http1,
+            http2,
             policy,
             forwarder: Forwarder::new(&config.upstream, header_policy, metrics.clone()),
             headers: config.headers.clone(),

@@ -9,6 +9,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -29,6 +30,7 @@ use crate::body::ProxyBody;
 use crate::config::Config;
 use crate::forward::{Activity, ConnInfo};
 use crate::identity::{ClientIdentity, IdentityHeaders};
+use crate::keepalive;
 use crate::reload::{Runtime, Shared};
 use crate::reply::Reject;
 use crate::tls::{self, TlsError};
@@ -311,7 +313,14 @@ async fn serve_tls(
     let _ = tcp.set_nodelay(true);
     // The runtime at accept time decides the handshake; later requests look at the current one.
     let rt = shared.current();
-    let handshake = tokio::time::timeout(rt.handshake_timeout, rt.acceptor.accept(tcp));
+    // Boxed, like everything large that a connection holds for a while: the task itself stays
+    // small, which is most of what an idle connection costs.
+    // The stream is boxed inside the boxed handshake: no TLS state ever sits in the task.
+    let handshake = Box::pin(async {
+        tokio::time::timeout(rt.handshake_timeout, rt.acceptor.accept(tcp))
+            .await
+            .map(|r| r.map(Box::new))
+    });
     let tls = tokio::select! {
         r = handshake => r,
         () = cancel.cancelled() => return,
@@ -364,7 +373,10 @@ async fn serve_tls(
         peer,
         peer_ip: HeaderValue::from_str(&peer.ip().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
-        identity_headers: IdentityHeaders::render(&rt.headers, identity.as_deref()),
+        identity_headers: IdentityHeaders::render(
+            &rt.headers,
+            identity.as_deref().zip(chain.first().map(|c| c.as_ref())),
+        ),
         identity,
         chain,
         generation: AtomicU64::new(rt.generation),
@@ -378,10 +390,23 @@ async fn serve_tls(
         let conn = conn.clone();
         async move { Ok::<_, Infallible>(handle(&shared, &conn, req).await) }
     });
-    let connection = rt
-        .http
-        .serve_connection_with_upgrades(TokioIo::new(tls), service);
-    if let Err(e) = drive(connection, &close, &activity, rt.keepalive_timeout).await {
+    // ALPN decides the protocol, as RFC 9113 requires over TLS; without it, HTTP/1.1.
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let keepalive = rt.keepalive_timeout;
+    let result = if h2 {
+        let connection = Box::pin(rt.http2.serve_connection(TokioIo::new(tls), service));
+        drop(rt);
+        drive(connection, &close, &activity, keepalive)
+            .await
+            .map_err(Into::into)
+    } else {
+        // The settings current when hyper (re)takes the connection, not those at accept: a
+        // parked connection must not keep an old runtime alive.
+        drop(rt);
+        let settings = move || shared.current().http1.clone();
+        keepalive::serve(peer, tls, service, settings, &close, activity, keepalive).await
+    };
+    if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }
@@ -403,12 +428,11 @@ fn throttle(rt: &Runtime, peer: SocketAddr) {
 /// alike); then asks it to finish gracefully and waits for that. The idle check lives in the
 /// connection's own task: no extra task or timer per connection.
 async fn drive<C: GracefulConnection>(
-    connection: C,
+    mut connection: Pin<Box<C>>,
     close: &CancellationToken,
     activity: &Activity,
     idle: Duration,
 ) -> Result<(), C::Error> {
-    tokio::pin!(connection);
     let timer = tokio::time::sleep(idle);
     tokio::pin!(timer);
     loop {
@@ -486,7 +510,8 @@ fn recheck(conn: &ConnInfo, rt: &Runtime) -> Result<(), Reject> {
 
 async fn handle(shared: &Shared, conn: &ConnInfo, req: Request<Incoming>) -> Response<ProxyBody> {
     let start = Instant::now();
-    conn.activity.begin();
+    conn.activity
+        .begin(!hyper::body::Body::is_end_stream(req.body()));
     let rt = shared.current();
     let method = req.method().clone();
     let version = req.version();

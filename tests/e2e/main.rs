@@ -9,6 +9,7 @@ mod cli;
 mod forwarding;
 mod hardening;
 mod identity;
+mod keepalive;
 mod ops;
 mod paths;
 mod policy;
