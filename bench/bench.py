@@ -306,7 +306,16 @@ http {{
     client_max_body_size 0;
     location = /100b {{ return 200 "{'x' * 100}"; }}
     location = /1m {{ alias {work}/1m.bin; }}
-    location = /upload {{ return 200 "ok"; }}
+    # An upload is answered once all of it has arrived, as an application that stores it
+    # would: `return` alone would answer at once and discard the rest as it comes, which
+    # lets each proxy stop relaying the body at a different point.
+    location = /upload {{
+      client_body_buffer_size 64m;
+      proxy_pass_request_body off;
+      proxy_set_header Content-Length "";
+      proxy_pass http://127.0.0.1:{port}/ok;
+    }}
+    location = /ok {{ return 200 "ok"; }}
   }}
 }}
 """)
