@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::body::ProxyBody;
 use crate::forward::Activity;
+use crate::readahead::ReadAhead;
 
 /// How long an HTTP/1 connection must be idle (no request in flight) before it is parked. Long
 /// enough that a client sending ten or more requests a second never parks; short enough that
@@ -43,14 +44,19 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// and the connection task stays small) as hyper sees it: bytes hyper had read before the connection was
 /// parked are replayed first, and hyper's shutdown leaves the stream open while parking.
 pub struct ClientIo {
-    inner: TokioIo<Box<TlsStream<TcpStream>>>,
+    inner: TokioIo<Box<TlsStream<ReadAhead>>>,
     replay: Bytes,
     activity: Arc<Activity>,
 }
 
 impl ClientIo {
     fn tcp(&self) -> &TcpStream {
-        self.inner.inner().get_ref().0
+        self.inner.inner().get_ref().0.tcp()
+    }
+
+    /// Bytes already read from the socket but not yet taken by TLS.
+    fn has_buffered(&self) -> bool {
+        self.inner.inner().get_ref().0.has_buffered()
     }
 }
 
@@ -122,7 +128,7 @@ enum Outcome {
 /// over, so a reload's limits apply from the next request on.
 pub async fn serve<S, B>(
     peer: SocketAddr,
-    tls: Box<TlsStream<TcpStream>>,
+    tls: Box<TlsStream<ReadAhead>>,
     service: S,
     builder: B,
     close: &CancellationToken,
@@ -160,6 +166,9 @@ where
                 activity.set_parking(false);
                 if !read.is_empty() {
                     io.replay = read;
+                    continue;
+                }
+                if io.has_buffered() {
                     continue;
                 }
             }

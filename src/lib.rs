@@ -11,6 +11,7 @@
 //! - [`server`]: listeners, handshakes with a timeout, connection tasks, graceful shutdown, the
 //!   HTTP→HTTPS redirect listener.
 //! - [`keepalive`]: HTTP/1 keep-alive connections, parked while idle so they hold little memory.
+//! - [`readahead`]: large socket reads while a client streams a body.
 //! - [`policy`] and [`routes`]: request form, path normalization, path rules and their
 //!   conditions (methods, IPs, identities, tokens, rate limits, body size).
 //! - [`forward`]: header hygiene, the pooled backend client, streaming, WebSocket upgrades.
@@ -43,6 +44,7 @@ pub mod metrics;
 pub mod pki;
 pub mod policy;
 pub mod ratelimit;
+pub mod readahead;
 pub mod reload;
 pub mod reply;
 pub mod routes;

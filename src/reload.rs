@@ -21,7 +21,11 @@ use tokio_rustls::TlsAcceptor;
 use crate::access::{ConnLimits, HandshakeThrottle, IpList};
 
 /// Largest HTTP/1 request head (request line and headers); beyond it, 431.
-const H1_MAX_BUF: usize = 64 * 1024;
+const H1_MAX_HEAD: usize = 64 * 1024;
+/// Largest read and write buffer of an HTTP/1 connection: how much of a streamed body moves per
+/// read and per write (hyper grows a connection's buffers up to it only while data keeps
+/// coming, and a parked connection has none).
+const H1_MAX_BUF: usize = 128 * 1024;
 /// Most header fields in an HTTP/1 request; beyond it, 431.
 const H1_MAX_HEADERS: usize = 100;
 /// Concurrent HTTP/2 streams per connection (nginx: 128).
@@ -225,6 +229,7 @@ impl Runtime {
         http1
             .timer(TokioTimer::new())
             .header_read_timeout(config.limits.header_read_timeout)
+            .max_header_size(H1_MAX_HEAD)
             .max_buf_size(H1_MAX_BUF)
             .max_headers(H1_MAX_HEADERS);
         http2

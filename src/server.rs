@@ -31,6 +31,7 @@ use crate::config::Config;
 use crate::forward::{Activity, ConnInfo};
 use crate::identity::{ClientIdentity, IdentityHeaders};
 use crate::keepalive;
+use crate::readahead::ReadAhead;
 use crate::reload::{Runtime, Shared};
 use crate::reply::Reject;
 use crate::tls::{self, TlsError};
@@ -317,9 +318,12 @@ async fn serve_tls(
     // small, which is most of what an idle connection costs.
     // The stream is boxed inside the boxed handshake: no TLS state ever sits in the task.
     let handshake = Box::pin(async {
-        tokio::time::timeout(rt.handshake_timeout, rt.acceptor.accept(tcp))
-            .await
-            .map(|r| r.map(Box::new))
+        tokio::time::timeout(
+            rt.handshake_timeout,
+            rt.acceptor.accept(ReadAhead::new(tcp)),
+        )
+        .await
+        .map(|r| r.map(Box::new))
     });
     let tls = tokio::select! {
         r = handshake => r,
