@@ -334,6 +334,8 @@ def main():
     ap.add_argument("--duration", type=int, default=8)
     ap.add_argument("--idle", type=int, default=1000)
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
+    ap.add_argument("--only", default="", metavar="a,b,...",
+                    help="run only these scenarios (e is always measured); for checking one optimization")
     ap.add_argument("--baseline", action="append", default=[], metavar="NAME=BIN",
                     help="another certgate binary to measure alongside (an optimization's before or after); repeatable")
     a = ap.parse_args()
@@ -382,7 +384,10 @@ def main():
     if targets["certgate+log"].proc:
         # Its log goes to /dev/null; it only runs in (g).
         pass
+    only = {k for k in a.only.split(",") if k}
     for key, (title, unit, args, path) in SCENARIOS.items():
+        if only and key not in only:
+            continue
         names = ["certgate+log", "certgate"] if key == "g" else ["certgate", "nginx", "haproxy"]
         if key in ("a", "b", "c", "d1", "d2"):
             names += [n for n, _ in a.baselines]
@@ -408,6 +413,8 @@ def main():
         t.stop()
     os.makedirs(a.out, exist_ok=True)
     suffix = "-quick" if a.quick else ("-rsa" if a.rsa else "")
+    if a.only:
+        suffix += "-only"
     with open(os.path.join(a.out, f"latest{suffix}.json"), "w") as f:
         json.dump(results, f, indent=2)
     report = render(results, a)
@@ -442,7 +449,9 @@ def render(results, a):
     lines.append("| --- | --- | --- | --- | --- | --- |")
     fmt = lambda m, lo, hi: f"{m:.1f} ({lo:.1f}–{hi:.1f})"
     for key, (title, unit, _, _) in SCENARIOS.items():
-        per = results[key]
+        per = results.get(key)
+        if per is None:
+            continue
         if key == "g":
             m_log = summarize(per["certgate+log"])
             m_plain = summarize(per["certgate"])
@@ -475,7 +484,9 @@ def render(results, a):
         lines.append(f"| scenario | certgate | {name} | certgate / {name} |")
         lines.append("| --- | --- | --- | --- |")
         for key in ("a", "b", "c", "d1", "d2"):
-            per = results[key]
+            per = results.get(key)
+            if per is None:
+                continue
             m, b = statistics.median(per["certgate"]), statistics.median(per[name])
             lines.append(f"| {key} | {m:.1f} | {b:.1f} | {ratio(m, b)} |")
         lines.append("")
