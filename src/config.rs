@@ -68,6 +68,8 @@ const DEFAULT_HEADER_READ_TIMEOUT: &str = "30s";
 const DEFAULT_RELOAD_WATCH: &str = "10s";
 /// nginx's `keepalive_timeout` default.
 const DEFAULT_KEEPALIVE_TIMEOUT: &str = "75s";
+/// nginx's `send_timeout` default.
+const DEFAULT_SEND_TIMEOUT: &str = "60s";
 /// A browser that lacks the right certificate fails a handful of times; a scanner fails
 /// thousands. 20 a minute costs a few milliseconds of CPU per minute per address.
 const DEFAULT_HANDSHAKE_FAILURES: &str = "20/m";
@@ -198,6 +200,7 @@ struct RawLimits {
     header_read_timeout: Option<Spanned<String>>,
     /// An idle client connection (no request in flight) is closed after this.
     keepalive_timeout: Option<Spanned<String>>,
+    send_timeout: Option<Spanned<String>>,
     /// Failed handshakes allowed per IP (`N/s`, `N/m`, `N/h`) before it is cut off.
     handshake_failures_per_ip: Option<Spanned<String>>,
 }
@@ -494,6 +497,9 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     /// Idle connection deadline.
     pub keepalive_timeout: Duration,
+    /// `[limits] send_timeout`: a client that takes nothing of what certgate sends for this
+    /// long is disconnected (nginx `send_timeout`).
+    pub send_timeout: Duration,
     /// Failed handshakes allowed per IP.
     pub handshake_failures_per_ip: Rate,
 }
@@ -970,6 +976,11 @@ impl Validator<'_> {
                 "limits.keepalive_timeout",
                 raw.keepalive_timeout.as_ref(),
                 DEFAULT_KEEPALIVE_TIMEOUT,
+            ),
+            send_timeout: self.duration(
+                "limits.send_timeout",
+                raw.send_timeout.as_ref(),
+                DEFAULT_SEND_TIMEOUT,
             ),
             handshake_failures_per_ip: match &raw.handshake_failures_per_ip {
                 None => Rate::parse(DEFAULT_HANDSHAKE_FAILURES).unwrap_or(Rate {

@@ -78,6 +78,9 @@ pub struct Activity {
     parking: std::sync::atomic::AtomicBool,
     /// The last request had a body that was not seen to its end.
     body_pending: std::sync::atomic::AtomicBool,
+    /// 0 while writes to the client go through; else 1 + the time (ms) a write first found the
+    /// client's socket full, for `send_timeout`.
+    stalled_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Activity {
@@ -133,6 +136,30 @@ impl Activity {
     /// Whether the last request's body was left unread (hyper then closes the connection).
     pub fn body_pending(&self) -> bool {
         self.body_pending.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// A write to the client found its socket full.
+    pub fn write_blocked(&self) {
+        if self.stalled_ms.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+            self.stalled_ms
+                .store(self.now_ms() + 1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// A write to the client went through.
+    pub fn write_went(&self) {
+        if self.stalled_ms.load(std::sync::atomic::Ordering::Relaxed) != 0 {
+            self.stalled_ms
+                .store(0, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// How long writes to the client have been blocked (zero while they go through).
+    pub fn stalled_for(&self) -> Duration {
+        match self.stalled_ms.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => Duration::ZERO,
+            since => Duration::from_millis(self.now_ms().saturating_sub(since - 1)),
+        }
     }
 
     /// Marks the connection as being parked (or no longer).

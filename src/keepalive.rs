@@ -8,7 +8,13 @@
 //! buffers, and the task waits for the client's next bytes holding only the TLS stream. Then a
 //! fresh hyper connection takes over, with any bytes hyper had already read replayed first.
 //! A busy connection never parks, so the hot path pays nothing for this.
+//!
+//! The same loop holds every connection (HTTP/2 too) to `keepalive_timeout` and to
+//! `send_timeout`: a client that takes nothing of what certgate sends for that long (a slow-read
+//! attack, or a client that went away without a FIN) is disconnected, as nginx's `send_timeout`
+//! does, rather than holding its connection and a backend connection forever.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -40,6 +46,52 @@ pub const PARK_AFTER: Duration = Duration::from_millis(100);
 /// How long closing a parked connection (TLS close_notify, then FIN) may take.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// The deadlines a client connection is held to.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadlines {
+    /// `[limits] keepalive_timeout`: no request in flight for this long closes it.
+    pub keepalive: Duration,
+    /// `[limits] send_timeout`: writes to the client blocked for this long drop it.
+    pub send: Duration,
+}
+
+impl Deadlines {
+    /// How often a busy connection looks for a stalled client.
+    fn stall_check(&self) -> Duration {
+        (self.send / 4).clamp(Duration::from_millis(10), PARK_AFTER)
+    }
+
+    /// Whether the client has stopped reading for longer than `send`; logs it.
+    fn stalled(&self, peer: SocketAddr, activity: &Activity) -> bool {
+        let stalled_for = activity.stalled_for();
+        if stalled_for < self.send {
+            return false;
+        }
+        tracing::info!(%peer, ?stalled_for, "closing connection: the client stopped reading (send_timeout)");
+        true
+    }
+}
+
+/// Awaits a connection that was asked to finish, still dropping it if the client stops
+/// reading: `None` then.
+async fn finish<F: Future + Unpin>(
+    conn: &mut F,
+    peer: SocketAddr,
+    activity: &Activity,
+    deadlines: Deadlines,
+) -> Option<F::Output> {
+    loop {
+        tokio::select! {
+            r = &mut *conn => return Some(r),
+            () = tokio::time::sleep(deadlines.stall_check()) => {
+                if deadlines.stalled(peer, activity) {
+                    return None;
+                }
+            }
+        }
+    }
+}
+
 /// The client's TLS stream (boxed: moving it between hyper and the parked task moves a pointer,
 /// and the connection task stays small) as hyper sees it: bytes hyper had read before the connection was
 /// parked are replayed first, and hyper's shutdown leaves the stream open while parking.
@@ -50,6 +102,25 @@ pub struct ClientIo {
 }
 
 impl ClientIo {
+    /// Wraps a client's TLS stream; `activity` learns when writes to it block.
+    pub fn new(tls: Box<TlsStream<ReadAhead>>, activity: Arc<Activity>) -> ClientIo {
+        ClientIo {
+            inner: TokioIo::new(tls),
+            replay: Bytes::new(),
+            activity,
+        }
+    }
+
+    /// Notes a write's outcome for `send_timeout`.
+    fn track<T>(&self, r: Poll<T>) -> Poll<T> {
+        if r.is_pending() {
+            self.activity.write_blocked();
+        } else {
+            self.activity.write_went();
+        }
+        r
+    }
+
     fn tcp(&self) -> &TcpStream {
         self.inner.inner().get_ref().0.tcp()
     }
@@ -82,7 +153,8 @@ impl Write for ClientIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.track(r)
     }
 
     fn poll_write_vectored(
@@ -90,7 +162,8 @@ impl Write for ClientIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.track(r)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -98,16 +171,18 @@ impl Write for ClientIo {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let r = Pin::new(&mut self.inner).poll_flush(cx);
+        self.track(r)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         // Parking: everything hyper wrote must reach the client, but the stream stays open.
-        if self.activity.parking() {
+        let r = if self.activity.parking() {
             Pin::new(&mut self.inner).poll_flush(cx)
         } else {
             Pin::new(&mut self.inner).poll_shutdown(cx)
-        }
+        };
+        self.track(r)
     }
 }
 
@@ -123,9 +198,10 @@ enum Outcome {
 }
 
 /// Serves an HTTP/1 connection until it ends: hyper while requests come, parked while idle.
-/// `close` ends it gracefully (shutdown, a failed re-check); `keepalive` bounds how long it may
-/// stay idle, parked or not. `builder` is asked for the current settings each time hyper takes
-/// over, so a reload's limits apply from the next request on.
+/// `close` ends it gracefully (shutdown, a failed re-check); `deadlines` bound how long it may
+/// stay idle, parked or not, and how long its client may stop reading. `builder` is asked for
+/// the current settings each time hyper takes over, so a reload's limits apply from the next
+/// request on.
 pub async fn serve<S, B>(
     peer: SocketAddr,
     tls: Box<TlsStream<ReadAhead>>,
@@ -133,7 +209,7 @@ pub async fn serve<S, B>(
     builder: B,
     close: &CancellationToken,
     activity: Arc<Activity>,
-    keepalive: Duration,
+    deadlines: Deadlines,
 ) -> Result<(), ConnError>
 where
     S: Service<Request<Incoming>, Response = Response<ProxyBody>> + Clone + Unpin + Send + 'static,
@@ -141,11 +217,8 @@ where
     S::Future: Send + 'static,
     B: Fn() -> http1::Builder,
 {
-    let mut io = ClientIo {
-        inner: TokioIo::new(tls),
-        replay: Bytes::new(),
-        activity: activity.clone(),
-    };
+    let keepalive = deadlines.keepalive;
+    let mut io = ClientIo::new(tls, activity.clone());
     // One park per idle period: a client that dribbles a request head must not restart hyper's
     // head timeout by getting parked again and again.
     let mut parked_at = None;
@@ -157,7 +230,7 @@ where
                 .serve_connection(io, service.clone())
                 .with_upgrades(),
         );
-        match run(peer, conn, close, &activity, keepalive, &mut parked_at).await {
+        match run(peer, conn, close, &activity, deadlines, &mut parked_at).await {
             Outcome::Ended(r) => return r,
             Outcome::Parked(parked, read) => {
                 parks += 1;
@@ -194,7 +267,7 @@ async fn run<S>(
     mut conn: Box<http1::UpgradeableConnection<ClientIo, S>>,
     close: &CancellationToken,
     activity: &Activity,
-    keepalive: Duration,
+    deadlines: Deadlines,
     parked_at: &mut Option<u64>,
 ) -> Outcome
 where
@@ -202,6 +275,7 @@ where
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     S::Future: Send + 'static,
 {
+    let keepalive = deadlines.keepalive;
     let timer = tokio::time::sleep(PARK_AFTER.min(keepalive));
     tokio::pin!(timer);
     let mut idle_for = Duration::ZERO;
@@ -210,6 +284,9 @@ where
             r = Pin::new(&mut *conn) => return Outcome::Ended(r.map_err(Into::into)),
             () = close.cancelled() => break false,
             () = timer.as_mut() => {
+                if deadlines.stalled(peer, activity) {
+                    return Outcome::Ended(Err("the client stopped reading".into()));
+                }
                 idle_for = activity.idle_for();
                 if idle_for >= keepalive {
                     tracing::debug!(?idle_for, "closing idle connection");
@@ -228,6 +305,7 @@ where
                 } else {
                     keepalive - idle_for
                 };
+                let next = next.min(deadlines.stall_check());
                 timer.as_mut().reset(tokio::time::Instant::now() + next);
             }
         }
@@ -237,7 +315,10 @@ where
     }
     activity.set_parking(park);
     Pin::new(&mut *conn).graceful_shutdown();
-    let r = Pin::new(&mut *conn).await;
+    let Some(r) = finish(&mut conn, peer, activity, deadlines).await else {
+        activity.set_parking(false);
+        return Outcome::Ended(Err("the client stopped reading".into()));
+    };
     if !park || r.is_err() {
         activity.set_parking(false);
         return Outcome::Ended(r.map_err(Into::into));
@@ -253,4 +334,47 @@ where
 async fn close_parked(mut io: ClientIo) -> Result<(), ConnError> {
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, io.inner.inner_mut().shutdown()).await;
     Ok(())
+}
+
+/// Drives an HTTP/2 connection until it ends, is told to close (shutdown, a failed re-check),
+/// or has had no stream open for `keepalive`; then asks it to finish gracefully (GOAWAY, then
+/// the open streams) and waits for that. A client that stops reading for `send` is dropped.
+/// The checks live in the connection's own task: no extra task or timer per connection.
+pub async fn drive<C>(
+    peer: SocketAddr,
+    mut connection: Pin<Box<C>>,
+    close: &CancellationToken,
+    activity: &Activity,
+    deadlines: Deadlines,
+) -> Result<(), ConnError>
+where
+    C: hyper_util::server::graceful::GracefulConnection,
+    C::Error: Into<ConnError>,
+{
+    let idle = deadlines.keepalive;
+    let timer = tokio::time::sleep(idle.min(deadlines.stall_check()));
+    tokio::pin!(timer);
+    loop {
+        tokio::select! {
+            r = connection.as_mut() => return r.map_err(Into::into),
+            () = close.cancelled() => break,
+            () = timer.as_mut() => {
+                if deadlines.stalled(peer, activity) {
+                    return Err("the client stopped reading".into());
+                }
+                let idle_for = activity.idle_for();
+                if idle_for >= idle {
+                    tracing::debug!(?idle_for, "closing idle connection");
+                    break;
+                }
+                let next = (idle - idle_for).min(deadlines.stall_check());
+                timer.as_mut().reset(tokio::time::Instant::now() + next);
+            }
+        }
+    }
+    connection.as_mut().graceful_shutdown();
+    match finish(&mut connection, peer, activity, deadlines).await {
+        Some(r) => r.map_err(Into::into),
+        None => Err("the client stopped reading".into()),
+    }
 }

@@ -201,6 +201,7 @@ pub struct Runtime {
     pub(crate) upstream: Authority,
     pub(crate) crl_expired: CrlExpired,
     pub(crate) keepalive_timeout: Duration,
+    pub(crate) send_timeout: Duration,
     pub(crate) route_counters: Vec<Arc<crate::metrics::RouteCounters>>,
     pub(crate) none_counters: Arc<crate::metrics::RouteCounters>,
     pub(crate) handshake_throttle: Arc<HandshakeThrottle>,
@@ -270,6 +271,7 @@ impl Runtime {
             upstream: config.upstream.authority.clone(),
             crl_expired: config.tls.crl_expired,
             keepalive_timeout: config.limits.keepalive_timeout,
+            send_timeout: config.limits.send_timeout,
             route_counters: config
                 .routes
                 .iter()

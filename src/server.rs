@@ -9,7 +9,6 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -30,7 +29,7 @@ use crate::body::ProxyBody;
 use crate::config::Config;
 use crate::forward::{Activity, ConnInfo};
 use crate::identity::{ClientIdentity, IdentityHeaders};
-use crate::keepalive;
+use crate::keepalive::{self, ClientIo};
 use crate::readahead::ReadAhead;
 use crate::reload::{Runtime, Shared};
 use crate::reply::Reject;
@@ -396,19 +395,21 @@ async fn serve_tls(
     });
     // ALPN decides the protocol, as RFC 9113 requires over TLS; without it, HTTP/1.1.
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-    let keepalive = rt.keepalive_timeout;
+    let deadlines = keepalive::Deadlines {
+        keepalive: rt.keepalive_timeout,
+        send: rt.send_timeout,
+    };
     let result = if h2 {
-        let connection = Box::pin(rt.http2.serve_connection(TokioIo::new(tls), service));
+        let io = ClientIo::new(tls, activity.clone());
+        let connection = Box::pin(rt.http2.serve_connection(io, service));
         drop(rt);
-        drive(connection, &close, &activity, keepalive)
-            .await
-            .map_err(Into::into)
+        keepalive::drive(peer, connection, &close, &activity, deadlines).await
     } else {
         // The settings current when hyper (re)takes the connection, not those at accept: a
         // parked connection must not keep an old runtime alive.
         drop(rt);
         let settings = move || shared.current().http1.clone();
-        keepalive::serve(peer, tls, service, settings, &close, activity, keepalive).await
+        keepalive::serve(peer, tls, service, settings, &close, activity, deadlines).await
     };
     if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
@@ -425,36 +426,6 @@ fn throttle(rt: &Runtime, peer: SocketAddr) {
             "too many failed handshakes from this address; refusing its connections before the handshake"
         );
     }
-}
-
-/// Drives a client connection until it ends, is told to close (shutdown, a failed re-check),
-/// or has had no request in flight for `idle` (`[limits] keepalive_timeout`, HTTP/1 and HTTP/2
-/// alike); then asks it to finish gracefully and waits for that. The idle check lives in the
-/// connection's own task: no extra task or timer per connection.
-async fn drive<C: GracefulConnection>(
-    mut connection: Pin<Box<C>>,
-    close: &CancellationToken,
-    activity: &Activity,
-    idle: Duration,
-) -> Result<(), C::Error> {
-    let timer = tokio::time::sleep(idle);
-    tokio::pin!(timer);
-    loop {
-        tokio::select! {
-            r = connection.as_mut() => return r,
-            () = close.cancelled() => break,
-            () = timer.as_mut() => {
-                let idle_for = activity.idle_for();
-                if idle_for >= idle {
-                    tracing::debug!(?idle_for, "closing idle connection");
-                    break;
-                }
-                timer.as_mut().reset(tokio::time::Instant::now() + (idle - idle_for));
-            }
-        }
-    }
-    connection.as_mut().graceful_shutdown();
-    connection.await
 }
 
 /// Drives a connection; on shutdown (or when the connection must close) asks it to finish

@@ -187,3 +187,31 @@ async fn a_connection_with_an_unread_body_is_not_parked() {
     assert_eq!(response(&mut a).await, (200, "backend saw /a2".into()));
     assert!(backend.seen().iter().all(|s| s.target != "/up"));
 }
+
+/// A client that stops reading in the middle of a response (a slow-read attack, or a client
+/// gone without a FIN) is dropped after `send_timeout`, rather than holding its connection and
+/// a backend connection forever.
+#[tokio::test]
+async fn a_client_that_stops_reading_is_dropped_after_send_timeout() {
+    let (logs, _guard) = LogCapture::start();
+    let backend = Backend::start().await;
+    let proxy = Proxy::start(backend.addr, "[limits]\nsend_timeout = \"500ms\"\n").await;
+    let mut tls = tls_connect(proxy.addr, alice()).await.unwrap();
+    let me = port_of(&tls);
+    tls.write_all(b"GET /endless HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    // Not reading: the socket buffers fill, certgate's writes block, and then it gives up.
+    logs.wait_for(&["the client stopped reading", &me]).await;
+    let mut sink = vec![0u8; 1 << 20];
+    let ended = tokio::time::timeout(LIMIT, async {
+        loop {
+            match tls.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the connection stayed open");
+}

@@ -174,6 +174,15 @@ async fn serve(s: Arc<Shared>, conn: usize, mut req: Request<Incoming>) -> Respo
             text(StatusCode::OK, total.to_string())
         }
         "/big" => text(StatusCode::OK, vec![b'x'; 1 << 20]),
+        "/endless" => {
+            // Streams until the reader goes away.
+            let (mut tx, body) = http_body_util::channel::Channel::<Bytes, Infallible>::new(4);
+            tokio::spawn(async move {
+                let chunk = Bytes::from(vec![b'e'; 64 * 1024]);
+                while tx.send(Frame::data(chunk.clone())).await.is_ok() {}
+            });
+            Response::new(body.boxed())
+        }
         "/framed" => {
             let mut r = text(StatusCode::OK, "framed");
             r.headers_mut()
