@@ -64,6 +64,16 @@ def setup():
     subprocess.run(["cargo", "build", "--release", "--locked"], cwd=ROOT, check=True)
 
 
+def port_free(port):
+    """Refuses to start when something already listens on `port`: the harness would otherwise
+    measure that process instead of the one it started."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            raise RuntimeError(f"port {port} is in use: stop whatever listens there first")
+
+
 def wait_port(port, timeout=20):
     end = time.time() + timeout
     while time.time() < end:
@@ -112,12 +122,15 @@ class Target:
         self.proc = None
 
     def start(self):
+        port_free(self.port)
         env = dict(os.environ, **(self.env or {}))
         self.proc = subprocess.Popen(["taskset", "-c", "0", *self.cmd], env=env,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         PROCS.append(self.proc)
         wait_port(self.port)
         time.sleep(0.5)
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"{self.name} exited at start (code {self.proc.returncode})")
 
     def pids(self):
         ids = [self.proc.pid]
@@ -319,6 +332,7 @@ http {{
   }}
 }}
 """)
+    port_free(port)
     p = subprocess.Popen(["taskset", "-c", "1", "nginx", "-c", conf, "-p", work],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     PROCS.append(p)
