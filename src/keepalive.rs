@@ -1,4 +1,5 @@
-//! HTTP/1 keep-alive connections that cost little while idle.
+//! A client connection's life after the handshake: served while requests come, parked while
+//! idle (HTTP/1), closed when idle too long or when the client stops reading.
 //!
 //! hyper keeps a read buffer and a header write buffer (8 KiB each) and its connection state
 //! for as long as a connection lives, even when the client has gone quiet between requests; a

@@ -10,7 +10,8 @@
 //! - [`identity`]: the peer certificate → [`identity::ClientIdentity`], DNs formatted as nginx.
 //! - [`server`]: listeners, handshakes with a timeout, connection tasks, graceful shutdown, the
 //!   HTTP→HTTPS redirect listener.
-//! - [`keepalive`]: HTTP/1 keep-alive connections, parked while idle so they hold little memory.
+//! - [`keepalive`]: a connection's life: idle HTTP/1 connections parked so they hold little
+//!   memory, keepalive_timeout and send_timeout.
 //! - [`readahead`]: large socket reads while a client streams a body.
 //! - [`policy`] and [`routes`]: request form, path normalization, path rules and their
 //!   conditions (methods, IPs, identities, tokens, rate limits, body size).
