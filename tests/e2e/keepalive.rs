@@ -43,6 +43,18 @@ async fn response(tls: &mut TlsStream<TcpStream>) -> (u16, String) {
     }
 }
 
+/// Sends `GET path` on an open connection and reads the response.
+async fn get(tls: &mut TlsStream<TcpStream>, path: &str) -> (u16, String) {
+    send_get(tls, path).await;
+    response(tls).await
+}
+
+async fn send_get(tls: &mut TlsStream<TcpStream>, path: &str) {
+    tls.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+}
+
 /// The server closed the connection (EOF or reset) within the limit.
 async fn closed(tls: &mut TlsStream<TcpStream>) -> bool {
     let mut b = [0u8; 64];
@@ -66,10 +78,10 @@ async fn idle_connections_are_parked_and_resume() {
     let proxy = Proxy::start(backend.addr, "").await;
     let mut tls = tls_connect(proxy.addr, alice()).await.unwrap();
     let me = port_of(&tls);
-    tls.write_all(b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    assert_eq!(response(&mut tls).await, (200, "backend saw /one".into()));
+    assert_eq!(
+        get(&mut tls, "/one").await,
+        (200, "backend saw /one".into())
+    );
 
     tls.write_all(b"GET /two HTTP/1.1\r\nHost: x\r\n")
         .await
@@ -83,10 +95,10 @@ async fn idle_connections_are_parked_and_resume() {
 
     logs.wait_for(&["idle connection parked", &me, "parks=2", "buffered=0"])
         .await;
-    tls.write_all(b"GET /three HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    assert_eq!(response(&mut tls).await, (200, "backend saw /three".into()));
+    assert_eq!(
+        get(&mut tls, "/three").await,
+        (200, "backend saw /three".into())
+    );
 
     let seen = backend.seen();
     assert_eq!(
@@ -114,10 +126,7 @@ async fn parked_connections_close_when_idle_too_long_and_on_shutdown() {
     .await;
     let mut tls = tls_connect(proxy.addr, alice()).await.unwrap();
     let me = port_of(&tls);
-    tls.write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    assert_eq!(response(&mut tls).await.0, 200);
+    assert_eq!(get(&mut tls, "/a").await.0, 200);
     logs.wait_for(&["idle connection parked", &me]).await;
     assert!(
         closed(&mut tls).await,
@@ -128,10 +137,7 @@ async fn parked_connections_close_when_idle_too_long_and_on_shutdown() {
     let mut proxy = Proxy::start(backend.addr, "").await;
     let mut tls = tls_connect(proxy.addr, alice()).await.unwrap();
     let me = port_of(&tls);
-    tls.write_all(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    assert_eq!(response(&mut tls).await.0, 200);
+    assert_eq!(get(&mut tls, "/b").await.0, 200);
     logs.wait_for(&["idle connection parked", &me]).await;
     let done = proxy.shutdown();
     assert!(
@@ -164,10 +170,7 @@ async fn a_connection_with_an_unread_body_is_not_parked() {
     let mut b = tls_connect(proxy.addr, alice()).await.unwrap();
     let b_port = port_of(&b);
     for (path, parks) in [("/b1", "parks=1"), ("/b2", "parks=2")] {
-        b.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-            .await
-            .unwrap();
-        assert_eq!(response(&mut b).await.0, 200);
+        assert_eq!(get(&mut b, path).await.0, 200);
         logs.wait_for(&["idle connection parked", &b_port, parks])
             .await;
     }
@@ -181,10 +184,7 @@ async fn a_connection_with_an_unread_body_is_not_parked() {
 
     // The rest of the body, then a second request on the same connection.
     a.write_all(&[b'z'; 990]).await.unwrap();
-    a.write_all(b"GET /a2 HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    assert_eq!(response(&mut a).await, (200, "backend saw /a2".into()));
+    assert_eq!(get(&mut a, "/a2").await, (200, "backend saw /a2".into()));
     assert!(backend.seen().iter().all(|s| s.target != "/up"));
 }
 
@@ -198,9 +198,7 @@ async fn a_client_that_stops_reading_is_dropped_after_send_timeout() {
     let proxy = Proxy::start(backend.addr, "[limits]\nsend_timeout = \"500ms\"\n").await;
     let mut tls = tls_connect(proxy.addr, alice()).await.unwrap();
     let me = port_of(&tls);
-    tls.write_all(b"GET /endless HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
+    send_get(&mut tls, "/endless").await;
     // Not reading: the socket buffers fill, certgate's writes block, and then it gives up.
     logs.wait_for(&["the client stopped reading", &me]).await;
     let mut sink = vec![0u8; 1 << 20];
