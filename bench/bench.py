@@ -181,6 +181,13 @@ SCENARIOS = {
 }
 
 
+def nginx_main(work, name):
+    """The main-context lines both nginx instances (proxy and backend) share: one worker, in the
+    foreground, pid and error log under `work`."""
+    return (f"worker_processes 1;\npid {work}/{name}.pid;\nerror_log {work}/{name}-error.log error;\n"
+            "daemon off;\nevents { worker_connections 8192; }\n")
+
+
 def configs(work, pki, backend_port, ports):
     cg = os.path.join(work, "certgate.toml")
     common = f"""
@@ -214,12 +221,7 @@ action = "deny"
     ng = os.path.join(work, "nginx.conf")
     with open(ng, "w") as f:
         f.write(f"""
-worker_processes 1;
-pid {work}/nginx.pid;
-error_log {work}/nginx-error.log error;
-daemon off;
-events {{ worker_connections 8192; }}
-http {{
+{nginx_main(work, "nginx")}http {{
   access_log off;
   upstream backend {{ server 127.0.0.1:{backend_port}; keepalive 32; }}
   server {{
@@ -305,12 +307,7 @@ def backend(work):
     conf = os.path.join(work, "backend.conf")
     with open(conf, "w") as f:
         f.write(f"""
-worker_processes 1;
-pid {work}/backend.pid;
-error_log {work}/backend-error.log error;
-daemon off;
-events {{ worker_connections 8192; }}
-http {{
+{nginx_main(work, "backend")}http {{
   access_log off;
   keepalive_requests 1000000;
   keepalive_timeout 75s;
