@@ -34,6 +34,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release", "certgate")
 TICK = os.sysconf("SC_CLK_TCK")
 PROCS = []
+DIRS = []
 
 
 def cleanup():
@@ -44,6 +45,9 @@ def cleanup():
                 p.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 p.kill()
+    # After the processes: nginx writes its pid and temp files into the work folder.
+    for d in DIRS:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 atexit.register(cleanup)
@@ -354,6 +358,7 @@ def main():
         a.reps, a.duration, a.idle = 1, 2, 100
     setup()
     work = tempfile.mkdtemp(prefix="certgate-bench-")
+    DIRS.append(work)
     # nginx's worker runs unprivileged and must read the 1 MiB body from here.
     os.chmod(work, 0o755)
     pki = make_pki(work, a.rsa)
@@ -372,11 +377,13 @@ def main():
     }
     a.baselines = [b.split("=", 1) for b in a.baseline]
     for i, (name, path) in enumerate(a.baselines):
-        ports[name] = 19447 + i
-        bcfg = os.path.join(work, f"{name}.toml")
-        with open(cg) as src, open(bcfg, "w") as dst:
-            dst.write(src.read().replace(f"127.0.0.1:{ports['certgate']}", f"127.0.0.1:{ports[name]}"))
-        targets[name] = Target(name, [path, "run", "-c", bcfg], ports[name], one_worker)
+        # Each variant runs twice, as certgate does: plain, and with the access log for (g).
+        for variant, src_cfg, base in ((name, cg, "certgate"), (f"{name}+log", cg_log, "certgate+log")):
+            ports[variant] = 19447 + 2 * i + (variant != name)
+            bcfg = os.path.join(work, f"{variant}.toml")
+            with open(src_cfg) as src, open(bcfg, "w") as dst:
+                dst.write(src.read().replace(f"127.0.0.1:{ports[base]}", f"127.0.0.1:{ports[variant]}"))
+            targets[variant] = Target(variant, [path, "run", "-c", bcfg], ports[variant], one_worker)
     results = {}
     for t in targets.values():
         t.start()
@@ -402,6 +409,8 @@ def main():
         names = ["certgate+log", "certgate"] if key == "g" else ["certgate", "nginx", "haproxy"]
         if key in ("a", "b", "c", "d1", "d2"):
             names += [n for n, _ in a.baselines]
+        elif key == "g":
+            names += [v for n, _ in a.baselines for v in (f"{n}+log", n)]
         per = {n: [] for n in names}
         for _ in range(a.reps):
             for n in names:
@@ -500,6 +509,12 @@ def render(results, a):
                 continue
             m, b = statistics.median(per["certgate"]), statistics.median(per[name])
             lines.append(f"| {key} | {m:.1f} | {b:.1f} | {ratio(m, b)} |")
+        per = results.get("g")
+        if per is not None:
+            med = {n: statistics.median(per[n]) for n in ("certgate+log", "certgate", f"{name}+log", name)}
+            own = lambda n: f"{med[n + '+log']:.1f} ({ratio(med[n + '+log'], med[n])} × without log)"
+            lines.append(f"| g, log on | {own('certgate')} | {own(name)} | "
+                         f"{ratio(med['certgate+log'], med[name + '+log'])} |")
         lines.append("")
     return "\n".join(lines) + "\n"
 
