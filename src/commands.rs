@@ -58,11 +58,8 @@ pub fn run(config_path: &Path, log_format: Option<LogFormat>) -> Result<(), CliE
     // Before the runtime starts its worker threads: Landlock binds the calling thread and the
     // threads it creates later.
     crate::sandbox::restrict(config.landlock, &config.files);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(CliError::other)?;
-    rt.block_on(async {
+    let rt = crate::logging::runtime().map_err(CliError::other)?;
+    let result = rt.block_on(async {
         let signals = crate::server::Signals::register().map_err(CliError::other)?;
         let server = Server::bind(&config).await?;
         let (shutdown, reload) = signals.split(server.shared());
@@ -70,7 +67,11 @@ pub fn run(config_path: &Path, log_format: Option<LogFormat>) -> Result<(), CliE
         crate::systemd::ready();
         server.run(shutdown).await;
         Ok(())
-    })
+    });
+    // Workers flush when they stop, but the runtime does not wait for them to.
+    drop(rt);
+    crate::logging::flush();
+    result
 }
 
 /// `certgate check`: validates the config and every file it names and prints the effective

@@ -145,11 +145,8 @@ action = "deny"
 /// Exit 2 when the PKI cannot be made, 1 when 127.0.0.1:8443 is taken.
 pub fn run(dir: &Path) -> Result<(), CliError> {
     let made = ensure_pki(dir).map_err(CliError::invalid)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(CliError::other)?;
-    rt.block_on(async {
+    let rt = crate::logging::runtime().map_err(CliError::other)?;
+    let result = rt.block_on(async {
         let backend = TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(CliError::other)?;
@@ -171,7 +168,11 @@ pub fn run(dir: &Path) -> Result<(), CliError> {
         print_instructions(dir, made, backend_addr);
         server.run(shutdown).await;
         Ok(())
-    })
+    });
+    // Workers flush when they stop, but the runtime does not wait for them to.
+    drop(rt);
+    crate::logging::flush();
+    result
 }
 
 fn print_instructions(dir: &Path, made: bool, backend: SocketAddr) {
