@@ -57,9 +57,13 @@ pub struct Deadlines {
 }
 
 impl Deadlines {
-    /// How often a busy connection looks for a stalled client.
+    /// How often a connection looks for a stalled client: often enough that a stall is caught
+    /// within an eighth of `send` after it expires, rarely enough that an idle HTTP/2
+    /// connection (which is not parked) costs no CPU worth counting: with the default 60 s,
+    /// every 7.5 s instead of ten times a second, which cost 4 % of a core per 1,000 idle
+    /// connections.
     fn stall_check(&self) -> Duration {
-        (self.send / 4).clamp(Duration::from_millis(10), PARK_AFTER)
+        (self.send / 8).max(Duration::from_millis(10))
     }
 
     /// Whether the client has stopped reading for longer than `send`; logs it.
@@ -377,5 +381,29 @@ where
     match finish(&mut connection, peer, activity, deadlines).await {
         Some(r) => r.map_err(Into::into),
         None => Err("the client stopped reading".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection that is not parked (HTTP/2, or HTTP/1 with a request in flight) wakes for
+    /// the stall check an eighth of send_timeout apart, not every 100 ms.
+    #[test]
+    fn stall_checks_are_an_eighth_of_send_timeout_apart() {
+        let at = |send| {
+            Deadlines {
+                keepalive: Duration::from_secs(75),
+                send,
+            }
+            .stall_check()
+        };
+        assert_eq!(at(Duration::from_secs(60)), Duration::from_millis(7500));
+        assert_eq!(
+            at(Duration::from_millis(500)),
+            Duration::from_micros(62_500)
+        );
+        assert_eq!(at(Duration::from_millis(1)), Duration::from_millis(10));
     }
 }
