@@ -58,8 +58,7 @@ pub fn run(config_path: &Path, log_format: Option<LogFormat>) -> Result<(), CliE
     // Before the runtime starts its worker threads: Landlock binds the calling thread and the
     // threads it creates later.
     crate::sandbox::restrict(config.landlock, &config.files);
-    let rt = crate::logging::runtime().map_err(CliError::other)?;
-    let result = rt.block_on(async {
+    crate::logging::block_on(async {
         let signals = crate::server::Signals::register().map_err(CliError::other)?;
         let server = Server::bind(&config).await?;
         let (shutdown, reload) = signals.split(server.shared());
@@ -67,11 +66,8 @@ pub fn run(config_path: &Path, log_format: Option<LogFormat>) -> Result<(), CliE
         crate::systemd::ready();
         server.run(shutdown).await;
         Ok(())
-    });
-    // Workers flush when they stop, but the runtime does not wait for them to.
-    drop(rt);
-    crate::logging::flush();
-    result
+    })
+    .map_err(CliError::other)?
 }
 
 /// `certgate check`: validates the config and every file it names and prints the effective

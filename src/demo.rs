@@ -145,8 +145,7 @@ action = "deny"
 /// Exit 2 when the PKI cannot be made, 1 when 127.0.0.1:8443 is taken.
 pub fn run(dir: &Path) -> Result<(), CliError> {
     let made = ensure_pki(dir).map_err(CliError::invalid)?;
-    let rt = crate::logging::runtime().map_err(CliError::other)?;
-    let result = rt.block_on(async {
+    crate::logging::block_on(async {
         let backend = TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(CliError::other)?;
@@ -168,11 +167,8 @@ pub fn run(dir: &Path) -> Result<(), CliError> {
         print_instructions(dir, made, backend_addr);
         server.run(shutdown).await;
         Ok(())
-    });
-    // Workers flush when they stop, but the runtime does not wait for them to.
-    drop(rt);
-    crate::logging::flush();
-    result
+    })
+    .map_err(CliError::other)?
 }
 
 fn print_instructions(dir: &Path, made: bool, backend: SocketAddr) {

@@ -2,7 +2,7 @@
 //! JSON object per line. `RUST_LOG` overrides the level filter (default `info`).
 //!
 //! Access-log lines are batched: under load, one `write(2)` per request costs about as much as
-//! the proxying itself on loopback, so a runtime built by [`runtime`] collects access lines and
+//! the proxying itself on loopback, so the runtime of [`block_on`] collects access lines and
 //! writes them out whenever a worker thread runs out of work (at once when the proxy is idle,
 //! about once per event-loop turn under load), when 32 KiB have gathered, at least every second,
 //! before any other log line (so lines stay in order), and at exit. nginx's `access_log ...
@@ -10,6 +10,7 @@
 //! second's access lines. Every other event is written at once.
 
 use std::fmt::{self, Write as _};
+use std::future::Future;
 use std::io::Write;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -188,12 +189,12 @@ impl<W: fmt::Write> fmt::Write for JsonEscape<W> {
     }
 }
 
-/// The daemon's multi-thread runtime, with the hooks that write batched access lines out; call
-/// [`flush`] after it has been shut down.
+/// Runs the daemon's `main` on a multi-thread runtime whose workers write batched access lines
+/// out, and writes out the rest once it has shut down.
 ///
 /// # Errors
 /// When the runtime cannot be built (no threads).
-pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+pub fn block_on<F: Future>(main: F) -> std::io::Result<F::Output> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .on_thread_park(flush)
@@ -210,7 +211,12 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         }
     });
     BATCHING.store(true, Ordering::Relaxed);
-    Ok(rt)
+    let out = rt.block_on(main);
+    drop(rt);
+    // Nothing flushes any more: later lines go straight out, earlier ones now.
+    BATCHING.store(false, Ordering::Relaxed);
+    flush();
+    Ok(out)
 }
 
 /// Writes out the access lines gathered so far.
