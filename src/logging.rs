@@ -220,7 +220,7 @@ pub fn block_on<F: Future>(main: F) -> std::io::Result<F::Output> {
 }
 
 /// Writes out the access lines gathered so far.
-pub fn flush() {
+fn flush() {
     // Nothing sensible can be done when stderr fails; the lines are dropped rather than kept
     // growing.
     let _ = lock().flush(&mut std::io::stderr());
