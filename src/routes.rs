@@ -46,27 +46,80 @@ pub enum PathError {
     /// More `..` than there are segments.
     #[error("the path climbs above the root with '..'")]
     AboveRoot,
+    /// `..;x` or `.;x`: a dot segment with path parameters. A backend that strips parameters
+    /// before resolving dots (Tomcat, Jetty, Spring) climbs where certgate would not.
+    #[error("a '.' or '..' segment carries ';' parameters, which is ambiguous")]
+    DotSegmentParams,
 }
 
 /// A normalized request path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NormalizedPath {
-    /// Decoded bytes, segments joined by `/`; what rules match against.
+    /// Decoded bytes, segments joined by `/`.
     decoded: Vec<u8>,
     /// The same path percent-encoded where it must be; what the backend receives.
     encoded: String,
+    /// `decoded` without path parameters, when it has any (see [`NormalizedPath::match_form`]).
+    unparameterized: Option<Vec<u8>>,
 }
 
 impl NormalizedPath {
+    fn new(decoded: Vec<u8>, encoded: String) -> NormalizedPath {
+        let unparameterized = without_params(&decoded);
+        NormalizedPath {
+            decoded,
+            encoded,
+            unparameterized,
+        }
+    }
+
     /// The path as forwarded to the backend.
     pub fn as_str(&self) -> &str {
         &self.encoded
     }
 
-    /// The decoded path that rules are matched against.
+    /// The decoded path.
     pub fn decoded(&self) -> &[u8] {
         &self.decoded
     }
+
+    /// What rules are matched against: the decoded path with every segment's path parameters
+    /// (from its first `;`, sent raw or as `%3B`, to the end of the segment) removed, and a
+    /// segment left empty by that merged like a repeated slash. Tomcat, Jetty and Spring route
+    /// `/admin;x/` as `/admin/`, so a deny rule on `/admin` must see it that way too.
+    pub fn match_form(&self) -> &[u8] {
+        self.unparameterized.as_deref().unwrap_or(&self.decoded)
+    }
+}
+
+/// The name of a decoded segment: everything before its first `;`.
+fn segment_name(seg: &[u8]) -> &[u8] {
+    seg.split(|b| *b == b';').next().unwrap_or(seg)
+}
+
+/// `decoded` without path parameters; `None` when it has none (the common case costs nothing).
+fn without_params(decoded: &[u8]) -> Option<Vec<u8>> {
+    if !decoded.contains(&b';') {
+        return None;
+    }
+    let segments: Vec<&[u8]> = decoded
+        .strip_prefix(b"/")
+        .unwrap_or(decoded)
+        .split(|b| *b == b'/')
+        .collect();
+    let last = segments.len() - 1;
+    let mut out = Vec::with_capacity(decoded.len());
+    for (i, seg) in segments.iter().enumerate() {
+        let name = segment_name(seg);
+        // `/a/;x/b` is `/a//b` to a parameter-stripping backend, which merges it to `/a/b`; a
+        // last segment left empty keeps the trailing slash.
+        if name.is_empty() && i != last {
+            continue;
+        }
+        out.push(b'/');
+        out.extend_from_slice(name);
+    }
+    Some(out)
 }
 
 /// Normalizes an origin-form request path (without the query).
@@ -76,10 +129,10 @@ impl NormalizedPath {
 pub fn normalize(raw: &str) -> Result<NormalizedPath, PathError> {
     if is_plain(raw) {
         // Nothing to decode, merge or resolve: the common case, without per-segment work.
-        return Ok(NormalizedPath {
-            decoded: raw.as_bytes().to_vec(),
-            encoded: raw.to_string(),
-        });
+        return Ok(NormalizedPath::new(
+            raw.as_bytes().to_vec(),
+            raw.to_string(),
+        ));
     }
     let rest = raw.strip_prefix('/').ok_or(PathError::NotOrigin)?;
     let mut segments: Vec<Vec<u8>> = Vec::new();
@@ -88,6 +141,9 @@ pub fn normalize(raw: &str) -> Result<NormalizedPath, PathError> {
     let mut dir = true;
     for seg in rest.split('/') {
         let seg = decode_segment(seg)?;
+        if seg.contains(&b';') && matches!(segment_name(&seg), b"." | b"..") {
+            return Err(PathError::DotSegmentParams);
+        }
         match seg.as_slice() {
             b"" | b"." => dir = true,
             b".." => {
@@ -112,7 +168,7 @@ pub fn normalize(raw: &str) -> Result<NormalizedPath, PathError> {
         decoded.push(b'/');
         encoded.push('/');
     }
-    Ok(NormalizedPath { decoded, encoded })
+    Ok(NormalizedPath::new(decoded, encoded))
 }
 
 /// A path the slow path would return unchanged: only characters that need no escape, no `//`,
@@ -355,14 +411,22 @@ impl Route {
 
     /// Whether this route matches a normalized path: by whole segments (`/gradio_api` matches
     /// `/gradio_api` and `/gradio_api/x`, not `/gradio_apix`), or as a plain prefix when the
-    /// configured path ends in `=` or `/`. ASCII letter case is ignored.
+    /// configured path ends in `=` or `/`. ASCII letter case and path parameters are ignored
+    /// (`/Gradio_API;x/info` is `/gradio_api/info`).
     pub fn matches(&self, path: &NormalizedPath) -> bool {
-        let p = path.decoded();
+        let p = path.match_form();
         let n = self.prefix.len();
         if p.len() < n || !p[..n].eq_ignore_ascii_case(&self.prefix) {
             return false;
         }
         self.plain_prefix || p.len() == n || p[n] == b'/'
+    }
+}
+
+impl Route {
+    /// Whether the route's path is `/`: it matches every request.
+    pub fn is_catch_all(&self) -> bool {
+        self.prefix == b"/"
     }
 }
 
@@ -447,6 +511,43 @@ mod tests {
     }
 
     #[test]
+    fn path_parameters_are_ignored_by_matching() {
+        let r = Route::new("/internal", Action::Deny).unwrap();
+        let m = |p: &str| r.matches(&normalize(p).unwrap());
+        for p in [
+            "/internal;x/y",
+            "/INTERNAL;x",
+            "/internal;/x",
+            "/internal%3Bx/y",
+            "/internal%3bx",
+            "/;x/internal",
+            "/a/..//internal;jsessionid=1",
+        ] {
+            assert!(m(p), "{p}");
+        }
+        assert!(!m("/internalx;y"));
+        assert!(!m("/x;internal"));
+        let info = Route::new("/gradio_api/info", Action::Deny).unwrap();
+        assert!(info.matches(&normalize("/gradio_api/info;x").unwrap()));
+        assert!(info.matches(&normalize("/gradio_api;a=b/info;c").unwrap()));
+        // What is forwarded keeps the parameters.
+        assert_eq!(n("/internal%3Bx/y").unwrap(), "/internal;x/y");
+        assert_eq!(
+            normalize("/a/;x/b").unwrap().match_form(),
+            b"/a/b".as_slice()
+        );
+        assert_eq!(normalize("/a/;x").unwrap().match_form(), b"/a/".as_slice());
+    }
+
+    #[test]
+    fn dot_segments_with_parameters_are_refused() {
+        for p in ["/x/..;/internal", "/x/..;a=b/internal", "/x/.;/y", "/x/%2e%2e%3b/y"] {
+            assert_eq!(n(p), Err(PathError::DotSegmentParams), "{p}");
+        }
+        assert!(n("/x/..a;b").is_ok());
+    }
+
+    #[test]
     fn trailing_equals_or_slash_is_a_plain_prefix() {
         let r = Route::new("/gradio_api/file=", Action::Allow).unwrap();
         assert!(r.matches(&normalize("/gradio_api/file=/tmp/a.png").unwrap()));
@@ -470,38 +571,51 @@ mod tests {
     }
 }
 
-/// Removes `prefix` (normalized, as configured in `strip_prefix`) from the front of a normalized
-/// path, ignoring ASCII case as route matching does; what remains always starts with `/`.
+/// Removes the segments of `prefix` (normalized, as configured in `strip_prefix`) from the
+/// front of a path that a route containing it matched. Segments are counted as route matching
+/// sees them: a segment's path parameters go with it (`/api;v=2/x` loses `api;v=2`), and a
+/// segment that is only parameters is dropped on the way. What remains starts with `/`.
 pub fn strip_prefix(path: &NormalizedPath, prefix: &str) -> NormalizedPath {
-    let p = prefix.trim_end_matches('/');
-    let enc = path.as_str();
-    let dec = path.decoded();
-    // The prefix is plain ASCII (validated at config time), so it has the same length in the
-    // encoded and the decoded form.
-    let matches = |s: &[u8]| s.len() >= p.len() && s[..p.len()].eq_ignore_ascii_case(p.as_bytes());
-    if p.is_empty() || !matches(enc.as_bytes()) || !matches(dec) {
+    let mut want = prefix.split('/').filter(|s| !s.is_empty()).count();
+    let segments = |s: &[u8]| -> Vec<(usize, usize)> {
+        // (start, end) of each segment, after the leading slash.
+        let mut out = Vec::new();
+        let mut start = 1;
+        for (i, b) in s.iter().enumerate().skip(1) {
+            if *b == b'/' {
+                out.push((start, i));
+                start = i + 1;
+            }
+        }
+        out.push((start, s.len()));
+        out
+    };
+    let dec = segments(&path.decoded);
+    let enc = segments(path.encoded.as_bytes());
+    if want == 0 || dec.len() != enc.len() {
         return path.clone();
     }
-    let rest_enc = &enc[p.len()..];
-    let rest_dec = &dec[p.len()..];
-    if !(rest_enc.is_empty() || rest_enc.starts_with('/')) {
-        return path.clone();
+    let mut cut = 0;
+    while want > 0 {
+        let Some(&(a, b)) = dec.get(cut) else {
+            return path.clone();
+        };
+        if !segment_name(&path.decoded[a..b]).is_empty() {
+            want -= 1;
+        }
+        cut += 1;
     }
-    let fix = |s: &str| {
-        if s.is_empty() {
-            "/".to_string()
-        } else {
-            s.to_string()
+    let rest = |s: &[u8], segs: &[(usize, usize)]| -> Vec<u8> {
+        match segs.get(cut) {
+            // The separator in front of the first kept segment.
+            Some(&(a, _)) => s[a - 1..].to_vec(),
+            None => b"/".to_vec(),
         }
     };
-    let mut decoded = rest_dec.to_vec();
-    if decoded.is_empty() {
-        decoded.push(b'/');
-    }
-    NormalizedPath {
-        decoded,
-        encoded: fix(rest_enc),
-    }
+    let decoded = rest(&path.decoded, &dec);
+    let encoded = String::from_utf8(rest(path.encoded.as_bytes(), &enc))
+        .unwrap_or_else(|_| "/".to_string());
+    NormalizedPath::new(decoded, encoded)
 }
 
 #[cfg(test)]
@@ -522,8 +636,24 @@ mod strip_tests {
             "/"
         );
         assert_eq!(
-            strip_prefix(&normalize("/apix").unwrap(), "/api").as_str(),
-            "/apix"
+            strip_prefix(&normalize("/api/").unwrap(), "/api").as_str(),
+            "/"
         );
+        assert_eq!(
+            strip_prefix(&normalize("/api/v1/x/").unwrap(), "/api/v1").as_str(),
+            "/x/"
+        );
+    }
+
+    #[test]
+    fn strip_prefix_takes_path_parameters_with_their_segment() {
+        let s = |p: &str, prefix: &str| strip_prefix(&normalize(p).unwrap(), prefix);
+        assert_eq!(s("/api;v=2/colorize", "/api").as_str(), "/colorize");
+        assert_eq!(s("/API%3Bx/colorize;y", "/api").as_str(), "/colorize;y");
+        assert_eq!(s("/;x/api/colorize", "/api").as_str(), "/colorize");
+        let p = s("/api/c%C3%A9;x", "/api");
+        assert_eq!(p.as_str(), "/c%C3%A9;x");
+        assert_eq!(p.decoded(), "/cé;x".as_bytes());
+        assert_eq!(p.match_form(), "/cé".as_bytes());
     }
 }

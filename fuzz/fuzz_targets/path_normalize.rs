@@ -1,11 +1,37 @@
 //! Path normalization never panics, is idempotent, and leaves no `.`/`..`/empty segment and
-//! no encoded separator in what it forwards.
+//! no encoded separator in what it forwards; and no path that a deny rule lets through reaches
+//! the denied prefix at a backend that strips `;parameters` before routing (Tomcat, Spring).
 #![no_main]
 use libfuzzer_sys::fuzz_target;
+
+/// A servlet container's view of a path: `;parameters` dropped per segment, then decoded,
+/// empty and `.` segments dropped, `..` resolved, lower-cased (rules ignore case).
+fn parameter_stripping_backend(forwarded: &str) -> String {
+    let mut segments: Vec<String> = Vec::new();
+    for seg in forwarded.split('/') {
+        let name = seg.split(';').next().unwrap_or_default();
+        let name = percent_encoding::percent_decode_str(name)
+            .decode_utf8_lossy()
+            .to_ascii_lowercase();
+        match name.as_str() {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            other => segments.push(other.to_string()),
+        }
+    }
+    format!("/{}", segments.join("/"))
+}
 
 fuzz_target!(|data: &[u8]| {
     let Ok(s) = std::str::from_utf8(data) else { return };
     if let Ok(n) = certgate::routes::normalize(s) {
+        let deny = [certgate::routes::Route::new("/internal", certgate::routes::Action::Deny).unwrap()];
+        if certgate::routes::first_match(&deny, &n).is_none() {
+            let seen = parameter_stripping_backend(n.as_str());
+            assert!(seen != "/internal" && !seen.starts_with("/internal/"), "{s} reaches {seen}");
+        }
         let out = n.as_str();
         assert!(out.starts_with('/'));
         let again = certgate::routes::normalize(out).expect("normalized output must normalize");

@@ -1,6 +1,8 @@
 //! Path rules against every spelling a client might try: each trick gets 400 or 403 and never
 //! reaches the backend; what is allowed reaches it normalized.
 
+use http::Request;
+
 use crate::common::*;
 
 const RULES: &str = r#"
@@ -46,6 +48,22 @@ const TRICKS: &[(&str, u16)] = &[
     ("http://localhost/anything", 400),
 ];
 
+/// Path parameters (`;x`, raw or `%3B`) on any segment: a backend that strips them before
+/// routing (Tomcat, Jetty, Spring) sees the denied path, so the rule must too (spec §5).
+const PARAMETER_TRICKS: &[(&str, u16)] = &[
+    ("/gradio_api;x/info", 403),
+    ("/gradio_api/info;x", 403),
+    ("/GRADIO_API;x", 403),
+    ("/gradio_api;/info", 403),
+    ("/gradio_api%3Bx/info", 403),
+    ("/gradio_api%3bjsessionid=1/info", 403),
+    ("/;x/gradio_api/info", 403),
+    ("/queue;a=b/data;c", 403),
+    ("/x/..;/gradio_api/info", 400),
+    ("/x/.;/gradio_api/info", 400),
+    ("/x/%2e%2e%3b/gradio_api/info", 400),
+];
+
 /// Path tricks against deny rules, sent as raw bytes over real TLS.
 #[tokio::test]
 async fn path_tricks_are_refused_and_never_reach_the_backend() {
@@ -72,6 +90,42 @@ async fn path_tricks_are_refused_and_never_reach_the_backend() {
         "reached the backend: {:#?}",
         backend.seen()
     );
+}
+
+/// Path parameters do not slip past deny rules over HTTP/1.1, sent as raw bytes.
+#[tokio::test]
+async fn path_parameters_do_not_slip_past_deny_rules_over_http1() {
+    let backend = Backend::start().await;
+    let proxy = Proxy::start(backend.addr, RULES).await;
+    for (target, want) in PARAMETER_TRICKS {
+        let req = format!("GET {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        let (status, text) = raw(proxy.addr, alice(), req.as_bytes()).await;
+        assert_eq!(status, *want, "{target}: {text}");
+    }
+    assert!(backend.seen().is_empty(), "{:#?}", backend.seen());
+}
+
+/// The same over HTTP/2, on one connection; an allowed path with parameters is forwarded with
+/// them, as sent.
+#[tokio::test]
+async fn path_parameters_do_not_slip_past_deny_rules_over_http2() {
+    let backend = Backend::start().await;
+    let proxy = Proxy::start(backend.addr, RULES).await;
+    let mut send = h2(proxy.addr, client_config(Some(&test_pki().alice), &["h2"])).await;
+    for (target, want) in PARAMETER_TRICKS {
+        let req = Request::get(format!("https://localhost{target}"))
+            .body(empty())
+            .unwrap();
+        let got = read(send.send_request(req).await.unwrap()).await;
+        assert_eq!(got.status.as_u16(), *want, "{target}: {}", got.body);
+    }
+    assert!(backend.seen().is_empty(), "{:#?}", backend.seen());
+    let req = Request::get("https://localhost/gradio_api/upload;v=1?upload_id=2")
+        .body(empty())
+        .unwrap();
+    let got = read(send.send_request(req).await.unwrap()).await;
+    assert_eq!(got.status, 200, "{}", got.body);
+    assert_eq!(backend.only().target, "/gradio_api/upload;v=1?upload_id=2");
 }
 
 /// CONNECT is refused.

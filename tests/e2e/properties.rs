@@ -22,6 +22,11 @@ fn pathish() -> impl Strategy<Value = String> {
             Just("%00".to_string()),
             "[a-zA-Z0-9_=~-]{1,4}",
             Just("%E5%BC%A0".to_string()),
+            Just(";".to_string()),
+            Just("%3B".to_string()),
+            Just(";jsessionid=1".to_string()),
+            Just("internal".to_string()),
+            Just("INTERNAL".to_string()),
         ],
         0..16,
     )
@@ -59,6 +64,7 @@ proptest! {
         encode in proptest::collection::vec(any::<bool>(), 32),
         upper in proptest::collection::vec(any::<bool>(), 32),
         detour in proptest::collection::vec(0u8..4, 4),
+        params in proptest::collection::vec(0u8..4, 4),
     ) {
         let rules = [Route::new("/gradio_api/info", Action::Deny).unwrap()];
         let target = if tail.is_empty() { "gradio_api/info".to_string() } else { format!("gradio_api/info/{tail}") };
@@ -79,6 +85,13 @@ proptest! {
                     spelled.push(c);
                 }
             }
+            // Path parameters on the segment, as Tomcat, Jetty and Spring strip them.
+            match params[i % params.len()] {
+                1 => spelled.push(';'),
+                2 => spelled.push_str(";x=1"),
+                3 => spelled.push_str("%3Bv"),
+                _ => {}
+            }
             spelled.push('/');
         }
         spelled.pop();
@@ -86,6 +99,23 @@ proptest! {
         if let Ok(n) = normalize(&spelled) {
             let m = first_match(&rules, &n);
             prop_assert!(m.is_some(), "{} escaped the rule as {}", spelled, n.as_str());
+        }
+    }
+
+    /// What certgate forwards never reaches a denied prefix at a backend that strips path
+    /// parameters before routing (Tomcat, Jetty, Spring): whenever the deny rule does not
+    /// match, that backend's view of the forwarded path is outside the denied prefix too.
+    #[test]
+    fn a_parameter_stripping_backend_never_sees_a_denied_path(p in pathish()) {
+        let rules = [Route::new("/internal", Action::Deny).unwrap()];
+        if let Ok(n) = normalize(&p)
+            && first_match(&rules, &n).is_none()
+        {
+            let seen = parameter_stripping_backend(n.as_str());
+            prop_assert!(
+                seen != "/internal" && !seen.starts_with("/internal/"),
+                "{} was forwarded as {} and routed to {}", p, n.as_str(), seen
+            );
         }
     }
 
@@ -116,4 +146,25 @@ proptest! {
         }
         prop_assert_eq!(out, value.as_bytes().to_vec());
     }
+}
+
+/// How a servlet container routes a path: each segment's `;parameters` dropped, then
+/// percent-decoded, empty and `.` segments dropped, `..` resolved; lower-cased here because the
+/// rule is matched without case.
+fn parameter_stripping_backend(forwarded: &str) -> String {
+    let mut segments: Vec<String> = Vec::new();
+    for seg in forwarded.split('/') {
+        let name = seg.split(';').next().unwrap_or_default();
+        let name = percent_encoding::percent_decode_str(name)
+            .decode_utf8_lossy()
+            .to_ascii_lowercase();
+        match name.as_str() {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            other => segments.push(other.to_string()),
+        }
+    }
+    format!("/{}", segments.join("/"))
 }
