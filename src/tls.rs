@@ -154,7 +154,8 @@ impl ClientCertVerifier for ClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.inner
+        let verified = self
+            .inner
             .verify_client_cert(end_entity, intermediates, now)
             .map_err(|e| match e {
                 rustls::Error::InvalidCertificate(CertificateError::BadSignature) => {
@@ -163,7 +164,13 @@ impl ClientCertVerifier for ClientVerifier {
                     )))
                 }
                 e => e,
-            })
+            })?;
+        if !key_usage_can_sign(end_entity) {
+            return Err(rustls::Error::InvalidCertificate(
+                CertificateError::InvalidPurpose,
+            ));
+        }
+        Ok(verified)
     }
 
     fn verify_tls12_signature(
@@ -186,6 +193,22 @@ impl ClientCertVerifier for ClientVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.inner.supported_verify_schemes()
+    }
+}
+
+/// Whether a client certificate's keyUsage, when it has one, allows signing. A client proves
+/// itself by signing the handshake, so a key marked for keyEncipherment alone is not one to
+/// authenticate with; webpki checks only the extended key usage, OpenSSL's `ssl_client` purpose
+/// (nginx) refuses it too.
+fn key_usage_can_sign(der: &CertificateDer<'_>) -> bool {
+    use x509_parser::prelude::FromDer as _;
+    match x509_parser::certificate::X509Certificate::from_der(der) {
+        Ok((_, cert)) => match cert.key_usage() {
+            Ok(Some(ku)) => ku.value.digital_signature(),
+            Ok(None) => true,
+            Err(_) => false,
+        },
+        Err(_) => false,
     }
 }
 

@@ -93,6 +93,21 @@ impl ResolvesClientCert for StolenCert {
     }
 }
 
+/// A client certificate whose keyUsage has keyEncipherment but not digitalSignature cannot
+/// authenticate (it is not a signing key; OpenSSL's `ssl_client` purpose refuses it too), while
+/// the same CA's certificate with digitalSignature passes.
+#[tokio::test]
+async fn key_usage_without_digital_signature_is_refused() {
+    use rcgen::KeyUsagePurpose::{DigitalSignature, KeyEncipherment};
+    let no_sign = client_with_key_usage("encipher-only", vec![KeyEncipherment]);
+    assert_refused_with(client_config(Some(&no_sign), &[]), "wrong key usage").await;
+    let backend = Backend::start().await;
+    let proxy = Proxy::start(backend.addr, "").await;
+    let signs = client_with_key_usage("signs", vec![DigitalSignature, KeyEncipherment]);
+    let got = get_once(proxy.addr, client_config(Some(&signs), &[]), "/").await;
+    assert_eq!(got.status, 200);
+}
+
 #[tokio::test]
 async fn certificate_without_its_key_is_refused() {
     let pki = test_pki();

@@ -181,6 +181,27 @@ fn make() -> TestPki {
     }
 }
 
+/// A client certificate from the test CA with exactly `usages` as its keyUsage (and clientAuth
+/// as its extended key usage), for the key-usage checks a private CA's tooling may get wrong.
+pub fn client_with_key_usage(cn: &str, usages: Vec<rcgen::KeyUsagePurpose>) -> Identity {
+    let ca = &test_pki().ca;
+    let ca_key = rcgen::KeyPair::from_pem(&ca.key_pem()).unwrap();
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name.push(DnType::CommonName, cn);
+    params.key_usages = usages;
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - Duration::hours(1);
+    params.not_after = now + Duration::days(1);
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    Identity {
+        chain: vec![cert.der().clone()],
+        key: PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    }
+}
+
 /// The PKI, made on first use.
 pub fn test_pki() -> &'static TestPki {
     static PKI: OnceLock<TestPki> = OnceLock::new();
