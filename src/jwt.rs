@@ -47,6 +47,10 @@ pub enum TokenError {
     /// A required claim is absent.
     #[error("missing claim {0}")]
     MissingClaim(String),
+    /// The header names critical extensions (`crit`); certgate understands none, and RFC 7515
+    /// §4.1.11 says such a token must be refused.
+    #[error("unsupported critical header parameter")]
+    UnsupportedCritical,
 }
 
 /// Key material by algorithm family.
@@ -294,6 +298,11 @@ impl JwtVerifier {
         if !self.algorithms.contains(&header.alg) {
             return Err(TokenError::AlgorithmNotAllowed(format!("{:?}", header.alg)));
         }
+        // jsonwebtoken's Header has no `crit` and ignores it; a token that depends on an
+        // extension certgate does not implement must not pass as if it had none.
+        if header_json(token).is_some_and(|h| h.get("crit").is_some()) {
+            return Err(TokenError::UnsupportedCritical);
+        }
         let key = if is_hmac(header.alg) {
             self.keys.hmac.as_ref()
         } else {
@@ -354,15 +363,20 @@ fn trim_newline(b: &[u8]) -> &[u8] {
 
 /// The `alg` of a token whose header jsonwebtoken refused, for the error message.
 fn alg_name(token: &str) -> Option<String> {
+    let v = header_json(token)?;
+    let alg = v.get("alg")?.as_str()?;
+    // Only echo something that looks like an algorithm name.
+    (alg.len() <= 16 && alg.chars().all(|c| c.is_ascii_alphanumeric())).then(|| alg.to_string())
+}
+
+/// The token's JOSE header as JSON, read again here for what jsonwebtoken's `Header` drops.
+fn header_json(token: &str) -> Option<serde_json::Value> {
     use base64::Engine as _;
     let head = token.split('.').next()?;
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(head)
         .ok()?;
-    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    let alg = v.get("alg")?.as_str()?;
-    // Only echo something that looks like an algorithm name.
-    (alg.len() <= 16 && alg.chars().all(|c| c.is_ascii_alphanumeric())).then(|| alg.to_string())
+    serde_json::from_slice(&bytes).ok()
 }
 
 /// Signs an HMAC token for `certgate token issue`.

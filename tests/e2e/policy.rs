@@ -386,6 +386,19 @@ async fn jwt_refusals_each_say_why() {
             e.encode(base.to_string())
         )
     };
+    // Signed with the right key, but naming a critical extension certgate does not implement.
+    let crit = {
+        use base64::Engine as _;
+        let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let input = format!(
+            "{}.{}",
+            e.encode(br#"{"alg":"HS256","typ":"JWT","crit":["exp2"],"exp2":1}"#),
+            e.encode(base.to_string())
+        );
+        let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, SECRET.as_bytes());
+        let sig = aws_lc_rs::hmac::sign(&key, input.as_bytes());
+        format!("{input}.{}", e.encode(sig.as_ref()))
+    };
     let hs512 = jsonwebtoken::encode(
         &Header::new(Algorithm::HS512),
         &base,
@@ -467,6 +480,11 @@ async fn jwt_refusals_each_say_why() {
             "alg not listed".into(),
             vec![("authorization", bearer(&hs512))],
             "algorithm HS512 is not allowed",
+        ),
+        (
+            "unknown crit".into(),
+            vec![("authorization", bearer(&crit))],
+            "unsupported critical header parameter",
         ),
     ];
     for (name, headers, why) in cases {
