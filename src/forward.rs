@@ -37,12 +37,34 @@ const SPOOFABLE: &[&str] = &[
     "client-cert",
     "client-cert-chain",
     "x-gradio-server",
+    // Header-based single sign-on: backends behind an authenticating proxy trust these.
+    "remote-user",
+    "x-remote-user",
+    // The client address as CDNs and other proxies name it; as first hop, certgate has none
+    // in front of it, so each of these from a client is invented.
+    "true-client-ip",
+    "x-client-ip",
+    "cf-connecting-ip",
+    "x-cluster-client-ip",
+    "fastly-client-ip",
+    "x-envoy-external-address",
+    // The original request as auth_request-style subrequests describe it.
+    "x-original-uri",
+    "x-original-method",
+    "x-original-host",
+    "x-host",
 ];
 
 /// Prefixes of spoofable header families: every `X-Forwarded-*` (the proxy is the first hop, so
-/// any such header from the client is invented), every `Ssl-Client-*`, and every
-/// `X-SSL-Client-*` even when its injection is turned off in `[headers]`.
-const SPOOFABLE_PREFIXES: &[&str] = &["x-forwarded-", "ssl-client-", "x-ssl-client-"];
+/// any such header from the client is invented), every `X-Original-Forwarded-*`, every
+/// `Ssl-Client-*`, and every `X-SSL-Client-*` even when its injection is turned off in
+/// `[headers]`.
+const SPOOFABLE_PREFIXES: &[&str] = &[
+    "x-forwarded-",
+    "x-original-forwarded-",
+    "ssl-client-",
+    "x-ssl-client-",
+];
 
 /// Per-connection facts the forwarder needs, computed once after the handshake.
 #[derive(Debug)]
@@ -199,10 +221,13 @@ impl HeaderPolicy {
     }
 
     /// Removes hop-by-hop and spoofable headers, then sets the forwarding and identity headers.
-    /// `Host` is left to the caller.
+    /// `Host` is left to the caller, who sets it first: it becomes `X-Forwarded-Host`. Cookie
+    /// fields are joined into one (HTTP/2 clients send each cookie as its own field, RFC 9113
+    /// §8.2.3, and an HTTP/1.1 backend reads only one).
     pub fn sanitize(&self, headers: &mut HeaderMap, websocket: bool, conn: &ConnInfo) {
         let host = headers.get(header::HOST).cloned();
         remove_hop_by_hop(headers, websocket);
+        join_cookies(headers);
         self.strip_spoofable(headers);
         headers.insert(HeaderName::from_static("x-real-ip"), conn.peer_ip.clone());
         headers.insert(
@@ -283,7 +308,7 @@ impl Forwarder {
         &self.policy
     }
 
-    /// Sends `req` to the backend at `path`, with `extra` headers (the JWT subject, forward
+    /// Sends `req` to the backend at `path` with the checked `host`, with `extra` headers (the JWT subject, forward
     /// auth's copies) and its body cut off at `max_body`, and returns the backend's response,
     /// streamed.
     ///
@@ -294,6 +319,7 @@ impl Forwarder {
         &self,
         req: Request<Incoming>,
         path: PathAndQuery,
+        host: HeaderValue,
         conn: &ConnInfo,
         extra: Vec<(HeaderName, HeaderValue)>,
         max_body: u64,
@@ -310,23 +336,13 @@ impl Forwarder {
         let overflow = std::sync::Arc::new(Overflow::default());
         let mut req =
             req.map(|b| LimitedBody::new(b, max_body, overflow.clone(), conn.activity.clone()));
-        // The Host the client used: the Host header for HTTP/1, :authority for HTTP/2.
-        let host = match req.version() {
-            Version::HTTP_2 | Version::HTTP_3 => req
-                .uri()
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
-            _ => req.headers().get(header::HOST).cloned(),
-        };
         let websocket = is_websocket_upgrade(&req);
         let headers = req.headers_mut();
-        match host {
-            Some(host) => {
-                headers.insert(header::HOST, host);
-            }
-            None => {
-                headers.remove(header::HOST);
-            }
+        headers.insert(header::HOST, host);
+        // The policy refused differing lengths; equal repeats (legal over HTTP/2, where nothing
+        // merges them) go on as one.
+        if let Some(len) = declared_repeated(headers) {
+            headers.insert(header::CONTENT_LENGTH, len);
         }
         self.policy.sanitize(headers, websocket, conn);
         for (name, value) in extra {
@@ -492,8 +508,42 @@ fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
-/// Removes hop-by-hop headers and every header named in `Connection`; for a WebSocket upgrade
-/// keeps `Upgrade` and sends `Connection: upgrade` on.
+/// The value of a Content-Length sent more than once (all copies equal, see the policy).
+fn declared_repeated(headers: &HeaderMap) -> Option<HeaderValue> {
+    let mut all = headers.get_all(header::CONTENT_LENGTH).iter();
+    let first = all.next()?;
+    all.next().is_some().then(|| first.clone())
+}
+
+/// Joins several Cookie fields into one with `"; "` (RFC 9113 §8.2.3, RFC 6265 §5.4).
+fn join_cookies(headers: &mut HeaderMap) {
+    let mut all = headers.get_all(header::COOKIE).iter();
+    let (Some(_), Some(_)) = (all.next(), all.next()) else {
+        return;
+    };
+    let mut joined = Vec::new();
+    for v in headers.get_all(header::COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(v.as_bytes());
+    }
+    // Joined from valid values with a valid separator, so it is valid too.
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, v);
+    }
+}
+
+/// Headers that `Connection` cannot name away: the Host the request is for and its framing
+/// are certgate's to decide, and the Connection option is a client's, not a way to drop them
+/// (RFC 9110 §7.6.1 lists only hop-by-hop fields as removable).
+fn protected(name: &HeaderName) -> bool {
+    name == header::HOST || name == header::CONTENT_LENGTH
+}
+
+/// Removes hop-by-hop headers and every header named in `Connection` (except Host and
+/// Content-Length, see [`protected`]); for a WebSocket upgrade keeps `Upgrade` and sends
+/// `Connection: upgrade` on.
 fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
@@ -501,6 +551,7 @@ fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .filter(|n| !protected(n))
         .collect();
     for name in listed {
         if !(keep_upgrade && name == header::UPGRADE) {
@@ -593,6 +644,35 @@ mod tests {
         remove_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn connection_cannot_name_host_or_content_length_away() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("Host, Content-Length"),
+        );
+        h.insert(header::HOST, HeaderValue::from_static("a.example"));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
+        remove_hop_by_hop(&mut h, false);
+        assert_eq!(h[header::HOST], "a.example");
+        assert_eq!(h[header::CONTENT_LENGTH], "3");
+    }
+
+    #[test]
+    fn cookie_fields_are_joined() {
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("alpha=1"));
+        h.append(header::COOKIE, HeaderValue::from_static("beta=2"));
+        h.append(header::COOKIE, HeaderValue::from_static("token=x"));
+        join_cookies(&mut h);
+        let all: Vec<_> = h.get_all(header::COOKIE).iter().collect();
+        assert_eq!(all, ["alpha=1; beta=2; token=x"]);
+        let mut one = HeaderMap::new();
+        one.append(header::COOKIE, HeaderValue::from_static("a=1; b=2"));
+        join_cookies(&mut one);
+        assert_eq!(one[header::COOKIE], "a=1; b=2");
     }
 
     #[test]

@@ -61,6 +61,7 @@ impl ForwardAuth {
         headers: &HeaderMap,
         method: &Method,
         target: &PathAndQuery,
+        host: &HeaderValue,
         conn: &ConnInfo,
         policy: &HeaderPolicy,
     ) -> Result<Vec<(HeaderName, HeaderValue)>, Reject> {
@@ -71,10 +72,12 @@ impl ForwardAuth {
             })?;
         let h = req.headers_mut();
         for (name, value) in headers {
-            if name != header::CONTENT_LENGTH {
+            if name != header::CONTENT_LENGTH && name != header::HOST {
                 h.append(name.clone(), value.clone());
             }
         }
+        // The Host the backend will get, so the service judges the same request.
+        h.insert(header::HOST, host.clone());
         policy.sanitize(h, false, conn);
         if let Ok(v) = HeaderValue::from_str(target.as_str()) {
             h.insert(HeaderName::from_static("x-original-uri"), v);

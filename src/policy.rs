@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use http::uri::PathAndQuery;
-use http::{HeaderName, HeaderValue, Method, Request, Version};
+use http::{HeaderName, HeaderValue, Method, Request, Version, header};
 
 use crate::config::Config;
 use crate::forward::{ConnInfo, HeaderPolicy};
@@ -22,6 +22,8 @@ use crate::routes::{self, Action, Auth, Route};
 pub struct Admitted {
     /// Path (normalized, prefix stripped) and query to send to the backend.
     pub target: PathAndQuery,
+    /// The Host to send (the client's `Host`, or `:authority` over HTTP/2), checked.
+    pub host: HeaderValue,
     /// Headers the checks add (JWT subject, forward-auth copies).
     pub extra: Vec<(HeaderName, HeaderValue)>,
     /// Body limit for this request.
@@ -116,26 +118,13 @@ impl Policy {
         headers: &HeaderPolicy,
         matched_route: &mut Option<usize>,
     ) -> Result<Admitted, Reject> {
-        if req.method() == Method::CONNECT {
-            return Err(Reject::bad_request(
-                "CONNECT is not supported: certgate is a reverse proxy, not a forward proxy.",
-            ));
-        }
-        // HTTP/1 absolute-form (`GET http://host/path`) is what forward proxies receive;
-        // accepting it would let a client name a host other than its Host header. HTTP/2 always
-        // carries scheme and authority, so only HTTP/1 is refused.
-        if req.version() <= Version::HTTP_11 && req.uri().scheme().is_some() {
-            return Err(Reject::bad_request(
-                "Absolute-form request targets are not accepted; send only the path.",
-            ));
-        }
+        let host = check_form(req)?;
         let path = routes::normalize(req.uri().path())
             .map_err(|e| Reject::bad_request(format!("Bad request path: {e}.")))?;
         let matched = routes::first_match(&self.routes, &path);
         let mut extra = Vec::new();
         let mut max_body = self.max_body;
-        let mut path = path;
-        let mut strip = None;
+        let mut forwarded = None;
         if let Some((i, route)) = matched {
             *matched_route = Some(i);
             let label = &route.label;
@@ -147,6 +136,25 @@ impl Policy {
                     ),
                     format!("{label} deny"),
                 ));
+            }
+            if let Some(prefix) = &route.rules.strip_prefix {
+                let stripped = routes::strip_prefix(&path, prefix);
+                // `/api/internal` with `strip_prefix = "/api"` reaches the backend as
+                // `/internal`: a deny rule that refuses `/internal` asked directly must refuse
+                // it this way too, since the backend cannot tell the two apart. A deny of `/`
+                // (everything not allowed above it) names no backend path, so it is not one.
+                if let Some((_, deny)) = routes::first_match(&self.routes, &stripped)
+                    .filter(|(_, r)| r.action == Action::Deny && !r.is_catch_all())
+                {
+                    return Err(Reject::forbidden(
+                        format!(
+                            "Access to this path is denied by the proxy's route {:?} (the path after strip_prefix {prefix:?}).",
+                            deny.path
+                        ),
+                        format!("{} deny (after {label} strip_prefix)", deny.label),
+                    ));
+                }
+                forwarded = Some(stripped);
             }
             let rules = &route.rules;
             if !rules.allows_method(req.method()) {
@@ -213,13 +221,10 @@ impl Policy {
                             "Forward authentication is not configured.",
                         ));
                     };
-                    let original = req
-                        .uri()
-                        .path_and_query()
-                        .cloned()
-                        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+                    // What the auth service is asked about is exactly what will be forwarded.
+                    let target = target(req, forwarded.as_ref().unwrap_or(&path))?;
                     let copied = fa
-                        .check(req.headers(), req.method(), &original, conn, headers)
+                        .check(req.headers(), req.method(), &target, &host, conn, headers)
                         .await
                         .map_err(|mut r| {
                             r.rule = Some(format!("{label} forward_auth"));
@@ -242,31 +247,142 @@ impl Policy {
             if let Some(mb) = rules.max_body {
                 max_body = mb;
             }
-            if let Some(prefix) = &rules.strip_prefix {
-                strip = Some(prefix);
-            }
         }
-        if let Some(prefix) = strip {
-            path = routes::strip_prefix(&path, prefix);
-        }
-        // The path is what the client sent (already normal, nothing stripped): forward the
-        // request's own path and query without building a new one.
-        let target = match req.uri().path_and_query() {
-            Some(pq) if strip.is_none() && pq.path() == path.as_str() => pq.clone(),
-            _ => {
-                let target = match req.uri().query() {
-                    Some(q) => format!("{}?{q}", path.as_str()),
-                    None => path.as_str().to_string(),
-                };
-                PathAndQuery::try_from(target)
-                    .map_err(|e| Reject::bad_request(format!("Bad request target: {e}.")))?
-            }
-        };
+        let target = target(req, forwarded.as_ref().unwrap_or(&path))?;
         Ok(Admitted {
             target,
+            host,
             extra,
             max_body,
             route: *matched_route,
         })
+    }
+}
+
+/// Most header fields in a request, over HTTP/1 (hyper's parser, see `reload`) and HTTP/2
+/// alike; beyond it, 431.
+pub(crate) const MAX_HEADERS: usize = 100;
+
+/// The checks on the request's form that come before its path (RFC 9110/9112/9113): the
+/// method, the request target, framing, and the one Host it names, which is returned: the Host
+/// the backend and the auth service are both sent.
+///
+/// # Errors
+/// 400 for an ambiguous or malformed request, 431 for too many header fields, 501 for a
+/// transfer coding other than chunked.
+fn check_form<B>(req: &Request<B>) -> Result<HeaderValue, Reject> {
+    let method = req.method();
+    if method == Method::CONNECT {
+        return Err(Reject::bad_request(
+            "CONNECT is not supported: certgate is a reverse proxy, not a forward proxy.",
+        ));
+    }
+    // Method names are case-sensitive (RFC 9110 §9.1): `get` is not GET, and a backend that
+    // upper-cases it would run a method the routes' `methods` lists never saw. nginx: 400.
+    if method.as_str().bytes().any(|b| b.is_ascii_lowercase()) {
+        return Err(Reject::bad_request(format!(
+            "Method names are case-sensitive: {:?} is not a method; use upper case, e.g. {:?}.",
+            method.as_str(),
+            method.as_str().to_ascii_uppercase()
+        )));
+    }
+    // HTTP/1 absolute-form (`GET http://host/path`) is what forward proxies receive;
+    // accepting it would let a client name a host other than its Host header. HTTP/2 always
+    // carries scheme and authority, so only HTTP/1 is refused.
+    if req.version() <= Version::HTTP_11 && req.uri().scheme().is_some() {
+        return Err(Reject::bad_request(
+            "Absolute-form request targets are not accepted; send only the path.",
+        ));
+    }
+    let headers = req.headers();
+    if headers.len() > MAX_HEADERS {
+        return Err(Reject::header_fields_too_large(format!(
+            "The request has {} header fields; at most {MAX_HEADERS} are accepted.",
+            headers.len()
+        )));
+    }
+    // hyper frames HTTP/1 bodies by a final `chunked` and would pass the other codings on as
+    // if they were not there; nginx answers 501 for any coding but chunked.
+    for te in headers.get_all(header::TRANSFER_ENCODING) {
+        let only_chunked = te.to_str().is_ok_and(|v| {
+            v.split(',')
+                .all(|t| t.trim().eq_ignore_ascii_case("chunked"))
+        });
+        if !only_chunked {
+            return Err(Reject::not_implemented(
+                "Only the chunked transfer coding is supported in requests.",
+            ));
+        }
+    }
+    let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
+    if let Some(first) = lengths.next()
+        && lengths.any(|v| v != first)
+    {
+        return Err(Reject::bad_request(
+            "The request has conflicting Content-Length headers.",
+        ));
+    }
+    request_host(req)
+}
+
+/// The one authority the request names: `:authority` over HTTP/2 (a `host` field beside it
+/// must agree; alone, it is used), the single Host header over HTTP/1 (RFC 9112 §3.2: none or
+/// several is a 400). Userinfo (`user@host`) is refused: it is deprecated in http(s) URIs and a
+/// backend could read the host from either side of the `@`.
+fn request_host<B>(req: &Request<B>) -> Result<HeaderValue, Reject> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(Reject::bad_request(
+            "The request has more than one Host header.",
+        ));
+    }
+    let value = match (req.version(), req.uri().authority(), host) {
+        (Version::HTTP_2 | Version::HTTP_3, Some(authority), host) => {
+            let value = HeaderValue::from_str(authority.as_str())
+                .map_err(|_| Reject::bad_request("The request's :authority is not valid."))?;
+            if host.is_some_and(|h| !h.as_bytes().eq_ignore_ascii_case(value.as_bytes())) {
+                return Err(Reject::bad_request(
+                    "The request's Host header differs from its :authority.",
+                ));
+            }
+            value
+        }
+        (_, _, Some(host)) => host.clone(),
+        (_, _, None) => {
+            return Err(Reject::bad_request(
+                "The request has no Host header; send the name of the site you are asking for.",
+            ));
+        }
+    };
+    let authority = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.parse::<http::uri::Authority>().ok())
+        .filter(|a| !a.host().is_empty())
+        .ok_or_else(|| Reject::bad_request("The request's Host is not a valid host name."))?;
+    if authority.as_str().contains('@') {
+        return Err(Reject::bad_request(
+            "The request's Host carries user information (user@host), which is not accepted.",
+        ));
+    }
+    Ok(value)
+}
+
+/// The path and query to send: `path` (normalized, prefix stripped) and the query as the
+/// client sent it.
+fn target<B>(req: &Request<B>, path: &routes::NormalizedPath) -> Result<PathAndQuery, Reject> {
+    // The path is what the client sent (already normal, nothing stripped): forward the
+    // request's own path and query without building a new one.
+    match req.uri().path_and_query() {
+        Some(pq) if pq.path() == path.as_str() => Ok(pq.clone()),
+        _ => {
+            let target = match req.uri().query() {
+                Some(q) => format!("{}?{q}", path.as_str()),
+                None => path.as_str().to_string(),
+            };
+            PathAndQuery::try_from(target)
+                .map_err(|e| Reject::bad_request(format!("Bad request target: {e}.")))
+        }
     }
 }

@@ -26,8 +26,6 @@ const H1_MAX_HEAD: usize = 64 * 1024;
 /// read and per write (hyper grows a connection's buffers up to it only while data keeps
 /// coming, and a parked connection has none).
 const H1_MAX_BUF: usize = 128 * 1024;
-/// Most header fields in an HTTP/1 request; beyond it, 431.
-const H1_MAX_HEADERS: usize = 100;
 /// Concurrent HTTP/2 streams per connection (nginx: 128).
 const H2_MAX_STREAMS: u32 = 128;
 /// Largest HTTP/2 header list (decoded), the bound on CONTINUATION floods.
@@ -232,7 +230,7 @@ impl Runtime {
             .header_read_timeout(config.limits.header_read_timeout)
             .max_header_size(H1_MAX_HEAD)
             .max_buf_size(H1_MAX_BUF)
-            .max_headers(H1_MAX_HEADERS);
+            .max_headers(crate::policy::MAX_HEADERS);
         http2
             .timer(TokioTimer::new())
             .max_concurrent_streams(H2_MAX_STREAMS)

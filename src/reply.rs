@@ -102,6 +102,20 @@ impl Reject {
         r
     }
 
+    /// 431 `request_header_fields_too_large`.
+    pub fn header_fields_too_large(message: impl Into<String>) -> Reject {
+        Reject::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "request_header_fields_too_large",
+            message,
+        )
+    }
+
+    /// 501 `not_implemented`.
+    pub fn not_implemented(message: impl Into<String>) -> Reject {
+        Reject::new(StatusCode::NOT_IMPLEMENTED, "not_implemented", message)
+    }
+
     /// 503 `service_unavailable`.
     pub fn service_unavailable(message: impl Into<String>) -> Reject {
         Reject::new(

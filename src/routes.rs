@@ -541,7 +541,12 @@ mod tests {
 
     #[test]
     fn dot_segments_with_parameters_are_refused() {
-        for p in ["/x/..;/internal", "/x/..;a=b/internal", "/x/.;/y", "/x/%2e%2e%3b/y"] {
+        for p in [
+            "/x/..;/internal",
+            "/x/..;a=b/internal",
+            "/x/.;/y",
+            "/x/%2e%2e%3b/y",
+        ] {
             assert_eq!(n(p), Err(PathError::DotSegmentParams), "{p}");
         }
         assert!(n("/x/..a;b").is_ok());
@@ -613,8 +618,8 @@ pub fn strip_prefix(path: &NormalizedPath, prefix: &str) -> NormalizedPath {
         }
     };
     let decoded = rest(&path.decoded, &dec);
-    let encoded = String::from_utf8(rest(path.encoded.as_bytes(), &enc))
-        .unwrap_or_else(|_| "/".to_string());
+    let encoded =
+        String::from_utf8(rest(path.encoded.as_bytes(), &enc)).unwrap_or_else(|_| "/".to_string());
     NormalizedPath::new(decoded, encoded)
 }
 

@@ -508,6 +508,7 @@ async fn handle(shared: &Shared, conn: &ConnInfo, req: Request<Incoming>) -> Res
                     .forward(
                         req,
                         admitted.target,
+                        admitted.host,
                         conn,
                         admitted.extra,
                         admitted.max_body,

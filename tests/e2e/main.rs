@@ -6,6 +6,7 @@ mod common;
 
 mod certs;
 mod cli;
+mod fidelity;
 mod forwarding;
 mod hardening;
 mod identity;
