@@ -334,7 +334,9 @@ async fn serve_tls(
             let reason = tls::failure_reason(&e);
             shared.metrics.handshake_failure(reason);
             tracing::warn!(%peer, reason, detail = %e, "TLS handshake failed");
-            throttle(&rt, peer);
+            if tls::counts_as_failed_verification(&e) {
+                throttle(&rt, peer);
+            }
             return;
         }
         Err(_) => {

@@ -261,6 +261,29 @@ pub fn build(tls: &crate::config::Tls) -> Result<TlsSetup, TlsError> {
     })
 }
 
+/// Whether a failed handshake counts towards `handshake_failures_per_ip`. A client that gives
+/// up before its certificate was judged — it closed or reset the connection, or sent an alert
+/// (a cancelled certificate chooser, a browser's speculative preconnect, a client that does not
+/// trust our server certificate) — has not failed a verification, and an office of browsers
+/// behind one NAT address does that many times a minute. Everything else counts: every
+/// certificate refusal, protocol errors, and (by the caller) timeouts.
+pub fn counts_as_failed_verification(err: &io::Error) -> bool {
+    match err
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+    {
+        Some(rustls::Error::AlertReceived(_)) => false,
+        Some(_) => true,
+        None => !matches!(
+            err.kind(),
+            io::ErrorKind::UnexpectedEof
+                | io::ErrorKind::ConnectionReset
+                | io::ErrorKind::ConnectionAborted
+                | io::ErrorKind::BrokenPipe
+        ),
+    }
+}
+
 /// The one-word reason a handshake failed, for the log line and the metric label.
 pub fn failure_reason(err: &io::Error) -> &'static str {
     let Some(tls) = err

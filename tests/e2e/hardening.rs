@@ -341,6 +341,47 @@ async fn slow_head_and_idle_keepalive_are_closed() {
     assert!(backend.seen().iter().all(|s| s.target != "/slowloris"));
 }
 
+/// Browsers abort handshakes routinely (a cancelled certificate chooser, speculative
+/// preconnects): a client that closes or resets before its certificate was judged is logged but
+/// does not count towards `handshake_failures_per_ip`, so an office behind one NAT address is
+/// not locked out by them. A failed verification still counts (see the next test).
+#[tokio::test]
+async fn handshake_aborts_do_not_count_towards_the_throttle() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let (logs, _guard) = LogCapture::start();
+    let backend = Backend::start().await;
+    let proxy = Proxy::start(
+        backend.addr,
+        "[limits]\nhandshake_failures_per_ip = \"2/m\"\n",
+    )
+    .await;
+    for i in 0..8 {
+        let mut tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        if i % 2 == 0 {
+            // The way a preconnect ends: ClientHello sent, the server's flight (with its
+            // certificate request) read, then closed.
+            let mut tls = rustls::ClientConnection::new(
+                alice(),
+                rustls_pki_types::ServerName::try_from("localhost").unwrap(),
+            )
+            .unwrap();
+            let mut hello = Vec::new();
+            tls.write_tls(&mut hello).unwrap();
+            tcp.write_all(&hello).await.unwrap();
+            let mut buf = [0u8; 4096];
+            assert!(tcp.read(&mut buf).await.unwrap() > 0);
+        }
+        drop(tcp);
+    }
+    logs.wait_count("reason=\"client closed the connection\"", 8)
+        .await;
+    assert_eq!(
+        get_once(proxy.addr, alice(), "/after-aborts").await.status,
+        200
+    );
+    assert!(!logs.text().contains("too many failed handshakes"));
+}
+
 /// A scanner with bad certificates: after `handshake_failures_per_ip` failures its connections
 /// are closed before the handshake (counted, logged once); a valid client from elsewhere would
 /// be unaffected, and the block lifts as the rate drops.

@@ -85,6 +85,27 @@ impl LogCapture {
     }
 }
 
+impl LogCapture {
+    /// Waits (bounded) until `n` lines contain `needle`.
+    pub async fn wait_count(&self, needle: &str, n: usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.text().matches(needle).count() >= n {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                panic!(
+                    "fewer than {n} log lines with {needle:?} within 10s; logs:\n{}",
+                    self.text()
+                );
+            }
+        }
+    }
+}
+
 /// Stops the capture of the current thread when dropped.
 pub struct CaptureGuard;
 
