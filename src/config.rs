@@ -859,11 +859,12 @@ impl Validator<'_> {
             other => Some(self.duration("reload.watch", other.as_ref(), DEFAULT_RELOAD_WATCH)),
         };
 
-        // [[route]]
+        // [[route]]: a section that is present but has problems of its own is reported once,
+        // there; routes that use it are not told it is missing.
         let known = Known {
             zones: &rate_limits,
-            jwt: jwt.is_some(),
-            forward_auth: forward_auth.is_some(),
+            jwt: raw.jwt.is_some(),
+            forward_auth: raw.forward_auth.is_some(),
         };
         let mut routes = Vec::new();
         for (i, r) in raw.routes.iter().enumerate() {

@@ -526,7 +526,7 @@ max_body = "lots"
     let unreadable = std::fs::read_to_string(&path)
         .unwrap()
         .replace("algorithms = []", "algorithms = [\"RS256\"]");
-    std::fs::write(&path, unreadable).unwrap();
+    std::fs::write(&path, &unreadable).unwrap();
     let (code, _, err) = check(&path).await;
     assert_eq!(code, 2);
     assert!(
@@ -536,6 +536,14 @@ max_body = "lots"
         )),
         "{err}"
     );
+    // The [jwt] section is there, only its file is not: a route using it is not told otherwise.
+    let with_auth =
+        unreadable.replace("methods = [\"GET\"]", "methods = [\"GET\"]\nauth = \"jwt\"");
+    std::fs::write(&path, with_auth).unwrap();
+    let (code, _, err) = check(&path).await;
+    assert_eq!(code, 2);
+    assert!(err.contains("jwt.public_key_file"), "{err}");
+    assert!(!err.contains("needs a [jwt] section"), "{err}");
 }
 
 /// The DeOldify gateway of the classic guide, from `config/deoldify.toml`: a client with a
