@@ -9,6 +9,7 @@ use x509_parser::parse_x509_certificate;
 use x509_parser::parse_x509_crl;
 
 use crate::config::{ClientAuth, Config, LogFormat, TlsVersion};
+use crate::identity::HeaderProfile;
 use crate::server::{Server, ServerError};
 
 /// A failed command with its exit code.
@@ -268,15 +269,32 @@ pub fn summary(c: &Config) -> String {
         let _ = writeln!(w, "{k} = {}", humantime::format_duration(d));
     }
     let _ = writeln!(w, "\n[headers]");
-    for (k, v) in [
-        ("verify     ", &c.headers.verify),
-        ("subject_dn ", &c.headers.subject_dn),
-        ("issuer_dn  ", &c.headers.issuer_dn),
-        ("cert       ", &c.headers.cert),
-        ("serial     ", &c.headers.serial),
-        ("fingerprint", &c.headers.fingerprint),
-    ] {
-        let _ = writeln!(w, "{k} = {}", v.as_ref().map_or("(off)", |h| h.as_str()));
+    let _ = writeln!(w, "profile     = {}", c.headers.profile.as_str());
+    match c.headers.profile {
+        HeaderProfile::Nginx => {
+            for (k, v) in [
+                ("verify     ", &c.headers.verify),
+                ("subject_dn ", &c.headers.subject_dn),
+                ("issuer_dn  ", &c.headers.issuer_dn),
+                ("cert       ", &c.headers.cert),
+                ("serial     ", &c.headers.serial),
+                ("fingerprint", &c.headers.fingerprint),
+            ] {
+                let _ = writeln!(w, "{k} = {}", v.as_ref().map_or("(off)", |h| h.as_str()));
+            }
+        }
+        HeaderProfile::Rfc9440 => {
+            let _ = writeln!(
+                w,
+                "  sets Client-Cert and Client-Cert-Chain (RFC 9440), nothing without a certificate"
+            );
+        }
+        HeaderProfile::Xfcc => {
+            let _ = writeln!(
+                w,
+                "  sets X-Forwarded-Client-Cert (Envoy: Hash, Cert, Chain, Subject, URI, DNS)"
+            );
+        }
     }
     let _ = writeln!(
         w,

@@ -335,6 +335,7 @@ struct RawUpstream {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawHeaders {
+    profile: Option<Spanned<String>>,
     verify: Option<Spanned<String>>,
     subject_dn: Option<Spanned<String>>,
     issuer_dn: Option<Spanned<String>>,
@@ -585,9 +586,12 @@ pub struct Upstream {
     pub idle_timeout: Duration,
 }
 
-/// Names of the identity headers the proxy injects; `None` when turned off.
+/// The identity headers the proxy injects: their format, and in the nginx profile their names
+/// (`None` when turned off).
 #[derive(Debug, Clone)]
 pub struct HeaderNames {
+    /// Which format (spec §14).
+    pub profile: crate::identity::HeaderProfile,
     /// `X-SSL-Client-Verify`
     pub verify: Option<HeaderName>,
     /// `X-SSL-Client-DN`
@@ -605,6 +609,7 @@ pub struct HeaderNames {
 impl Default for HeaderNames {
     fn default() -> Self {
         Self {
+            profile: crate::identity::HeaderProfile::Nginx,
             verify: Some(HeaderName::from_static("x-ssl-client-verify")),
             subject_dn: Some(HeaderName::from_static("x-ssl-client-dn")),
             issuer_dn: Some(HeaderName::from_static("x-ssl-client-i-dn")),
@@ -1477,7 +1482,47 @@ impl Validator<'_> {
     }
 
     fn headers(&mut self, raw: &RawHeaders) -> HeaderNames {
+        use crate::identity::HeaderProfile;
         let defaults = HeaderNames::default();
+        let profile = match &raw.profile {
+            None => HeaderProfile::Nginx,
+            Some(p) => match p.get_ref().as_str() {
+                "nginx" => HeaderProfile::Nginx,
+                "rfc9440" => HeaderProfile::Rfc9440,
+                "xfcc" => HeaderProfile::Xfcc,
+                other => {
+                    self.problem(
+                        "headers.profile",
+                        Some(p.span()),
+                        format!("{other:?}: use \"nginx\", \"rfc9440\" or \"xfcc\""),
+                    );
+                    HeaderProfile::Nginx
+                }
+            },
+        };
+        if profile != HeaderProfile::Nginx {
+            // The names belong to the nginx profile; setting one beside another profile would
+            // look as if it did something.
+            for (key, v) in [
+                ("verify", &raw.verify),
+                ("subject_dn", &raw.subject_dn),
+                ("issuer_dn", &raw.issuer_dn),
+                ("cert", &raw.cert),
+                ("serial", &raw.serial),
+                ("fingerprint", &raw.fingerprint),
+            ] {
+                if let Some(v) = v {
+                    self.problem(
+                        &format!("headers.{key}"),
+                        Some(v.span()),
+                        format!(
+                            "header names apply to profile = \"nginx\"; profile {:?} sets its own headers",
+                            profile.as_str()
+                        ),
+                    );
+                }
+            }
+        }
         let mut one = |key: &str, v: &Option<Spanned<String>>, default: Option<HeaderName>| {
             let Some(v) = v else { return default };
             let name = v.get_ref().trim();
@@ -1497,6 +1542,7 @@ impl Validator<'_> {
             }
         };
         HeaderNames {
+            profile,
             verify: one("headers.verify", &raw.verify, defaults.verify),
             subject_dn: one("headers.subject_dn", &raw.subject_dn, defaults.subject_dn),
             issuer_dn: one("headers.issuer_dn", &raw.issuer_dn, defaults.issuer_dn),

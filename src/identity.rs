@@ -11,6 +11,7 @@ use std::fmt::Write as _;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use percent_encoding::{AsciiSet, CONTROLS};
+use rustls_pki_types::CertificateDer;
 use x509_parser::asn1_rs::{Any, FromDer as _, ToDer as _};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::x509::X509Name;
@@ -116,15 +117,114 @@ fn escaped_pem(der: &[u8]) -> String {
     percent_encoding::utf8_percent_encode(&pem, NGINX_URI_COMPONENT).to_string()
 }
 
+/// The format of the identity headers (spec §14): who reads them decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HeaderProfile {
+    /// nginx's `X-SSL-Client-*` (names from `[headers]`): Gradio, Flask, the seeds' backends.
+    #[default]
+    Nginx,
+    /// RFC 9440 `Client-Cert` / `Client-Cert-Chain`: Keycloak, Vault/OpenBao.
+    Rfc9440,
+    /// Envoy's `X-Forwarded-Client-Cert`: Envoy/Istio-aware services, Keycloak's envoy provider.
+    Xfcc,
+}
+
+impl HeaderProfile {
+    /// The name used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HeaderProfile::Nginx => "nginx",
+            HeaderProfile::Rfc9440 => "rfc9440",
+            HeaderProfile::Xfcc => "xfcc",
+        }
+    }
+}
+
 /// The identity headers for one connection, rendered once.
 #[derive(Debug, Clone, Default)]
 pub struct IdentityHeaders(Vec<(HeaderName, HeaderValue)>);
 
 impl IdentityHeaders {
-    /// Renders the configured headers for a client with or without a certificate (its
-    /// identity and DER). Without one only the verify header is set (`NONE`), so a backend can
-    /// tell the two apart.
-    pub fn render(names: &HeaderNames, id: Option<(&ClientIdentity, &[u8])>) -> IdentityHeaders {
+    /// Renders the headers of `names.profile` for a client with or without a certificate (its
+    /// identity, and the chain it sent, leaf first). In the nginx profile a client without one
+    /// gets only the verify header (`NONE`), so a backend can tell the two apart; the other
+    /// profiles, like RFC 9440 and Envoy, send nothing then.
+    pub fn render(
+        names: &HeaderNames,
+        id: Option<(&ClientIdentity, &[CertificateDer<'_>])>,
+    ) -> IdentityHeaders {
+        match (names.profile, id) {
+            (HeaderProfile::Nginx, id) => {
+                Self::nginx(names, id.and_then(|(i, c)| Some((i, c.first()?.as_ref()))))
+            }
+            (_, None) => IdentityHeaders::default(),
+            (HeaderProfile::Rfc9440, Some((_, chain))) => Self::rfc9440(chain),
+            (HeaderProfile::Xfcc, Some((id, chain))) => Self::xfcc(id, chain),
+        }
+    }
+
+    /// RFC 9440 §2: `Client-Cert` is the leaf's DER as a structured-field byte sequence
+    /// (`:base64:`), `Client-Cert-Chain` a list of the other certificates the client sent, in
+    /// its order, and absent when it sent none.
+    fn rfc9440(chain: &[CertificateDer<'_>]) -> IdentityHeaders {
+        let sf = |der: &CertificateDer<'_>| {
+            use base64::Engine as _;
+            format!(
+                ":{}:",
+                base64::engine::general_purpose::STANDARD.encode(der)
+            )
+        };
+        let mut out = Vec::with_capacity(2);
+        let Some((leaf, rest)) = chain.split_first() else {
+            return IdentityHeaders(out);
+        };
+        // Base64 and colons only: always a valid header value.
+        if let Ok(v) = HeaderValue::from_str(&sf(leaf)) {
+            out.push((HeaderName::from_static("client-cert"), v));
+        }
+        if !rest.is_empty() {
+            let list = rest.iter().map(sf).collect::<Vec<_>>().join(", ");
+            if let Ok(v) = HeaderValue::from_str(&list) {
+                out.push((HeaderName::from_static("client-cert-chain"), v));
+            }
+        }
+        IdentityHeaders(out)
+    }
+
+    /// One XFCC element as Envoy writes it with `set_current_client_cert_details` (subject,
+    /// cert, chain, uri, dns): `Hash=<sha256 hex>;Cert="<url-encoded PEM>"`, `Chain` when the
+    /// client sent intermediates, `Subject="<RFC 2253 DN>"`, the first URI SAN, every DNS SAN.
+    /// A value holding `,` `;` `=` or `"` is quoted, with `"` and `\` escaped by a backslash.
+    fn xfcc(id: &ClientIdentity, chain: &[CertificateDer<'_>]) -> IdentityHeaders {
+        let mut v = format!("Hash={}", id.fingerprint);
+        if let Some(leaf) = chain.first() {
+            let _ = write!(v, ";Cert=\"{}\"", escaped_pem(leaf));
+        }
+        if chain.len() > 1 {
+            let pems: String = chain.iter().map(|c| escaped_pem(c)).collect();
+            let _ = write!(v, ";Chain=\"{pems}\"");
+        }
+        v.push_str(";Subject=");
+        xfcc_quoted(&id.subject_dn, &mut v);
+        if let Some(uri) = id.names.san_uri.first() {
+            v.push_str(";URI=");
+            xfcc_value(uri, &mut v);
+        }
+        for dns in &id.names.san_dns {
+            v.push_str(";DNS=");
+            xfcc_value(dns, &mut v);
+        }
+        let mut out = Vec::with_capacity(1);
+        // The DN and SANs are escaped ASCII (non-ASCII DN bytes are \XX escapes); a SAN with a
+        // control character cannot be a header value, and then the header is left out rather
+        // than sent without the identity it must carry.
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            out.push((HeaderName::from_static("x-forwarded-client-cert"), v));
+        }
+        IdentityHeaders(out)
+    }
+
+    fn nginx(names: &HeaderNames, id: Option<(&ClientIdentity, &[u8])>) -> IdentityHeaders {
         let mut out = Vec::with_capacity(6);
         let mut push = |name: &Option<HeaderName>, value: Result<HeaderValue, _>| {
             if let (Some(name), Ok(v)) = (name, value) {
@@ -153,6 +253,27 @@ impl IdentityHeaders {
     pub fn iter(&self) -> impl Iterator<Item = &(HeaderName, HeaderValue)> {
         self.0.iter()
     }
+}
+
+/// An XFCC value, quoted when it holds a character that separates XFCC keys or elements.
+fn xfcc_value(value: &str, out: &mut String) {
+    if value.contains([',', ';', '=', '"', '\\']) {
+        xfcc_quoted(value, out);
+    } else {
+        out.push_str(value);
+    }
+}
+
+/// An XFCC value in double quotes, `"` and `\` escaped with a backslash.
+fn xfcc_quoted(value: &str, out: &mut String) {
+    out.push('"');
+    for c in value.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
 }
 
 /// nginx's `NGX_ESCAPE_URI_COMPONENT` table: what `$ssl_client_escaped_cert` escapes.
@@ -398,6 +519,19 @@ mod tests {
         assert_eq!(serial_hex(&[0x00, 0x9a, 0x01]), "9A01");
         assert_eq!(serial_hex(&[0x00]), "00");
         assert_eq!(serial_hex(&[0x0a]), "0A");
+    }
+
+    #[test]
+    fn xfcc_values_are_quoted_when_they_must_be() {
+        let q = |s: &str| {
+            let mut out = String::new();
+            xfcc_value(s, &mut out);
+            out
+        };
+        assert_eq!(q("spiffe://x/y"), "spiffe://x/y");
+        assert_eq!(q("a;b"), "\"a;b\"");
+        assert_eq!(q("a=b,c"), "\"a=b,c\"");
+        assert_eq!(q("say \"hi\" \\o/"), "\"say \\\"hi\\\" \\\\o/\"");
     }
 
     #[test]

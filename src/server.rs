@@ -380,7 +380,7 @@ async fn serve_tls(
             .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
         identity_headers: IdentityHeaders::render(
             &rt.headers,
-            identity.as_deref().zip(chain.first().map(|c| c.as_ref())),
+            identity.as_deref().map(|id| (id, chain.as_slice())),
         ),
         identity,
         chain,

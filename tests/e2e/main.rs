@@ -14,5 +14,6 @@ mod keepalive;
 mod ops;
 mod paths;
 mod policy;
+mod profiles;
 mod properties;
 mod tls;

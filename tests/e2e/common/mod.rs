@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 pub use backend::{Backend, Seen};
 pub use client::*;
 pub use logs::LogCapture;
-pub use pki::{Identity, client_with_key_usage, test_pki};
+pub use pki::{Identity, client_with_key_usage, custom_client, test_pki};
 
 /// A proxy running in this test's runtime.
 pub struct Proxy {

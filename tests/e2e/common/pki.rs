@@ -184,17 +184,26 @@ fn make() -> TestPki {
 /// A client certificate from the test CA with exactly `usages` as its keyUsage (and clientAuth
 /// as its extended key usage), for the key-usage checks a private CA's tooling may get wrong.
 pub fn client_with_key_usage(cn: &str, usages: Vec<rcgen::KeyUsagePurpose>) -> Identity {
+    custom_client(|params| {
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.key_usages = usages;
+    })
+}
+
+/// A client certificate from the test CA, valid now, for clientAuth, shaped by `shape`
+/// (subject, SANs, key usage): what `pki::Spec` does not offer.
+pub fn custom_client(shape: impl FnOnce(&mut rcgen::CertificateParams)) -> Identity {
     let ca = &test_pki().ca;
     let ca_key = rcgen::KeyPair::from_pem(&ca.key_pem()).unwrap();
     let issuer = rcgen::Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key).unwrap();
     let key = rcgen::KeyPair::generate().unwrap();
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.distinguished_name.push(DnType::CommonName, cn);
-    params.key_usages = usages;
+    params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
     let now = OffsetDateTime::now_utc();
     params.not_before = now - Duration::hours(1);
     params.not_after = now + Duration::days(1);
+    shape(&mut params);
     let cert = params.signed_by(&key, &issuer).unwrap();
     Identity {
         chain: vec![cert.der().clone()],

@@ -1,0 +1,214 @@
+//! Identity header profiles (spec §14): RFC 9440 `Client-Cert` for Keycloak and Vault, Envoy's
+//! `X-Forwarded-Client-Cert` for Envoy/Istio-aware services. What the backend receives is
+//! decoded by implementations certgate shares nothing with (Python's `http_sfv` and
+//! `cryptography`, `tests/e2e/tools/decode_identity.py`) and compared with the certificate.
+
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+
+use http::HeaderMap;
+
+use crate::common::*;
+
+/// The Python with `http_sfv` and `cryptography`: `scripts/test` makes one and names it in
+/// `CERTGATE_TEST_PYTHON`; otherwise `python3` must have both.
+fn python() -> String {
+    std::env::var("CERTGATE_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// What the independent decoder makes of the identity headers the backend saw.
+fn decode(headers: &HeaderMap) -> serde_json::Value {
+    let mut map = serde_json::Map::new();
+    for name in [
+        "client-cert",
+        "client-cert-chain",
+        "x-forwarded-client-cert",
+    ] {
+        let all: Vec<_> = headers.get_all(name).iter().collect();
+        assert!(all.len() <= 1, "{name} sent {} times", all.len());
+        if let Some(v) = all.first() {
+            map.insert(name.into(), v.to_str().unwrap().into());
+        }
+    }
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/e2e/tools/decode_identity.py"
+    );
+    let mut child = Command::new(python())
+        .arg(script)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}; run scripts/test", python()));
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(serde_json::Value::Object(map).to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "decode_identity.py failed (scripts/test installs http-sfv and cryptography):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Every profile's headers, in every spelling, as a client might invent them.
+const INVENTED: &[(&str, &str)] = &[
+    ("client-cert", ":AAAA:"),
+    ("client_cert_chain", ":AAAA:"),
+    ("x-forwarded-client-cert", "Hash=00;Subject=\"CN=root\""),
+    ("X_Forwarded_Client_Cert", "Hash=00"),
+    ("x-ssl-client-verify", "SUCCESS"),
+    ("X_SSL_Client_DN", "CN=root"),
+];
+
+/// `profile = "rfc9440"`: `Client-Cert` is the leaf's DER and `Client-Cert-Chain` the
+/// intermediate the client sent, each an RFC 8941 byte sequence; nothing of the nginx profile
+/// is sent, and the client's own versions of any profile's headers are gone.
+#[tokio::test]
+async fn rfc9440_profile_decodes_to_the_certificate_and_chain() {
+    let backend = Backend::start().await;
+    let proxy = Proxy::start(backend.addr, "[headers]\nprofile = \"rfc9440\"\n").await;
+    let pki = test_pki();
+    let mut send = h1(proxy.addr, client_config(Some(&pki.inter_client), &[])).await;
+    assert_eq!(get1(&mut send, "/", INVENTED).await.status, 200);
+    let seen = backend.only();
+    let decoded = decode(&seen.headers);
+    let r = &decoded["rfc9440"];
+    assert_eq!(r["cert"], hex(&pki.inter_client.chain[0]), "{decoded}");
+    assert_eq!(
+        r["chain"],
+        serde_json::json!([hex(&pki.intermediate.cert)]),
+        "{decoded}"
+    );
+    assert_eq!(r["parsed"]["subject"], "CN=inter-client");
+    assert!(decoded.get("xfcc").is_none(), "{decoded}");
+    for (name, _) in INVENTED {
+        let n = name.to_ascii_lowercase();
+        if n != "client-cert" {
+            assert!(!seen.headers.contains_key(n.as_str()), "{name} reached it");
+        }
+    }
+
+    // A client without intermediates: Client-Cert alone.
+    let got = get_once(proxy.addr, alice(), "/").await;
+    assert_eq!(got.status, 200);
+    let decoded = decode(&backend.seen()[1].headers);
+    assert_eq!(decoded["rfc9440"]["cert"], hex(&pki.alice.chain[0]));
+    assert!(decoded["rfc9440"].get("chain").is_none(), "{decoded}");
+}
+
+/// `profile = "xfcc"`: one element whose Hash is the certificate's SHA-256, whose Cert is its
+/// URL-encoded PEM, whose Subject is its DN (quotes and commas escaped and quoted as Envoy
+/// does), with its URI SAN and each DNS SAN, all parsed by an independent XFCC parser and
+/// checked against what `cryptography` reads from the certificate itself.
+#[tokio::test]
+async fn xfcc_profile_decodes_to_the_certificate() {
+    let backend = Backend::start().await;
+    let proxy = Proxy::start(backend.addr, "[headers]\nprofile = \"xfcc\"\n").await;
+    let odd = custom_client(|p| {
+        p.distinguished_name
+            .push(rcgen::DnType::OrganizationName, "Acme; Inc");
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, "Doe, \"J\" <ops>");
+        p.subject_alt_names = vec![
+            rcgen::SanType::URI("spiffe://example.org/ns/a;b".try_into().unwrap()),
+            rcgen::SanType::DnsName("a.example".try_into().unwrap()),
+            rcgen::SanType::DnsName("b.example".try_into().unwrap()),
+        ];
+    });
+    let mut send = h1(proxy.addr, client_config(Some(&odd), &[])).await;
+    assert_eq!(get1(&mut send, "/", INVENTED).await.status, 200);
+    let seen = backend.only();
+    let decoded = decode(&seen.headers);
+    let x = &decoded["xfcc"];
+    assert_eq!(x["elements"], 1, "{decoded}");
+    assert_eq!(x["cert"], hex(&odd.chain[0]), "{decoded}");
+    assert_eq!(x["hash"], x["cert_sha256"], "{decoded}");
+    assert_eq!(x["subject"], x["parsed"]["subject"], "{decoded}");
+    // rcgen writes the CN first, so RFC 2253 order (last RDN first) puts O in front.
+    assert_eq!(x["subject"], "O=Acme\\; Inc,CN=Doe\\, \\\"J\\\" \\<ops\\>");
+    assert_eq!(x["uris"], x["parsed"]["uris"], "{decoded}");
+    assert_eq!(
+        x["uris"],
+        serde_json::json!(["spiffe://example.org/ns/a;b"])
+    );
+    assert_eq!(x["dns"], serde_json::json!(["a.example", "b.example"]));
+    assert!(x.get("chain").is_none(), "{decoded}");
+    assert!(decoded.get("rfc9440").is_none(), "{decoded}");
+    assert!(!seen.headers.contains_key("x-ssl-client-verify"));
+    assert!(!seen.headers.contains_key("x-ssl-client-dn"));
+
+    // A client that sends its intermediate: Chain holds leaf and intermediate.
+    let pki = test_pki();
+    let got = get_once(proxy.addr, client_config(Some(&pki.inter_client), &[]), "/").await;
+    assert_eq!(got.status, 200);
+    let decoded = decode(&backend.seen()[1].headers);
+    assert_eq!(
+        decoded["xfcc"]["chain"],
+        serde_json::json!([hex(&pki.inter_client.chain[0]), hex(&pki.intermediate.cert)])
+    );
+}
+
+/// Without a certificate (`client_auth = "optional"`) the RFC 9440 and XFCC profiles send
+/// nothing, and a client's invented versions are still stripped.
+#[tokio::test]
+async fn profiles_send_nothing_for_a_client_without_a_certificate() {
+    let backend = Backend::start().await;
+    for profile in ["rfc9440", "xfcc"] {
+        let proxy = Proxy::start_with(&test_config(
+            backend.addr,
+            "client_auth = \"optional\"",
+            &format!("[headers]\nprofile = \"{profile}\"\n"),
+        ))
+        .await;
+        let mut send = h1(proxy.addr, client_config(None, &[])).await;
+        assert_eq!(get1(&mut send, "/", INVENTED).await.status, 200);
+    }
+    for seen in backend.seen() {
+        for name in [
+            "client-cert",
+            "client-cert-chain",
+            "x-forwarded-client-cert",
+        ] {
+            assert!(
+                !seen.headers.contains_key(name),
+                "{name}: {:?}",
+                seen.headers
+            );
+        }
+        assert!(!seen.headers.keys().any(|k| k.as_str().contains("ssl")));
+    }
+}
+
+/// An unknown profile, and a header name set beside a profile that does not use names, are
+/// config errors naming the key.
+#[test]
+fn profile_config_errors_name_the_key() {
+    let pki = test_pki();
+    let backend: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    for (extra, key) in [
+        ("[headers]\nprofile = \"apache\"\n", "headers.profile"),
+        (
+            "[headers]\nprofile = \"xfcc\"\nsubject_dn = \"X-DN\"\n",
+            "headers.subject_dn",
+        ),
+    ] {
+        let err = certgate::config::Config::from_str(
+            &test_config(backend, "", extra),
+            &pki.dir.join("certgate.toml"),
+        )
+        .err()
+        .unwrap_or_else(|| panic!("accepted: {extra}"))
+        .to_string();
+        assert!(err.contains(key), "{err}");
+    }
+}

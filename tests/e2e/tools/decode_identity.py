@@ -1,0 +1,112 @@
+"""Decodes certgate's identity headers with implementations certgate shares nothing with:
+http_sfv (RFC 8941 structured fields) for RFC 9440, a parser written here from Envoy's
+documentation for X-Forwarded-Client-Cert, and cryptography for the certificates.
+
+Reads the backend's view of the headers as a JSON object (lower-case names) on stdin and
+prints what they say as JSON. Used by tests/e2e/profiles.rs.
+"""
+import hashlib
+import json
+import sys
+import urllib.parse
+
+import http_sfv
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+
+def describe(cert):
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        uris = san.get_values_for_type(x509.UniformResourceIdentifier)
+        dns = san.get_values_for_type(x509.DNSName)
+    except x509.ExtensionNotFound:
+        uris, dns = [], []
+    return {"subject": cert.subject.rfc4514_string(), "uris": uris, "dns": dns}
+
+
+def rfc9440(headers):
+    out = {}
+    if "client-cert" in headers:
+        item = http_sfv.Item()
+        item.parse(headers["client-cert"].encode())
+        assert isinstance(item.value, bytes), "Client-Cert is not a byte sequence"
+        out["cert"] = item.value.hex()
+        out["parsed"] = describe(x509.load_der_x509_certificate(item.value))
+    if "client-cert-chain" in headers:
+        chain = http_sfv.List()
+        chain.parse(headers["client-cert-chain"].encode())
+        out["chain"] = [member.value.hex() for member in chain]
+    return out
+
+
+def xfcc_elements(value):
+    """Envoy: elements separated by ',', key=value pairs by ';'; a value holding ',', ';' or '='
+    is double-quoted, with '"' written as backslash-quote."""
+    elements, pairs = [], []
+    i, n = 0, len(value)
+    while i < n:
+        eq = value.index("=", i)
+        key = value[i:eq].strip()
+        i = eq + 1
+        if i < n and value[i] == '"':
+            i += 1
+            buf = []
+            while value[i] != '"':
+                if value[i] == "\\":
+                    i += 1
+                buf.append(value[i])
+                i += 1
+            i += 1
+            val = "".join(buf)
+        else:
+            end = i
+            while end < n and value[end] not in ";,":
+                end += 1
+            val = value[i:end]
+            i = end
+        pairs.append((key, val))
+        if i < n and value[i] == ",":
+            elements.append(pairs)
+            pairs = []
+        i += 1
+    elements.append(pairs)
+    return elements
+
+
+def xfcc(headers):
+    elements = xfcc_elements(headers["x-forwarded-client-cert"])
+    out = {"elements": len(elements), "uris": [], "dns": []}
+    for key, val in elements[0]:
+        key = key.lower()
+        if key == "hash":
+            out["hash"] = val
+        elif key == "cert":
+            pem = urllib.parse.unquote(val).encode()
+            cert = x509.load_pem_x509_certificate(pem)
+            der = cert.public_bytes(Encoding.DER)
+            out["cert"] = der.hex()
+            out["cert_sha256"] = hashlib.sha256(der).hexdigest()
+            out["parsed"] = describe(cert)
+        elif key == "chain":
+            pems = urllib.parse.unquote(val).encode()
+            out["chain"] = [
+                c.public_bytes(Encoding.DER).hex()
+                for c in x509.load_pem_x509_certificates(pems)
+            ]
+        elif key == "subject":
+            out["subject"] = val
+        elif key == "uri":
+            out["uris"].append(val)
+        elif key == "dns":
+            out["dns"].append(val)
+    return out
+
+
+headers = json.load(sys.stdin)
+result = {}
+if "client-cert" in headers or "client-cert-chain" in headers:
+    result["rfc9440"] = rfc9440(headers)
+if "x-forwarded-client-cert" in headers:
+    result["xfcc"] = xfcc(headers)
+json.dump(result, sys.stdout)
