@@ -320,3 +320,26 @@ async fn strip_prefix_cannot_reach_a_denied_path() {
     assert_eq!(get1(&mut send, "/other", &[]).await.status, 403);
     assert_eq!(backend.only().target, "/colorize");
 }
+
+/// Path parameters are ignored by every kind of route, not only deny rules: an identity
+/// allow-list and a method list hold for `/admin;x/...` as for `/admin/...`.
+#[tokio::test]
+async fn path_parameters_do_not_slip_past_allow_conditions() {
+    let backend = Backend::start().await;
+    let proxy = Proxy::start(
+        backend.addr,
+        "[[route]]\npath = \"/admin\"\naction = \"allow\"\nallow = { cn = [\"nobody\"] }\n\n[[route]]\npath = \"/api/colorize\"\naction = \"allow\"\nmethods = [\"POST\"]\n",
+    )
+    .await;
+    let mut send = h1(proxy.addr, alice()).await;
+    for (path, status) in [
+        ("/admin;x/panel", 403),
+        ("/ADMIN%3Bjsessionid=1", 403),
+        ("/api;v=2/colorize", 405),
+        ("/api/colorize;x", 405),
+    ] {
+        let got = get1(&mut send, path, &[]).await;
+        assert_eq!(got.status, status, "{path}: {}", got.body);
+    }
+    assert!(backend.seen().is_empty(), "{:#?}", backend.seen());
+}
