@@ -5,8 +5,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use certgate::commands::{self, CliError};
-use certgate::config::{DEFAULT_CONFIG_PATH, LogFormat};
+use certgate::cli::commands::{self, CliError};
+use certgate::config::DEFAULT_CONFIG_PATH;
+use certgate::ops::logging::LogFormat;
 
 /// A mutual-TLS reverse proxy for AI WebUIs and APIs.
 #[derive(Parser)]
@@ -39,12 +40,12 @@ enum Command {
     /// Private-CA tooling: CA, server and client certificates, .p12 bundles, revocation.
     Certs {
         #[command(subcommand)]
-        command: certgate::certs::CertsCommand,
+        command: certgate::cli::certs::CertsCommand,
     },
     /// Bearer-token tooling: mint a token, or ask the config whether it accepts one.
     Token {
         #[command(subcommand)]
-        command: certgate::token::TokenCommand,
+        command: certgate::cli::token::TokenCommand,
     },
     /// One-command quickstart: demo PKI, echo backend, proxy on 127.0.0.1:8443.
     Demo {
@@ -74,9 +75,9 @@ fn main() -> ExitCode {
             }),
         ),
         Command::Check { config } => commands::check(&config).map(|summary| print!("{summary}")),
-        Command::Certs { command } => certgate::certs::run(command),
-        Command::Token { command } => certgate::token::run(command),
-        Command::Demo { dir } => certgate::demo::run(&dir),
+        Command::Certs { command } => certgate::cli::certs::run(command),
+        Command::Token { command } => certgate::cli::token::run(command),
+        Command::Demo { dir } => certgate::cli::demo::run(&dir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

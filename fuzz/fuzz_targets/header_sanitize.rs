@@ -4,5 +4,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    certgate::forward::fuzz_sanitize(data);
+    certgate::upstream::fuzz_sanitize(data);
 });

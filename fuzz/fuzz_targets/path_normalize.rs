@@ -26,15 +26,15 @@ fn parameter_stripping_backend(forwarded: &str) -> String {
 
 fuzz_target!(|data: &[u8]| {
     let Ok(s) = std::str::from_utf8(data) else { return };
-    if let Ok(n) = certgate::routes::normalize(s) {
-        let deny = [certgate::routes::Route::new("/internal", certgate::routes::Action::Deny).unwrap()];
-        if certgate::routes::first_match(&deny, &n).is_none() {
+    if let Ok(n) = certgate::policy::routes::normalize(s) {
+        let deny = [certgate::policy::routes::Route::new("/internal", certgate::policy::routes::Action::Deny).unwrap()];
+        if certgate::policy::routes::first_match(&deny, &n).is_none() {
             let seen = parameter_stripping_backend(n.as_str());
             assert!(seen != "/internal" && !seen.starts_with("/internal/"), "{s} reaches {seen}");
         }
         let out = n.as_str();
         assert!(out.starts_with('/'));
-        let again = certgate::routes::normalize(out).expect("normalized output must normalize");
+        let again = certgate::policy::routes::normalize(out).expect("normalized output must normalize");
         assert_eq!(again.as_str(), out, "not idempotent");
         let lower = out.to_ascii_lowercase();
         assert!(!lower.contains("%2f") && !lower.contains("%5c") && !out.contains('\\'));

@@ -390,7 +390,7 @@ async fn proxy_accepts_issued_client_and_refuses_it_after_revoke() {
         )
     };
 
-    let server = certgate::server::Server::bind(&load()).await.unwrap();
+    let server = certgate::proxy::Server::bind(&load()).await.unwrap();
     let addr = server.local_addr();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(server.run(async {
@@ -431,7 +431,7 @@ async fn proxy_accepts_issued_client_and_refuses_it_after_revoke() {
     task.await.unwrap();
 
     ok(&["revoke", "--dir", d, "--name", "bob"]);
-    let restarted = certgate::server::Server::bind(&load()).await.unwrap();
+    let restarted = certgate::proxy::Server::bind(&load()).await.unwrap();
     let addr = restarted.local_addr();
     let _task = tokio::spawn(restarted.run(std::future::pending()));
     assert_refused(addr, client(&dir.join("ca.crt"))).await;

@@ -47,8 +47,8 @@ fn our_dn(cert: &Path) -> (String, String) {
         .unwrap();
     let (_, c) = x509_parser::parse_x509_certificate(&der).unwrap();
     (
-        certgate::identity::format_dn(c.subject()),
-        certgate::identity::format_dn(c.issuer()),
+        certgate::tls::identity::format_dn(c.subject()),
+        certgate::tls::identity::format_dn(c.issuer()),
     )
 }
 

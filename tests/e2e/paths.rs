@@ -207,9 +207,9 @@ fn shipped_gradio_config_closes_the_api_and_keeps_the_ui() {
         .unwrap_or_else(|e| panic!("{e}"));
     let decide = |path: &str| {
         let path = path.split('?').next().unwrap();
-        let norm = certgate::routes::normalize(path).unwrap();
-        match certgate::routes::first_match(&config.routes, &norm) {
-            Some((_, r)) if r.action == certgate::routes::Action::Deny => Err(403),
+        let norm = certgate::policy::routes::normalize(path).unwrap();
+        match certgate::policy::routes::first_match(&config.routes, &norm) {
+            Some((_, r)) if r.action == certgate::policy::routes::Action::Deny => Err(403),
             _ => Ok(()),
         }
     };

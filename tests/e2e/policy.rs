@@ -130,7 +130,8 @@ async fn client_cert_routes_and_identity_allow_lists() {
     let pki = test_pki();
     let backend = Backend::start().await;
     let inter_fp = {
-        let id = certgate::identity::ClientIdentity::from_der(&pki.inter_client.chain[0]).unwrap();
+        let id =
+            certgate::tls::identity::ClientIdentity::from_der(&pki.inter_client.chain[0]).unwrap();
         id.fingerprint
     };
     let routes = format!(

@@ -1,7 +1,7 @@
 //! Property tests: path normalization and DN escaping hold for generated inputs, not just the
 //! hand-picked ones.
 
-use certgate::routes::{Action, Route, first_match, normalize};
+use certgate::policy::routes::{Action, Route, first_match, normalize};
 use proptest::prelude::*;
 
 /// Path-ish strings: letters, separators, dots, escapes (valid and not), backslashes.
@@ -123,7 +123,7 @@ proptest! {
     /// gives the original bytes back, and the escaped form has no unescaped special.
     #[test]
     fn dn_escaping_round_trips(value in "\\PC{0,24}") {
-        let escaped = certgate::identity::escape_value(&value);
+        let escaped = certgate::tls::identity::escape_value(&value);
         prop_assert!(escaped.is_ascii());
         let mut out = Vec::new();
         let b = escaped.as_bytes();

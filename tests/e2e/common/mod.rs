@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use certgate::config::Config;
-use certgate::server::Server;
+use certgate::proxy::Server;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -31,7 +31,7 @@ pub struct Proxy {
     /// The admin listener, when configured.
     pub admin: Option<SocketAddr>,
     /// The shared state, to reload it.
-    pub shared: std::sync::Arc<certgate::reload::Shared>,
+    pub shared: std::sync::Arc<certgate::proxy::runtime::Shared>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }

@@ -3,7 +3,7 @@
 
 use http::{HeaderName, HeaderValue, Response, StatusCode, header};
 
-use crate::body::ProxyBody;
+use crate::response::body::ProxyBody;
 
 /// A refusal or failure, before it is rendered.
 #[derive(Debug, Clone)]

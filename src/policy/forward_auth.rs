@@ -16,8 +16,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::forward::{ConnInfo, HeaderPolicy};
-use crate::reply::Reject;
+use crate::response::reply::Reject;
+use crate::upstream::{ConnInfo, HeaderPolicy};
 
 /// The configured auth service.
 #[derive(Debug)]
@@ -135,4 +135,15 @@ impl ForwardAuth {
         }
         Err(reject)
     }
+}
+
+/// `[forward_auth]`, validated.
+#[derive(Debug, Clone)]
+pub struct ForwardAuthConfig {
+    /// The auth service.
+    pub url: http::Uri,
+    /// Longest wait.
+    pub timeout: Duration,
+    /// Headers copied from a 2xx answer.
+    pub copy_headers: Vec<HeaderName>,
 }

@@ -20,6 +20,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -35,9 +36,9 @@ use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::body::ProxyBody;
-use crate::forward::Activity;
-use crate::readahead::ReadAhead;
+use crate::proxy::readahead::ReadAhead;
+use crate::response::body::ProxyBody;
+use crate::response::in_flight::InFlight;
 
 /// How long an HTTP/1 connection must be idle (no request in flight) before it is parked. Long
 /// enough that a client sending ten or more requests a second never parks; short enough that
@@ -46,6 +47,65 @@ pub const PARK_AFTER: Duration = Duration::from_millis(100);
 
 /// How long closing a parked connection (TLS close_notify, then FIN) may take.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How writes to one client are going, and whether its connection is being parked: recorded by
+/// [`ClientIo`], read by the loops here.
+#[derive(Debug)]
+pub struct IoState {
+    epoch: std::time::Instant,
+    /// Set while an idle HTTP/1 connection is being parked: hyper's closing of the connection
+    /// must then leave the TLS stream open.
+    parking: AtomicBool,
+    /// 0 while writes to the client go through; else 1 + the time (ms since `epoch`) a write
+    /// first found the client's socket full, for `send_timeout`.
+    stalled_ms: AtomicU64,
+}
+
+impl Default for IoState {
+    fn default() -> Self {
+        IoState {
+            epoch: std::time::Instant::now(),
+            parking: AtomicBool::new(false),
+            stalled_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl IoState {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// A write to the client found its socket full.
+    fn write_blocked(&self) {
+        if self.stalled_ms.load(Ordering::Relaxed) == 0 {
+            self.stalled_ms.store(self.now_ms() + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// A write to the client went through.
+    fn write_went(&self) {
+        if self.stalled_ms.load(Ordering::Relaxed) != 0 {
+            self.stalled_ms.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// How long writes to the client have been blocked (zero while they go through).
+    fn stalled_for(&self) -> Duration {
+        match self.stalled_ms.load(Ordering::Relaxed) {
+            0 => Duration::ZERO,
+            since => Duration::from_millis(self.now_ms().saturating_sub(since - 1)),
+        }
+    }
+
+    fn set_parking(&self, parking: bool) {
+        self.parking.store(parking, Ordering::Release);
+    }
+
+    fn parking(&self) -> bool {
+        self.parking.load(Ordering::Acquire)
+    }
+}
 
 /// The deadlines a client connection is held to.
 #[derive(Debug, Clone, Copy)]
@@ -67,8 +127,8 @@ impl Deadlines {
     }
 
     /// Whether the client has stopped reading for longer than `send`; logs it.
-    fn stalled(&self, peer: SocketAddr, activity: &Activity) -> bool {
-        let stalled_for = activity.stalled_for();
+    fn stalled(&self, peer: SocketAddr, io: &IoState) -> bool {
+        let stalled_for = io.stalled_for();
         if stalled_for < self.send {
             return false;
         }
@@ -77,19 +137,28 @@ impl Deadlines {
     }
 }
 
+/// What the loops watch on a connection: its requests (idle time, unread bodies) and its writes.
+#[derive(Clone, Copy)]
+pub struct Watch<'a> {
+    /// The connection's requests.
+    pub requests: &'a InFlight,
+    /// Its writes and parking.
+    pub io: &'a IoState,
+}
+
 /// Awaits a connection that was asked to finish, still dropping it if the client stops
 /// reading: `None` then.
 async fn finish<F: Future + Unpin>(
     conn: &mut F,
     peer: SocketAddr,
-    activity: &Activity,
+    io: &IoState,
     deadlines: Deadlines,
 ) -> Option<F::Output> {
     loop {
         tokio::select! {
             r = &mut *conn => return Some(r),
             () = tokio::time::sleep(deadlines.stall_check()) => {
-                if deadlines.stalled(peer, activity) {
+                if deadlines.stalled(peer, io) {
                     return None;
                 }
             }
@@ -103,25 +172,25 @@ async fn finish<F: Future + Unpin>(
 pub struct ClientIo {
     inner: TokioIo<Box<TlsStream<ReadAhead>>>,
     replay: Bytes,
-    activity: Arc<Activity>,
+    state: Arc<IoState>,
 }
 
 impl ClientIo {
-    /// Wraps a client's TLS stream; `activity` learns when writes to it block.
-    pub fn new(tls: Box<TlsStream<ReadAhead>>, activity: Arc<Activity>) -> ClientIo {
+    /// Wraps a client's TLS stream; `state` learns when writes to it block.
+    pub fn new(tls: Box<TlsStream<ReadAhead>>, state: Arc<IoState>) -> ClientIo {
         ClientIo {
             inner: TokioIo::new(tls),
             replay: Bytes::new(),
-            activity,
+            state,
         }
     }
 
     /// Notes a write's outcome for `send_timeout`.
     fn track<T>(&self, r: Poll<T>) -> Poll<T> {
         if r.is_pending() {
-            self.activity.write_blocked();
+            self.state.write_blocked();
         } else {
-            self.activity.write_went();
+            self.state.write_went();
         }
         r
     }
@@ -182,7 +251,7 @@ impl Write for ClientIo {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         // Parking: everything hyper wrote must reach the client, but the stream stays open.
-        let r = if self.activity.parking() {
+        let r = if self.state.parking() {
             Pin::new(&mut self.inner).poll_flush(cx)
         } else {
             Pin::new(&mut self.inner).poll_shutdown(cx)
@@ -213,7 +282,7 @@ pub async fn serve<S, B>(
     service: S,
     builder: B,
     close: &CancellationToken,
-    activity: Arc<Activity>,
+    requests: &InFlight,
     deadlines: Deadlines,
 ) -> Result<(), ConnError>
 where
@@ -223,7 +292,8 @@ where
     B: Fn() -> http1::Builder,
 {
     let keepalive = deadlines.keepalive;
-    let mut io = ClientIo::new(tls, activity.clone());
+    let state = Arc::new(IoState::default());
+    let mut io = ClientIo::new(tls, state.clone());
     // One park per idle period: a client that dribbles a request head must not restart hyper's
     // head timeout by getting parked again and again.
     let mut parked_at = None;
@@ -235,13 +305,17 @@ where
                 .serve_connection(io, service.clone())
                 .with_upgrades(),
         );
-        match run(peer, conn, close, &activity, deadlines, &mut parked_at).await {
+        let watch = Watch {
+            requests,
+            io: &state,
+        };
+        match run(peer, conn, close, watch, deadlines, &mut parked_at).await {
             Outcome::Ended(r) => return r,
             Outcome::Parked(parked, read) => {
                 parks += 1;
                 tracing::debug!(%peer, parks, buffered = read.len(), "idle connection parked");
                 io = parked;
-                activity.set_parking(false);
+                state.set_parking(false);
                 if !read.is_empty() {
                     io.replay = read;
                     continue;
@@ -251,14 +325,14 @@ where
                 }
             }
         }
-        let idle_left = keepalive.saturating_sub(activity.idle_for());
+        let idle_left = keepalive.saturating_sub(requests.idle_for());
         tokio::select! {
             r = io.tcp().readable() => {
                 r?;
             }
             () = close.cancelled() => return close_parked(io).await,
             () = tokio::time::sleep(idle_left) => {
-                tracing::debug!(idle_for = ?activity.idle_for(), "closing idle connection");
+                tracing::debug!(idle_for = ?requests.idle_for(), "closing idle connection");
                 return close_parked(io).await;
             }
         }
@@ -271,7 +345,7 @@ async fn run<S>(
     peer: SocketAddr,
     mut conn: Box<http1::UpgradeableConnection<ClientIo, S>>,
     close: &CancellationToken,
-    activity: &Activity,
+    Watch { requests, io }: Watch<'_>,
     deadlines: Deadlines,
     parked_at: &mut Option<u64>,
 ) -> Outcome
@@ -289,10 +363,10 @@ where
             r = Pin::new(&mut *conn) => return Outcome::Ended(r.map_err(Into::into)),
             () = close.cancelled() => break false,
             () = timer.as_mut() => {
-                if deadlines.stalled(peer, activity) {
+                if deadlines.stalled(peer, io) {
                     return Outcome::Ended(Err("the client stopped reading".into()));
                 }
-                idle_for = activity.idle_for();
+                idle_for = requests.idle_for();
                 if idle_for >= keepalive {
                     tracing::debug!(?idle_for, "closing idle connection");
                     break false;
@@ -300,8 +374,8 @@ where
                 // hyper keeps a connection only once the request body was read to its end; one
                 // it will close by itself must not be parked.
                 if idle_for >= PARK_AFTER
-                    && !activity.body_pending()
-                    && *parked_at != Some(activity.stamp())
+                    && !requests.body_pending()
+                    && *parked_at != Some(requests.stamp())
                 {
                     break true;
                 }
@@ -318,17 +392,17 @@ where
     if park {
         tracing::debug!(%peer, ?idle_for, "parking idle connection");
     }
-    activity.set_parking(park);
+    io.set_parking(park);
     Pin::new(&mut *conn).graceful_shutdown();
-    let Some(r) = finish(&mut conn, peer, activity, deadlines).await else {
-        activity.set_parking(false);
+    let Some(r) = finish(&mut conn, peer, io, deadlines).await else {
+        io.set_parking(false);
         return Outcome::Ended(Err("the client stopped reading".into()));
     };
     if !park || r.is_err() {
-        activity.set_parking(false);
+        io.set_parking(false);
         return Outcome::Ended(r.map_err(Into::into));
     }
-    *parked_at = Some(activity.stamp());
+    *parked_at = Some(requests.stamp());
     match conn.into_parts() {
         Some(parts) => Outcome::Parked(parts.io, parts.read_buf),
         None => Outcome::Ended(Ok(())),
@@ -349,7 +423,7 @@ pub async fn drive<C>(
     peer: SocketAddr,
     mut connection: Pin<Box<C>>,
     close: &CancellationToken,
-    activity: &Activity,
+    Watch { requests, io }: Watch<'_>,
     deadlines: Deadlines,
 ) -> Result<(), ConnError>
 where
@@ -364,10 +438,10 @@ where
             r = connection.as_mut() => return r.map_err(Into::into),
             () = close.cancelled() => break,
             () = timer.as_mut() => {
-                if deadlines.stalled(peer, activity) {
+                if deadlines.stalled(peer, io) {
                     return Err("the client stopped reading".into());
                 }
-                let idle_for = activity.idle_for();
+                let idle_for = requests.idle_for();
                 if idle_for >= idle {
                     tracing::debug!(?idle_for, "closing idle connection");
                     break;
@@ -378,7 +452,7 @@ where
         }
     }
     connection.as_mut().graceful_shutdown();
-    match finish(&mut connection, peer, activity, deadlines).await {
+    match finish(&mut connection, peer, io, deadlines).await {
         Some(r) => r.map_err(Into::into),
         None => Err("the client stopped reading".into()),
     }

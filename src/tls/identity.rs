@@ -16,8 +16,6 @@ use x509_parser::asn1_rs::{Any, FromDer as _, ToDer as _};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::x509::X509Name;
 
-use crate::config::HeaderNames;
-
 /// A certificate that passed verification could not be read back. Should not happen: rustls
 /// parsed it already.
 #[derive(Debug, thiserror::Error)]
@@ -484,6 +482,56 @@ fn escape_chars(chars: impl ExactSizeIterator<Item = u32>, to_utf8: bool, out: &
             }
             _ => out.push(b as char),
         }
+    }
+}
+
+/// The identity headers the proxy injects: their format, and in the nginx profile their names
+/// (`None` when turned off).
+#[derive(Debug, Clone)]
+pub struct HeaderNames {
+    /// Which format (spec §14).
+    pub profile: crate::tls::identity::HeaderProfile,
+    /// `X-SSL-Client-Verify`
+    pub verify: Option<HeaderName>,
+    /// `X-SSL-Client-DN`
+    pub subject_dn: Option<HeaderName>,
+    /// `X-SSL-Client-I-DN`
+    pub issuer_dn: Option<HeaderName>,
+    /// `X-SSL-Client-Cert`
+    pub cert: Option<HeaderName>,
+    /// `X-SSL-Client-Serial`
+    pub serial: Option<HeaderName>,
+    /// `X-SSL-Client-Fingerprint`
+    pub fingerprint: Option<HeaderName>,
+}
+
+impl Default for HeaderNames {
+    fn default() -> Self {
+        Self {
+            profile: crate::tls::identity::HeaderProfile::Nginx,
+            verify: Some(HeaderName::from_static("x-ssl-client-verify")),
+            subject_dn: Some(HeaderName::from_static("x-ssl-client-dn")),
+            issuer_dn: Some(HeaderName::from_static("x-ssl-client-i-dn")),
+            cert: Some(HeaderName::from_static("x-ssl-client-cert")),
+            serial: Some(HeaderName::from_static("x-ssl-client-serial")),
+            fingerprint: Some(HeaderName::from_static("x-ssl-client-fingerprint")),
+        }
+    }
+}
+
+impl HeaderNames {
+    /// Every configured name, for stripping from client requests.
+    pub fn all(&self) -> impl Iterator<Item = &HeaderName> {
+        [
+            &self.verify,
+            &self.subject_dn,
+            &self.issuer_dn,
+            &self.cert,
+            &self.serial,
+            &self.fingerprint,
+        ]
+        .into_iter()
+        .flatten()
     }
 }
 

@@ -24,7 +24,9 @@ use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
 use tracing_subscriber::registry::LookupSpan;
 
-use crate::config::LogFormat;
+/// The tracing target of access-log lines (written by `response::access_log`), which this
+/// module batches and formats by hand.
+pub const ACCESS_TARGET: &str = "certgate::access";
 
 /// Access lines gathered beyond this are written without waiting.
 const BATCH_MAX: usize = 32 << 10;
@@ -82,7 +84,7 @@ where
         event: &Event<'_>,
     ) -> fmt::Result {
         let meta = event.metadata();
-        if meta.target() != crate::access_log::TARGET {
+        if meta.target() != ACCESS_TARGET {
             return self.standard.format_event(ctx, w, event);
         }
         w.write_str("{\"timestamp\":\"")?;
@@ -270,7 +272,7 @@ impl<'a> MakeWriter<'a> for Stderr {
 
     fn make_writer_for(&'a self, meta: &Metadata<'_>) -> LineWriter {
         LineWriter {
-            batch: meta.target() == crate::access_log::TARGET && BATCHING.load(Ordering::Relaxed),
+            batch: meta.target() == ACCESS_TARGET && BATCHING.load(Ordering::Relaxed),
         }
     }
 }
@@ -289,6 +291,17 @@ impl Write for LineWriter {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable key=value lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 #[cfg(test)]
@@ -353,7 +366,7 @@ mod tests {
         let emit = || {
             let peer: std::net::SocketAddr = "[::1]:4433".parse().unwrap();
             tracing::info!(
-                target: crate::access_log::TARGET,
+                target: ACCESS_TARGET,
                 client = %peer,
                 dn = "CN=\"quoted\" \\ back,O=tab\there\nnl\u{1}ctl,L=Zürich",
                 method = ?http::Method::POST,

@@ -18,7 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::server::danger::ClientCertVerifier;
 use tokio_rustls::TlsAcceptor;
 
-use crate::access::{ConnLimits, HandshakeThrottle, IpList};
+use crate::policy::access::{ConnLimits, HandshakeThrottle, IpList};
 
 /// Largest HTTP/1 request head (request line and headers); beyond it, 431.
 const H1_MAX_HEAD: usize = 64 * 1024;
@@ -43,11 +43,13 @@ const H2_CONNECTION_WINDOW: u32 = 4 << 20;
 const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
 /// ...and how long an answer may take.
 const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
-use crate::config::{Config, ConfigError, CrlExpired, HeaderNames, Listen};
-use crate::forward::{Forwarder, HeaderPolicy};
-use crate::metrics::Metrics;
+use crate::config::{Config, ConfigError, Listen};
+use crate::ops::metrics::Metrics;
 use crate::policy::Policy;
+use crate::tls::CrlExpired;
 use crate::tls::TlsError;
+use crate::tls::identity::HeaderNames;
+use crate::upstream::{Forwarder, HeaderPolicy};
 
 /// Why a reload (or the first load) failed.
 #[derive(Debug, thiserror::Error)]
@@ -109,7 +111,7 @@ impl Summary {
             .client_cas
             .iter()
             .filter_map(|d| x509_parser::parse_x509_certificate(d).ok())
-            .map(|(_, c)| crate::identity::format_dn(c.subject()))
+            .map(|(_, c)| crate::tls::identity::format_dn(c.subject()))
             .collect();
         let crls = config
             .tls
@@ -120,7 +122,7 @@ impl Summary {
                 let (_, crl) = x509_parser::parse_x509_crl(der).ok()?;
                 Some(CrlInfo {
                     path: path.clone(),
-                    issuer: crate::identity::format_dn(crl.issuer()),
+                    issuer: crate::tls::identity::format_dn(crl.issuer()),
                     entries: crl.iter_revoked_certificates().count(),
                     next_update: crl.next_update().map(|t| t.timestamp()),
                     digest: aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der)
@@ -200,8 +202,8 @@ pub struct Runtime {
     pub(crate) crl_expired: CrlExpired,
     pub(crate) keepalive_timeout: Duration,
     pub(crate) send_timeout: Duration,
-    pub(crate) route_counters: Vec<Arc<crate::metrics::RouteCounters>>,
-    pub(crate) none_counters: Arc<crate::metrics::RouteCounters>,
+    pub(crate) route_counters: Vec<Arc<crate::ops::metrics::RouteCounters>>,
+    pub(crate) none_counters: Arc<crate::ops::metrics::RouteCounters>,
     pub(crate) handshake_throttle: Arc<HandshakeThrottle>,
     /// What it was built from.
     pub summary: Summary,
@@ -249,14 +251,14 @@ impl Runtime {
                     config.limits.handshake_failures_per_ip,
                 ))
             });
-        let policy = Policy::new(config, previous.map(|p| &p.policy));
+        let policy = Policy::new(&config.policy_settings(), previous.map(|p| &p.policy));
         let owned = policy.owned_headers();
         let header_policy = HeaderPolicy::new(&config.headers, owned.iter());
         Ok(Runtime {
             generation,
             acceptor: TlsAcceptor::from(tls.server_config),
             verifier: tls.verifier,
-            client_auth_required: config.tls.client_auth == crate::config::ClientAuth::Required,
+            client_auth_required: config.tls.client_auth == crate::tls::ClientAuth::Required,
             handshake_timeout: config.tls.handshake_timeout,
             http1,
             http2,
@@ -367,7 +369,7 @@ impl Shared {
     /// The [`ReloadError`] with every problem found; the running state is untouched.
     pub async fn reload(&self, trigger: &str) -> Result<ReloadReport, ReloadError> {
         let _serial = self.reload_lock.lock().await;
-        crate::systemd::reloading();
+        crate::ops::systemd::reloading();
         let old = self.runtime.load_full();
         let built = Config::load(&self.config_path)
             .map_err(ReloadError::from)
@@ -441,7 +443,7 @@ impl Shared {
                 Err(e)
             }
         };
-        crate::systemd::reloaded(result.is_ok());
+        crate::ops::systemd::reloaded(result.is_ok());
         result
     }
 

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::time::{Instant, Sleep};
 
-use crate::access_log::AccessRecord;
+use crate::response::access_log::AccessRecord;
 
 /// Errors a response body can end with.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -182,7 +182,7 @@ pub struct LimitedBody {
     seen: u64,
     overflow: std::sync::Arc<Overflow>,
     /// Told when the body has been read to its end (the connection may then be parked).
-    activity: Option<std::sync::Arc<crate::forward::Activity>>,
+    requests: Option<std::sync::Arc<crate::response::in_flight::InFlight>>,
 }
 
 impl LimitedBody {
@@ -193,28 +193,28 @@ impl LimitedBody {
             limit: 0,
             seen: 0,
             overflow: std::sync::Arc::default(),
-            activity: None,
+            requests: None,
         }
     }
 
-    /// Wraps `inner`; `overflow` reports a hit, `activity` the end of the body.
+    /// Wraps `inner`; `overflow` reports a hit, `requests` learns the end of the body.
     pub fn new(
         inner: Incoming,
         limit: u64,
         overflow: std::sync::Arc<Overflow>,
-        activity: std::sync::Arc<crate::forward::Activity>,
+        requests: std::sync::Arc<crate::response::in_flight::InFlight>,
     ) -> LimitedBody {
         LimitedBody {
             inner: Some(inner),
             limit,
             seen: 0,
             overflow,
-            activity: Some(activity),
+            requests: Some(requests),
         }
     }
 
     fn ended(&mut self) {
-        if let Some(a) = self.activity.take() {
+        if let Some(a) = self.requests.take() {
             a.body_read();
         }
     }

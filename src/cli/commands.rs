@@ -8,9 +8,11 @@ use time::OffsetDateTime;
 use x509_parser::parse_x509_certificate;
 use x509_parser::parse_x509_crl;
 
-use crate::config::{ClientAuth, Config, LogFormat, TlsVersion};
-use crate::identity::HeaderProfile;
-use crate::server::{Server, ServerError};
+use crate::config::Config;
+use crate::ops::logging::LogFormat;
+use crate::proxy::{Server, ServerError};
+use crate::tls::identity::HeaderProfile;
+use crate::tls::{ClientAuth, TlsVersion};
 
 /// A failed command with its exit code.
 #[derive(Debug)]
@@ -55,16 +57,16 @@ impl From<ServerError> for CliError {
 /// Exit 2 for an invalid config, 1 when a listener cannot be bound.
 pub fn run(config_path: &Path, log_format: Option<LogFormat>) -> Result<(), CliError> {
     let config = Config::load(config_path).map_err(CliError::invalid)?;
-    crate::logging::init(log_format.unwrap_or(config.log.format));
+    crate::ops::logging::init(log_format.unwrap_or(config.log.format));
     // Before the runtime starts its worker threads: Landlock binds the calling thread and the
     // threads it creates later.
-    crate::sandbox::restrict(config.landlock, &config.files);
-    crate::logging::block_on(async {
-        let signals = crate::server::Signals::register().map_err(CliError::other)?;
+    crate::ops::sandbox::restrict(config.landlock, &config.files);
+    crate::ops::logging::block_on(async {
+        let signals = crate::proxy::Signals::register().map_err(CliError::other)?;
         let server = Server::bind(&config).await?;
         let (shutdown, reload) = signals.split(server.shared());
         tokio::spawn(reload);
-        crate::systemd::ready();
+        crate::ops::systemd::ready();
         server.run(shutdown).await;
         Ok(())
     })
@@ -102,7 +104,7 @@ fn fmt_time(t: OffsetDateTime) -> String {
 }
 
 /// A route's conditions, for the summary.
-fn route_conditions(r: &crate::routes::Route, c: &Config) -> String {
+fn route_conditions(r: &crate::policy::routes::Route, c: &Config) -> String {
     let rules = &r.rules;
     let mut parts = Vec::new();
     if rules.methods.is_some() {
@@ -126,9 +128,9 @@ fn route_conditions(r: &crate::routes::Route, c: &Config) -> String {
         parts.push(format!("allow list of {count}"));
     }
     match rules.auth {
-        crate::routes::Auth::None => {}
-        crate::routes::Auth::Jwt => parts.push("auth jwt".to_string()),
-        crate::routes::Auth::Forward => parts.push("auth forward".to_string()),
+        crate::policy::routes::Auth::None => {}
+        crate::policy::routes::Auth::Jwt => parts.push("auth jwt".to_string()),
+        crate::policy::routes::Auth::Forward => parts.push("auth forward".to_string()),
     }
     if let Some(z) = rules.rate_limit.and_then(|i| c.rate_limits.get(i)) {
         parts.push(format!("rate_limit {}", z.name));
@@ -174,7 +176,7 @@ pub fn summary(c: &Config) -> String {
         let _ = writeln!(
             w,
             "  subject         {}",
-            crate::identity::format_dn(leaf.subject())
+            crate::tls::identity::format_dn(leaf.subject())
         );
         let sans: Vec<String> = leaf
             .subject_alternative_name()
@@ -205,7 +207,7 @@ pub fn summary(c: &Config) -> String {
     let mut ca_subjects = Vec::new();
     for der in &c.tls.client_cas {
         if let Ok((_, ca)) = parse_x509_certificate(der) {
-            let subject = crate::identity::format_dn(ca.subject());
+            let subject = crate::tls::identity::format_dn(ca.subject());
             let _ = writeln!(
                 w,
                 "  CA              {subject} (not after {})",
@@ -218,7 +220,7 @@ pub fn summary(c: &Config) -> String {
     for (path, der) in c.tls.crl_paths.iter().zip(&c.tls.crls) {
         let _ = writeln!(w, "crl               = {}", path.display());
         if let Ok((_, crl)) = parse_x509_crl(der) {
-            let issuer = crate::identity::format_dn(crl.issuer());
+            let issuer = crate::tls::identity::format_dn(crl.issuer());
             let next = crl
                 .next_update()
                 .map_or("(none)".to_string(), |t| fmt_time(t.to_datetime()));

@@ -18,11 +18,11 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
-use crate::body::{LimitedBody, Overflow, ProxyBody};
-use crate::config::{HeaderNames, Upstream};
-use crate::identity::{ClientIdentity, IdentityHeaders};
-use crate::metrics::Metrics;
-use crate::reply::Reject;
+use crate::ops::metrics::Metrics;
+use crate::response::body::{LimitedBody, Overflow, ProxyBody};
+use crate::response::in_flight::InFlight;
+use crate::response::reply::Reject;
+use crate::tls::identity::{ClientIdentity, HeaderNames, IdentityHeaders};
 
 /// uvicorn (Gradio) closes idle keep-alive connections after 5 s; closing ours first means the
 /// pool never hands out a connection the backend is about to close.
@@ -83,117 +83,10 @@ pub struct ConnInfo {
     pub generation: std::sync::atomic::AtomicU64,
     /// Cancelled to close this connection gracefully (after a failed re-check, or idle).
     pub close: tokio_util::sync::CancellationToken,
-    /// Requests in flight and the time of the last one, for the idle timeout.
-    pub activity: Arc<Activity>,
+    /// The connection's requests in flight, for the idle timeout.
+    pub requests: Arc<InFlight>,
     /// Where upgraded connections (WebSockets) run, so shutdown can wait for them.
     pub tunnels: tokio_util::task::TaskTracker,
-}
-
-/// Requests in flight on a connection and when the last one started or ended.
-#[derive(Debug, Default)]
-pub struct Activity {
-    in_flight: std::sync::atomic::AtomicUsize,
-    last_ms: std::sync::atomic::AtomicU64,
-    epoch: std::sync::OnceLock<std::time::Instant>,
-    /// Set while an idle HTTP/1 connection is being parked: hyper's closing of the connection
-    /// must then leave the TLS stream open (see [`crate::keepalive`]).
-    parking: std::sync::atomic::AtomicBool,
-    /// The last request had a body that was not seen to its end.
-    body_pending: std::sync::atomic::AtomicBool,
-    /// 0 while writes to the client go through; else 1 + the time (ms) a write first found the
-    /// client's socket full, for `send_timeout`.
-    stalled_ms: std::sync::atomic::AtomicU64,
-}
-
-impl Activity {
-    fn now_ms(&self) -> u64 {
-        let epoch = self.epoch.get_or_init(std::time::Instant::now);
-        u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
-    }
-
-    /// A new connection: idle from now.
-    pub fn end_idle_start(&self) {
-        self.last_ms
-            .store(self.now_ms(), std::sync::atomic::Ordering::Release);
-    }
-
-    /// A request started; `has_body` when its body is not known to be empty.
-    pub fn begin(&self, has_body: bool) {
-        self.body_pending
-            .store(has_body, std::sync::atomic::Ordering::Release);
-        self.in_flight
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        self.last_ms
-            .store(self.now_ms(), std::sync::atomic::Ordering::Release);
-    }
-
-    /// A request's response ended.
-    pub fn end(&self) {
-        self.in_flight
-            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-        self.last_ms
-            .store(self.now_ms(), std::sync::atomic::Ordering::Release);
-    }
-
-    /// How long the connection has been idle (zero while a request is in flight).
-    pub fn idle_for(&self) -> Duration {
-        if self.in_flight.load(std::sync::atomic::Ordering::Acquire) > 0 {
-            return Duration::ZERO;
-        }
-        let last = self.last_ms.load(std::sync::atomic::Ordering::Acquire);
-        Duration::from_millis(self.now_ms().saturating_sub(last))
-    }
-
-    /// Changes whenever a request starts or ends: tells one idle period from the next.
-    pub fn stamp(&self) -> u64 {
-        self.last_ms.load(std::sync::atomic::Ordering::Acquire)
-    }
-
-    /// The request body was read to its end.
-    pub fn body_read(&self) {
-        self.body_pending
-            .store(false, std::sync::atomic::Ordering::Release);
-    }
-
-    /// Whether the last request's body was left unread (hyper then closes the connection).
-    pub fn body_pending(&self) -> bool {
-        self.body_pending.load(std::sync::atomic::Ordering::Acquire)
-    }
-
-    /// A write to the client found its socket full.
-    pub fn write_blocked(&self) {
-        if self.stalled_ms.load(std::sync::atomic::Ordering::Relaxed) == 0 {
-            self.stalled_ms
-                .store(self.now_ms() + 1, std::sync::atomic::Ordering::Relaxed);
-        }
-    }
-
-    /// A write to the client went through.
-    pub fn write_went(&self) {
-        if self.stalled_ms.load(std::sync::atomic::Ordering::Relaxed) != 0 {
-            self.stalled_ms
-                .store(0, std::sync::atomic::Ordering::Relaxed);
-        }
-    }
-
-    /// How long writes to the client have been blocked (zero while they go through).
-    pub fn stalled_for(&self) -> Duration {
-        match self.stalled_ms.load(std::sync::atomic::Ordering::Relaxed) {
-            0 => Duration::ZERO,
-            since => Duration::from_millis(self.now_ms().saturating_sub(since - 1)),
-        }
-    }
-
-    /// Marks the connection as being parked (or no longer).
-    pub fn set_parking(&self, parking: bool) {
-        self.parking
-            .store(parking, std::sync::atomic::Ordering::Release);
-    }
-
-    /// Whether the connection is being parked.
-    pub fn parking(&self) -> bool {
-        self.parking.load(std::sync::atomic::Ordering::Acquire)
-    }
 }
 
 /// What is removed from and set on every request that leaves certgate (to the backend, or to
@@ -330,12 +223,12 @@ impl Forwarder {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > max_body) {
-            crate::body::drain(req.into_body());
+            crate::response::body::drain(req.into_body());
             return Err(Reject::payload_too_large(max_body, "max_body".to_string()));
         }
         let overflow = std::sync::Arc::new(Overflow::default());
         let mut req =
-            req.map(|b| LimitedBody::new(b, max_body, overflow.clone(), conn.activity.clone()));
+            req.map(|b| LimitedBody::new(b, max_body, overflow.clone(), conn.requests.clone()));
         let websocket = is_websocket_upgrade(&req);
         let headers = req.headers_mut();
         headers.insert(header::HOST, host);
@@ -388,7 +281,7 @@ impl Forwarder {
             Ok(Err(e)) => {
                 if overflow.hit() {
                     if let Some(rest) = overflow.take_rest() {
-                        crate::body::drain(rest);
+                        crate::response::body::drain(rest);
                     }
                     return Err(Reject::payload_too_large(max_body, "max_body".to_string()));
                 }
@@ -601,7 +494,7 @@ pub fn fuzz_sanitize(data: &[u8]) {
         chain: Vec::new(),
         generation: std::sync::atomic::AtomicU64::new(0),
         close: tokio_util::sync::CancellationToken::new(),
-        activity: Arc::default(),
+        requests: Arc::default(),
         tunnels: tokio_util::task::TaskTracker::new(),
     };
     policy.sanitize(&mut headers, false, &conn);
@@ -633,6 +526,23 @@ pub fn fuzz_sanitize(data: &[u8]) {
             "{n} survived"
         );
     }
+}
+
+/// `[upstream]`, validated.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// `scheme://host:port` of the backend, as given.
+    pub url: String,
+    /// The backend's authority (`host:port`), used to build request URIs.
+    pub authority: http::uri::Authority,
+    /// Pool size.
+    pub max_idle_connections: usize,
+    /// TCP connect limit.
+    pub connect_timeout: Duration,
+    /// Response-header limit.
+    pub response_timeout: Duration,
+    /// Longest silence inside a body.
+    pub idle_timeout: Duration,
 }
 
 #[cfg(test)]

@@ -10,11 +10,8 @@ use std::time::Instant;
 
 use http::Method;
 
-use crate::identity::ClientIdentity;
-use crate::metrics::{Metrics, RouteCounters};
-
-/// The tracing target of access-log lines.
-pub const TARGET: &str = "certgate::access";
+use crate::ops::metrics::{Metrics, RouteCounters};
+use crate::tls::identity::ClientIdentity;
 
 /// What is known about a request when its response starts; completed by [`AccessRecord::finish`].
 #[derive(Debug)]
@@ -42,8 +39,8 @@ pub struct AccessRecord {
     pub log: bool,
     /// Where to record the request.
     pub metrics: Arc<Metrics>,
-    /// The connection's activity, ended when the response is.
-    pub activity: Arc<crate::forward::Activity>,
+    /// The request in flight on its connection, ended when this record is (with the response).
+    pub request: crate::response::in_flight::Request,
 }
 
 impl AccessRecord {
@@ -54,7 +51,6 @@ impl AccessRecord {
 
     /// Records the request and writes the line.
     pub fn finish(self, bytes_sent: u64) {
-        self.activity.end();
         let seconds = self.start.elapsed().as_secs_f64();
         self.metrics.request(&self.counters, self.status, seconds);
         if let Some(e) = self.error {
@@ -68,7 +64,7 @@ impl AccessRecord {
         }
         let duration_ms = seconds * 1000.0;
         tracing::info!(
-            target: TARGET,
+            target: crate::ops::logging::ACCESS_TARGET,
             client = %self.peer,
             dn = self.identity.as_ref().map_or("-", |i| i.subject_dn.as_str()),
             verify = if self.identity.is_some() { "SUCCESS" } else { "NONE" },

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Subcommand};
 
-use crate::commands::CliError;
+use crate::cli::commands::CliError;
 use crate::config::{Config, DEFAULT_CONFIG_PATH};
 
 /// `certgate token ...`
@@ -114,7 +114,7 @@ pub fn issue(a: &IssueArgs) -> Result<String, CliError> {
     if let Some(aud) = &a.aud {
         claims.insert("aud".into(), aud.clone().into());
     }
-    crate::jwt::issue_hmac(&a.alg, &secret, &claims).map_err(invalid)
+    crate::policy::jwt::issue_hmac(&a.alg, &secret, &claims).map_err(invalid)
 }
 
 fn verify(a: &VerifyArgs) -> Result<(), CliError> {

@@ -6,6 +6,11 @@
 //! identity and its rendered headers. Per-request work is only what differs per request: a
 //! generation check (re-verifying the certificate after a reload), the policy, the forward.
 
+pub mod admin;
+pub mod keepalive;
+pub mod readahead;
+pub mod runtime;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -23,17 +28,18 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::access::ConnGuard;
-use crate::access_log::AccessRecord;
-use crate::body::ProxyBody;
 use crate::config::Config;
-use crate::forward::{Activity, ConnInfo};
-use crate::identity::{ClientIdentity, IdentityHeaders};
-use crate::keepalive::{self, ClientIo};
-use crate::readahead::ReadAhead;
-use crate::reload::{Runtime, Shared};
-use crate::reply::Reject;
+use crate::policy::access::ConnGuard;
+use crate::proxy::readahead::ReadAhead;
+use crate::proxy::runtime::{Runtime, Shared};
+use crate::response::access_log::AccessRecord;
+use crate::response::body::ProxyBody;
+use crate::response::in_flight::InFlight;
+use crate::response::reply::Reject;
+use crate::tls::identity::{ClientIdentity, IdentityHeaders};
 use crate::tls::{self, TlsError};
+use crate::upstream::ConnInfo;
+use keepalive::ClientIo;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -77,7 +83,7 @@ impl Server {
     /// address that could not be bound.
     pub async fn bind(config: &Config) -> Result<Server, ServerError> {
         let shared = Shared::new(config)?;
-        let activated = crate::systemd::activated().map_err(ServerError::Activation)?;
+        let activated = crate::ops::systemd::activated().map_err(ServerError::Activation)?;
         let from_systemd = |l: std::net::TcpListener, addr| {
             TcpListener::from_std(l).map_err(|source| ServerError::Bind { addr, source })
         };
@@ -143,7 +149,7 @@ impl Server {
         );
         self.shared.warn_crl_freshness();
         tokio::spawn(watch_files(self.shared.clone(), cancel.clone()));
-        if let Some(every) = crate::systemd::watchdog_interval() {
+        if let Some(every) = crate::ops::systemd::watchdog_interval() {
             tokio::spawn(watchdog(every, cancel.clone()));
         }
         tokio::pin!(shutdown);
@@ -172,7 +178,7 @@ impl Server {
                 },
                 accepted = accept_opt(self.admin.as_ref()) => match accepted {
                     Ok((tcp, _)) => {
-                        tokio::spawn(crate::admin::serve(tcp, self.shared.clone()));
+                        tokio::spawn(crate::proxy::admin::serve(tcp, self.shared.clone()));
                     }
                     Err(e) => accept_error(e).await,
                 },
@@ -185,7 +191,7 @@ impl Server {
                 }
             }
         }
-        crate::systemd::stopping();
+        crate::ops::systemd::stopping();
         drop(self.https);
         drop(self.redirect);
         drop(self.admin);
@@ -264,7 +270,7 @@ async fn watchdog(every: Duration, cancel: CancellationToken) {
     let mut tick = tokio::time::interval(every);
     loop {
         tokio::select! {
-            _ = tick.tick() => crate::systemd::watchdog(),
+            _ = tick.tick() => crate::ops::systemd::watchdog(),
             () = cancel.cancelled() => return,
         }
     }
@@ -372,8 +378,7 @@ async fn serve_tls(
         "TLS handshake complete"
     );
     let close = cancel.child_token();
-    let activity = Arc::new(Activity::default());
-    activity.end_idle_start();
+    let requests = Arc::new(InFlight::new());
     let conn = Arc::new(ConnInfo {
         peer,
         peer_ip: HeaderValue::from_str(&peer.ip().to_string())
@@ -386,7 +391,7 @@ async fn serve_tls(
         chain,
         generation: AtomicU64::new(rt.generation),
         close: close.clone(),
-        activity: activity.clone(),
+        requests: requests.clone(),
         tunnels: shared.tunnels.clone(),
     });
     let svc_shared = shared.clone();
@@ -402,16 +407,21 @@ async fn serve_tls(
         send: rt.send_timeout,
     };
     let result = if h2 {
-        let io = ClientIo::new(tls, activity.clone());
+        let state = Arc::new(keepalive::IoState::default());
+        let io = ClientIo::new(tls, state.clone());
         let connection = Box::pin(rt.http2.serve_connection(io, service));
         drop(rt);
-        keepalive::drive(peer, connection, &close, &activity, deadlines).await
+        let watch = keepalive::Watch {
+            requests: &requests,
+            io: &state,
+        };
+        keepalive::drive(peer, connection, &close, watch, deadlines).await
     } else {
         // The settings current when hyper (re)takes the connection, not those at accept: a
         // parked connection must not keep an old runtime alive.
         drop(rt);
         let settings = move || shared.current().http1.clone();
-        keepalive::serve(peer, tls, service, settings, &close, activity, deadlines).await
+        keepalive::serve(peer, tls, service, settings, &close, &requests, deadlines).await
     };
     if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
@@ -487,7 +497,8 @@ fn recheck(conn: &ConnInfo, rt: &Runtime) -> Result<(), Reject> {
 
 async fn handle(shared: &Shared, conn: &ConnInfo, req: Request<Incoming>) -> Response<ProxyBody> {
     let start = Instant::now();
-    conn.activity
+    let request = conn
+        .requests
         .begin(!hyper::body::Body::is_end_stream(req.body()));
     let rt = shared.current();
     let method = req.method().clone();
@@ -573,7 +584,7 @@ async fn handle(shared: &Shared, conn: &ConnInfo, req: Request<Incoming>) -> Res
             .clone(),
         log: rt.access_log,
         metrics: shared.metrics.clone(),
-        activity: conn.activity.clone(),
+        request,
     });
     resp
 }

@@ -151,6 +151,19 @@ impl<C: Clock + Clone> Zone<C> {
     }
 }
 
+/// One `[[rate_limit]]` zone, validated.
+#[derive(Debug, Clone)]
+pub struct RateLimitZone {
+    /// Name.
+    pub name: String,
+    /// What it counts by.
+    pub key_by: KeyBy,
+    /// Sustained rate.
+    pub rate: Rate,
+    /// Requests allowed at once.
+    pub burst: NonZeroU32,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,10 +21,15 @@ use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyD
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::access::IpList;
-use crate::jwt::{JwtSettings, JwtVerifier};
-use crate::ratelimit::{KeyBy, Rate};
-use crate::routes::{Action, Auth, IdentityAllow, Route, RouteError};
+use crate::ops::logging::LogFormat;
+use crate::policy::access::IpList;
+use crate::policy::forward_auth::ForwardAuthConfig;
+use crate::policy::jwt::{JwtSettings, JwtVerifier};
+use crate::policy::ratelimit::{KeyBy, Rate, RateLimitZone};
+use crate::policy::routes::{Action, Auth, IdentityAllow, Route, RouteError};
+use crate::tls::identity::HeaderNames;
+use crate::tls::{ClientAuth, CrlExpired, Tls, TlsVersion};
+use crate::upstream::Upstream;
 
 /// Where `certgate run` and `check` look when neither `-c` nor `$CERTGATE_CONFIG` is given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/certgate/certgate.toml";
@@ -404,48 +409,6 @@ struct RawLog {
 // ---------------------------------------------------------------------------------------------
 // Stage 2: the validated runtime config.
 
-/// Whether clients must present a certificate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ClientAuth {
-    /// No certificate, no handshake (nginx `ssl_verify_client on`).
-    #[default]
-    Required,
-    /// A client may come without a certificate; an invalid one is still refused.
-    Optional,
-}
-
-/// What a CRL past its next-update date means.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CrlExpired {
-    /// Refuse the clients of that CA (they might be revoked in a CRL we have not seen).
-    #[default]
-    Reject,
-    /// Accept them and log a warning.
-    Warn,
-}
-
-/// Lowest accepted TLS version.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TlsVersion {
-    /// TLS 1.2 and 1.3.
-    Tls12,
-    /// TLS 1.3 only.
-    Tls13,
-}
-
-/// Log line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable key=value lines.
-    #[default]
-    Text,
-    /// One JSON object per line.
-    Json,
-}
-
 /// The validated configuration.
 #[derive(Debug)]
 pub struct Config {
@@ -505,30 +468,6 @@ pub struct Limits {
     pub handshake_failures_per_ip: Rate,
 }
 
-/// One `[[rate_limit]]` zone, validated.
-#[derive(Debug, Clone)]
-pub struct RateLimitZone {
-    /// Name.
-    pub name: String,
-    /// What it counts by.
-    pub key_by: KeyBy,
-    /// Sustained rate.
-    pub rate: Rate,
-    /// Requests allowed at once.
-    pub burst: NonZeroU32,
-}
-
-/// `[forward_auth]`, validated.
-#[derive(Debug, Clone)]
-pub struct ForwardAuthConfig {
-    /// The auth service.
-    pub url: http::Uri,
-    /// Longest wait.
-    pub timeout: Duration,
-    /// Headers copied from a 2xx answer.
-    pub copy_headers: Vec<HeaderName>,
-}
-
 /// `[listen]`, validated.
 #[derive(Debug, Clone)]
 pub struct Listen {
@@ -538,102 +477,6 @@ pub struct Listen {
     pub http_redirect: Option<SocketAddr>,
     /// Grace period for requests in flight at shutdown.
     pub shutdown_timeout: Duration,
-}
-
-/// `[tls]`, validated, with the certificates, key and CRLs loaded.
-#[derive(Debug)]
-pub struct Tls {
-    /// Where the server chain came from.
-    pub cert_path: PathBuf,
-    /// Where the key came from.
-    pub key_path: PathBuf,
-    /// Where the client CA bundle came from.
-    pub client_ca_path: PathBuf,
-    /// Where each CRL came from, in the same order as `crls`.
-    pub crl_paths: Vec<PathBuf>,
-    /// Server chain, leaf first.
-    pub cert_chain: Vec<CertificateDer<'static>>,
-    /// Server private key.
-    pub key: PrivateKeyDer<'static>,
-    /// Accepted client CAs.
-    pub client_cas: Vec<CertificateDer<'static>>,
-    /// CRLs, DER.
-    pub crls: Vec<CertificateRevocationListDer<'static>>,
-    /// Required or optional client certificates.
-    pub client_auth: ClientAuth,
-    /// Lowest TLS version.
-    pub min_version: TlsVersion,
-    /// Longest handshake.
-    pub handshake_timeout: Duration,
-    /// What an expired CRL means.
-    pub crl_expired: CrlExpired,
-}
-
-/// `[upstream]`, validated.
-#[derive(Debug, Clone)]
-pub struct Upstream {
-    /// `scheme://host:port` of the backend, as given.
-    pub url: String,
-    /// The backend's authority (`host:port`), used to build request URIs.
-    pub authority: http::uri::Authority,
-    /// Pool size.
-    pub max_idle_connections: usize,
-    /// TCP connect limit.
-    pub connect_timeout: Duration,
-    /// Response-header limit.
-    pub response_timeout: Duration,
-    /// Longest silence inside a body.
-    pub idle_timeout: Duration,
-}
-
-/// The identity headers the proxy injects: their format, and in the nginx profile their names
-/// (`None` when turned off).
-#[derive(Debug, Clone)]
-pub struct HeaderNames {
-    /// Which format (spec §14).
-    pub profile: crate::identity::HeaderProfile,
-    /// `X-SSL-Client-Verify`
-    pub verify: Option<HeaderName>,
-    /// `X-SSL-Client-DN`
-    pub subject_dn: Option<HeaderName>,
-    /// `X-SSL-Client-I-DN`
-    pub issuer_dn: Option<HeaderName>,
-    /// `X-SSL-Client-Cert`
-    pub cert: Option<HeaderName>,
-    /// `X-SSL-Client-Serial`
-    pub serial: Option<HeaderName>,
-    /// `X-SSL-Client-Fingerprint`
-    pub fingerprint: Option<HeaderName>,
-}
-
-impl Default for HeaderNames {
-    fn default() -> Self {
-        Self {
-            profile: crate::identity::HeaderProfile::Nginx,
-            verify: Some(HeaderName::from_static("x-ssl-client-verify")),
-            subject_dn: Some(HeaderName::from_static("x-ssl-client-dn")),
-            issuer_dn: Some(HeaderName::from_static("x-ssl-client-i-dn")),
-            cert: Some(HeaderName::from_static("x-ssl-client-cert")),
-            serial: Some(HeaderName::from_static("x-ssl-client-serial")),
-            fingerprint: Some(HeaderName::from_static("x-ssl-client-fingerprint")),
-        }
-    }
-}
-
-impl HeaderNames {
-    /// Every configured name, for stripping from client requests.
-    pub fn all(&self) -> impl Iterator<Item = &HeaderName> {
-        [
-            &self.verify,
-            &self.subject_dn,
-            &self.issuer_dn,
-            &self.cert,
-            &self.serial,
-            &self.fingerprint,
-        ]
-        .into_iter()
-        .flatten()
-    }
 }
 
 /// `[log]`, validated.
@@ -646,6 +489,17 @@ pub struct Log {
 }
 
 impl Config {
+    /// What the request policy is built from.
+    pub fn policy_settings(&self) -> crate::policy::Settings<'_> {
+        crate::policy::Settings {
+            routes: &self.routes,
+            zones: &self.rate_limits,
+            jwt: self.jwt.as_ref(),
+            forward_auth: self.forward_auth.as_ref(),
+            max_body: self.limits.max_body,
+        }
+    }
+
     /// Reads, parses and validates the config file and every file it names.
     ///
     /// # Errors
@@ -1217,7 +1071,7 @@ impl Validator<'_> {
             // An identity allow-list implies the route needs a certificate.
             rules.client_cert_required = true;
             rules.allow = Some(IdentityAllow {
-                names: crate::identity::IdentityNames {
+                names: crate::tls::identity::IdentityNames {
                     cn: a.cn.clone(),
                     ou: a.ou.clone(),
                     o: a.o.clone(),
@@ -1270,9 +1124,9 @@ impl Validator<'_> {
         }
         if let Some(sp) = &r.strip_prefix {
             let prefix = sp.get_ref().trim_end_matches('/');
-            let route_path = crate::routes::normalize(&route.path).ok();
+            let route_path = crate::policy::routes::normalize(&route.path).ok();
             let ok = prefix.is_ascii()
-                && crate::routes::normalize(prefix).is_ok_and(|n| n.as_str() == prefix)
+                && crate::policy::routes::normalize(prefix).is_ok_and(|n| n.as_str() == prefix)
                 && Route::new(prefix, Action::Allow)
                     .ok()
                     .zip(route_path)
@@ -1482,7 +1336,7 @@ impl Validator<'_> {
     }
 
     fn headers(&mut self, raw: &RawHeaders) -> HeaderNames {
-        use crate::identity::HeaderProfile;
+        use crate::tls::identity::HeaderProfile;
         let defaults = HeaderNames::default();
         let profile = match &raw.profile {
             None => HeaderProfile::Nginx,

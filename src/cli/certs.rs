@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
 use time::{Duration, OffsetDateTime};
 
-use crate::commands::CliError;
+use crate::cli::commands::CliError;
 use crate::pki::{self, Issued, KeyAlg, PkiError, Profile, Revoked, San, Spec};
 
 /// The state file's name inside the CA folder.
@@ -574,7 +574,7 @@ impl CaFolder {
         let (subject, not_before, not_after) =
             match x509_parser::parse_x509_certificate(&issued.cert) {
                 Ok((_, c)) => (
-                    crate::identity::format_dn(c.subject()),
+                    crate::tls::identity::format_dn(c.subject()),
                     rfc3339(c.validity().not_before.to_datetime()),
                     rfc3339(c.validity().not_after.to_datetime()),
                 ),

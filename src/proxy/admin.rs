@@ -12,8 +12,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
-use crate::body::ProxyBody;
-use crate::reload::Shared;
+use crate::proxy::runtime::Shared;
+use crate::response::body::ProxyBody;
 
 /// How long `/readyz` waits for the backend to accept a connection.
 const READY_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);

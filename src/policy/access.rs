@@ -160,7 +160,7 @@ impl Drop for ConnGuard {
 /// with bad or no certificates) is refused at accept, before any TLS work, until its rate of
 /// failures drops back under the limit.
 pub struct HandshakeThrottle {
-    rate: crate::ratelimit::Rate,
+    rate: crate::policy::ratelimit::Rate,
     limiter: governor::DefaultKeyedRateLimiter<IpAddr>,
     blocked: Mutex<HashMap<IpAddr, std::time::Instant>>,
 }
@@ -175,7 +175,7 @@ impl std::fmt::Debug for HandshakeThrottle {
 
 impl HandshakeThrottle {
     /// `rate.count` failures at once, then one more per `rate.per / rate.count`.
-    pub fn new(rate: crate::ratelimit::Rate) -> HandshakeThrottle {
+    pub fn new(rate: crate::policy::ratelimit::Rate) -> HandshakeThrottle {
         let period = (rate.per / rate.count.get()).max(std::time::Duration::from_nanos(1));
         let quota = governor::Quota::with_period(period)
             .unwrap_or_else(|| governor::Quota::per_minute(rate.count))
@@ -188,7 +188,7 @@ impl HandshakeThrottle {
     }
 
     /// The settings it was made with.
-    pub fn rate(&self) -> crate::ratelimit::Rate {
+    pub fn rate(&self) -> crate::policy::ratelimit::Rate {
         self.rate
     }
 
@@ -259,7 +259,7 @@ mod tests {
 
     #[test]
     fn handshake_throttle_blocks_after_the_burst() {
-        let t = HandshakeThrottle::new(crate::ratelimit::Rate::parse("3/m").unwrap());
+        let t = HandshakeThrottle::new(crate::policy::ratelimit::Rate::parse("3/m").unwrap());
         let ip: IpAddr = "10.1.2.3".parse().unwrap();
         assert!(t.failed(ip).is_none());
         assert!(t.failed(ip).is_none());

@@ -18,10 +18,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use rcgen::{DnType, DnValue};
 use tokio::net::TcpListener;
 
-use crate::commands::CliError;
+use crate::cli::commands::CliError;
 use crate::config::Config;
 use crate::pki::{self, Profile, San, Spec};
-use crate::server::Server;
+use crate::proxy::Server;
 
 /// Where the demo listens.
 pub const DEMO_ADDR: &str = "127.0.0.1:8443";
@@ -145,7 +145,7 @@ action = "deny"
 /// Exit 2 when the PKI cannot be made, 1 when 127.0.0.1:8443 is taken.
 pub fn run(dir: &Path) -> Result<(), CliError> {
     let made = ensure_pki(dir).map_err(CliError::invalid)?;
-    crate::logging::block_on(async {
+    crate::ops::logging::block_on(async {
         let backend = TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(CliError::other)?;
@@ -159,8 +159,8 @@ pub fn run(dir: &Path) -> Result<(), CliError> {
         )
         .map_err(CliError::other)?;
         let config = Config::load(&config_path).map_err(CliError::invalid)?;
-        crate::logging::init(config.log.format);
-        let signals = crate::server::Signals::register().map_err(CliError::other)?;
+        crate::ops::logging::init(config.log.format);
+        let signals = crate::proxy::Signals::register().map_err(CliError::other)?;
         let server = Server::bind(&config).await?;
         let (shutdown, reload) = signals.split(server.shared());
         tokio::spawn(reload);

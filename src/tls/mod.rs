@@ -8,9 +8,12 @@
 //! provider with the fastest P-256 and RSA signing in rustls' own benchmarks, which is what a
 //! full mTLS handshake spends its time on, and it is the one jsonwebtoken and rcgen share.
 
+pub mod identity;
+
 use std::io;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
@@ -20,9 +23,7 @@ use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{CertificateError, RootCertStore, ServerConfig};
 use rustls::{DigitallySignedStruct, DistinguishedName, OtherError, SignatureScheme};
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-
-use crate::config::{ClientAuth, CrlExpired, TlsVersion};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 
 /// The process-wide crypto provider.
 pub fn provider() -> Arc<CryptoProvider> {
@@ -87,7 +88,7 @@ pub fn check_key_matches(
 ///
 /// # Errors
 /// [`TlsError::ClientCa`] or [`TlsError::Verifier`].
-pub fn client_verifier(tls: &crate::config::Tls) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+pub fn client_verifier(tls: &Tls) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
     let mut roots = RootCertStore::empty();
     for (i, ca) in tls.client_cas.iter().enumerate() {
         roots.add(ca.clone()).map_err(|e| TlsError::ClientCa {
@@ -225,7 +226,7 @@ pub struct TlsSetup {
 ///
 /// # Errors
 /// A [`TlsError`] naming the file at fault.
-pub fn server_config(tls: &crate::config::Tls) -> Result<Arc<ServerConfig>, TlsError> {
+pub fn server_config(tls: &Tls) -> Result<Arc<ServerConfig>, TlsError> {
     build(tls).map(|s| s.server_config)
 }
 
@@ -233,7 +234,7 @@ pub fn server_config(tls: &crate::config::Tls) -> Result<Arc<ServerConfig>, TlsE
 ///
 /// # Errors
 /// A [`TlsError`] naming the file at fault.
-pub fn build(tls: &crate::config::Tls) -> Result<TlsSetup, TlsError> {
+pub fn build(tls: &Tls) -> Result<TlsSetup, TlsError> {
     let verifier = client_verifier(tls)?;
     let versions: &[&rustls::SupportedProtocolVersion] = match tls.min_version {
         TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
@@ -334,4 +335,64 @@ pub fn rustls_reason(tls: &rustls::Error) -> &'static str {
         rustls::Error::PeerMisbehaved(_) => "peer misbehaved",
         _ => "tls error",
     }
+}
+
+/// Whether clients must present a certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    /// No certificate, no handshake (nginx `ssl_verify_client on`).
+    #[default]
+    Required,
+    /// A client may come without a certificate; an invalid one is still refused.
+    Optional,
+}
+
+/// What a CRL past its next-update date means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CrlExpired {
+    /// Refuse the clients of that CA (they might be revoked in a CRL we have not seen).
+    #[default]
+    Reject,
+    /// Accept them and log a warning.
+    Warn,
+}
+
+/// Lowest accepted TLS version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVersion {
+    /// TLS 1.2 and 1.3.
+    Tls12,
+    /// TLS 1.3 only.
+    Tls13,
+}
+
+/// `[tls]`, validated, with the certificates, key and CRLs loaded.
+#[derive(Debug)]
+pub struct Tls {
+    /// Where the server chain came from.
+    pub cert_path: PathBuf,
+    /// Where the key came from.
+    pub key_path: PathBuf,
+    /// Where the client CA bundle came from.
+    pub client_ca_path: PathBuf,
+    /// Where each CRL came from, in the same order as `crls`.
+    pub crl_paths: Vec<PathBuf>,
+    /// Server chain, leaf first.
+    pub cert_chain: Vec<CertificateDer<'static>>,
+    /// Server private key.
+    pub key: PrivateKeyDer<'static>,
+    /// Accepted client CAs.
+    pub client_cas: Vec<CertificateDer<'static>>,
+    /// CRLs, DER.
+    pub crls: Vec<CertificateRevocationListDer<'static>>,
+    /// Required or optional client certificates.
+    pub client_auth: ClientAuth,
+    /// Lowest TLS version.
+    pub min_version: TlsVersion,
+    /// Longest handshake.
+    pub handshake_timeout: Duration,
+    /// What an expired CRL means.
+    pub crl_expired: CrlExpired,
 }

@@ -12,8 +12,8 @@ use std::fmt::Write as _;
 use http::Method;
 use serde::Deserialize;
 
-use crate::access::IpList;
-use crate::identity::{ClientIdentity, IdentityNames};
+use crate::policy::access::IpList;
+use crate::tls::identity::{ClientIdentity, IdentityNames};
 
 /// What a matching route does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -4,18 +4,23 @@
 //! enforced while forwarding). The first failing check answers. The result is the exact target
 //! to forward with the headers the checks add, or a [`Reject`] saying which rule refused it.
 
+pub mod access;
+pub mod forward_auth;
+pub mod jwt;
+pub mod ratelimit;
+pub mod routes;
+
 use std::sync::Arc;
 
 use http::uri::PathAndQuery;
 use http::{HeaderName, HeaderValue, Method, Request, Version, header};
 
-use crate::config::Config;
-use crate::forward::{ConnInfo, HeaderPolicy};
-use crate::forward_auth::ForwardAuth;
-use crate::jwt::JwtVerifier;
-use crate::ratelimit::{Key, KeyBy, Zone};
-use crate::reply::Reject;
-use crate::routes::{self, Action, Auth, Route};
+use crate::response::reply::Reject;
+use crate::upstream::{ConnInfo, HeaderPolicy};
+use forward_auth::{ForwardAuth, ForwardAuthConfig};
+use jwt::JwtVerifier;
+use ratelimit::{Key, KeyBy, RateLimitZone, Zone};
+use routes::{Action, Auth, Route};
 
 /// A request that passed every check.
 #[derive(Debug)]
@@ -32,6 +37,21 @@ pub struct Admitted {
     pub route: Option<usize>,
 }
 
+/// What a [`Policy`] is built from: the validated routes and the sections they refer to.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings<'a> {
+    /// `[[route]]`, in order.
+    pub routes: &'a [Route],
+    /// `[[rate_limit]]` zones, by index.
+    pub zones: &'a [RateLimitZone],
+    /// `[jwt]`.
+    pub jwt: Option<&'a Arc<JwtVerifier>>,
+    /// `[forward_auth]`.
+    pub forward_auth: Option<&'a ForwardAuthConfig>,
+    /// `[limits] max_body`.
+    pub max_body: u64,
+}
+
 /// Routes and everything they refer to.
 #[derive(Debug)]
 pub struct Policy {
@@ -46,9 +66,9 @@ impl Policy {
     /// Builds the policy from a validated config. A zone that `previous` has with the same
     /// name, key, rate and burst is carried over with its buckets, so a reload does not hand
     /// every client a fresh burst.
-    pub fn new(config: &Config, previous: Option<&Policy>) -> Policy {
-        let zones = config
-            .rate_limits
+    pub fn new(settings: &Settings<'_>, previous: Option<&Policy>) -> Policy {
+        let zones = settings
+            .zones
             .iter()
             .map(|z| {
                 previous
@@ -62,14 +82,13 @@ impl Policy {
             })
             .collect();
         Policy {
-            routes: config.routes.clone(),
+            routes: settings.routes.to_vec(),
             zones,
-            jwt: config.jwt.clone(),
-            forward_auth: config
+            jwt: settings.jwt.cloned(),
+            forward_auth: settings
                 .forward_auth
-                .as_ref()
                 .map(|f| ForwardAuth::new(f.url.clone(), f.timeout, f.copy_headers.clone())),
-            max_body: config.limits.max_body,
+            max_body: settings.max_body,
         }
     }
 
