@@ -729,7 +729,7 @@ impl Validator<'_> {
         for (i, r) in raw.routes.iter().enumerate() {
             match Route::new(r.path.get_ref(), r.action) {
                 Ok(mut route) => {
-                    route.label = format!("route[{i}] {}", route.path);
+                    route.label = format!("route[{i}] {}", route.path).into();
                     self.route_rules(i, r, &mut route, &known);
                     routes.push(route);
                 }

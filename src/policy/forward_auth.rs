@@ -16,8 +16,11 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::response::reply::Reject;
-use crate::upstream::{ConnInfo, HeaderPolicy};
+use crate::response::reply::{Check, Reject, Rule};
+use std::sync::Arc;
+
+use crate::tls::identity::Peer;
+use crate::upstream::HeaderPolicy;
 
 /// The configured auth service.
 #[derive(Debug)]
@@ -26,11 +29,14 @@ pub struct ForwardAuth {
     url: Uri,
     timeout: Duration,
     copy_headers: Vec<HeaderName>,
+    /// What the auth request is cleaned with: the same as the backend's requests.
+    headers: Arc<HeaderPolicy>,
 }
 
 impl ForwardAuth {
-    /// A client for the service at `url`.
-    pub fn new(url: Uri, timeout: Duration, copy_headers: Vec<HeaderName>) -> ForwardAuth {
+    /// A client for the configured service.
+    pub fn new(config: &ForwardAuthConfig, headers: Arc<HeaderPolicy>) -> ForwardAuth {
+        let timeout = config.timeout;
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(timeout));
         connector.set_nodelay(true);
@@ -41,15 +47,11 @@ impl ForwardAuth {
             .build(connector);
         ForwardAuth {
             client,
-            url,
+            url: config.url.clone(),
             timeout,
-            copy_headers,
+            copy_headers: config.copy_headers.clone(),
+            headers,
         }
-    }
-
-    /// The headers copied from a 2xx answer; clients must not be able to send them.
-    pub fn copy_headers(&self) -> &[HeaderName] {
-        &self.copy_headers
     }
 
     /// Asks the auth service about one request.
@@ -62,8 +64,7 @@ impl ForwardAuth {
         method: &Method,
         target: &PathAndQuery,
         host: &HeaderValue,
-        conn: &ConnInfo,
-        policy: &HeaderPolicy,
+        peer: &Peer,
     ) -> Result<Vec<(HeaderName, HeaderValue)>, Reject> {
         let mut req = Request::get(self.url.clone())
             .body(Empty::new())
@@ -78,7 +79,7 @@ impl ForwardAuth {
         }
         // The Host the backend will get, so the service judges the same request.
         h.insert(header::HOST, host.clone());
-        policy.sanitize(h, false, conn);
+        self.headers.sanitize(h, false, peer);
         if let Ok(v) = HeaderValue::from_str(target.as_str()) {
             h.insert(HeaderName::from_static("x-original-uri"), v);
         }
@@ -88,13 +89,13 @@ impl ForwardAuth {
         let resp = match tokio::time::timeout(self.timeout, self.client.request(req)).await {
             Ok(Ok(resp)) => resp,
             Ok(Err(e)) => {
-                tracing::warn!(peer = %conn.peer, url = %self.url, error = %e, "auth service request failed");
+                tracing::warn!(peer = %peer.addr, url = %self.url, error = %e, "auth service request failed");
                 return Err(Reject::service_unavailable(
                     "The authentication service is unavailable; try again later.",
                 ));
             }
             Err(_) => {
-                tracing::warn!(peer = %conn.peer, url = %self.url, "auth service did not answer in time");
+                tracing::warn!(peer = %peer.addr, url = %self.url, "auth service did not answer in time");
                 return Err(Reject::gateway_timeout(
                     "The authentication service did not answer in time; try again later.",
                 ));
@@ -120,16 +121,16 @@ impl ForwardAuth {
             }
             StatusCode::FORBIDDEN => Reject::forbidden(
                 "The authentication service refused access.",
-                "forward_auth".to_string(),
+                Rule::bare(Check::ForwardAuth),
             ),
             other => {
-                tracing::warn!(peer = %conn.peer, url = %self.url, status = other.as_u16(), "auth service answered with an error");
+                tracing::warn!(peer = %peer.addr, url = %self.url, status = other.as_u16(), "auth service answered with an error");
                 return Err(Reject::service_unavailable(
                     "The authentication service failed; try again later.",
                 ));
             }
         };
-        reject.rule = Some("forward_auth".to_string());
+        reject.rule = Some(Box::new(Rule::bare(Check::ForwardAuth)));
         if let Some(v) = parts.headers.get(header::WWW_AUTHENTICATE) {
             reject.headers.push((header::WWW_AUTHENTICATE, v.clone()));
         }

@@ -15,8 +15,9 @@ use std::sync::Arc;
 use http::uri::PathAndQuery;
 use http::{HeaderName, HeaderValue, Method, Request, Version, header};
 
-use crate::response::reply::Reject;
-use crate::upstream::{ConnInfo, HeaderPolicy};
+use crate::response::reply::{Check, Reject, Rule};
+use crate::tls::identity::Peer;
+use crate::upstream::{HeaderPolicy, Outbound};
 use forward_auth::{ForwardAuth, ForwardAuthConfig};
 use jwt::JwtVerifier;
 use ratelimit::{Key, KeyBy, RateLimitZone, Zone};
@@ -25,14 +26,8 @@ use routes::{Action, Auth, Route};
 /// A request that passed every check.
 #[derive(Debug)]
 pub struct Admitted {
-    /// Path (normalized, prefix stripped) and query to send to the backend.
-    pub target: PathAndQuery,
-    /// The Host to send (the client's `Host`, or `:authority` over HTTP/2), checked.
-    pub host: HeaderValue,
-    /// Headers the checks add (JWT subject, forward-auth copies).
-    pub extra: Vec<(HeaderName, HeaderValue)>,
-    /// Body limit for this request.
-    pub max_body: u64,
+    /// What to send to the backend.
+    pub out: Outbound,
     /// The index of the matched route, if any.
     pub route: Option<usize>,
 }
@@ -52,6 +47,21 @@ pub struct Settings<'a> {
     pub max_body: u64,
 }
 
+impl Settings<'_> {
+    /// Header names only certgate may set because a check sets them: the JWT subject header and
+    /// forward auth's copied headers. A client's own are stripped like the identity headers.
+    pub fn owned_headers(&self) -> Vec<HeaderName> {
+        let mut names = Vec::new();
+        if let Some(j) = self.jwt {
+            names.push(j.subject_header.clone());
+        }
+        if let Some(f) = self.forward_auth {
+            names.extend(f.copy_headers.iter().cloned());
+        }
+        names
+    }
+}
+
 /// Routes and everything they refer to.
 #[derive(Debug)]
 pub struct Policy {
@@ -66,7 +76,12 @@ impl Policy {
     /// Builds the policy from a validated config. A zone that `previous` has with the same
     /// name, key, rate and burst is carried over with its buckets, so a reload does not hand
     /// every client a fresh burst.
-    pub fn new(settings: &Settings<'_>, previous: Option<&Policy>) -> Policy {
+    /// `headers` is what forward auth's requests are cleaned with, as the backend's are.
+    pub fn new(
+        settings: &Settings<'_>,
+        headers: Arc<HeaderPolicy>,
+        previous: Option<&Policy>,
+    ) -> Policy {
         let zones = settings
             .zones
             .iter()
@@ -85,23 +100,9 @@ impl Policy {
             routes: settings.routes.to_vec(),
             zones,
             jwt: settings.jwt.cloned(),
-            forward_auth: settings
-                .forward_auth
-                .map(|f| ForwardAuth::new(f.url.clone(), f.timeout, f.copy_headers.clone())),
+            forward_auth: settings.forward_auth.map(|f| ForwardAuth::new(f, headers)),
             max_body: settings.max_body,
         }
-    }
-
-    /// Header names only certgate may set because a check sets them.
-    pub fn owned_headers(&self) -> Vec<HeaderName> {
-        let mut names = Vec::new();
-        if let Some(j) = &self.jwt {
-            names.push(j.subject_header.clone());
-        }
-        if let Some(f) = &self.forward_auth {
-            names.extend(f.copy_headers().iter().cloned());
-        }
-        names
     }
 
     /// Forgets idle rate-limit keys.
@@ -115,14 +116,9 @@ impl Policy {
     ///
     /// # Errors
     /// The [`Reject`] of the first check that fails.
-    pub async fn check<B>(
-        &self,
-        req: &Request<B>,
-        conn: &ConnInfo,
-        headers: &HeaderPolicy,
-    ) -> Result<Admitted, Reject> {
+    pub async fn check<B>(&self, req: &Request<B>, peer: &Peer) -> Result<Admitted, Reject> {
         let mut matched_route = None;
-        self.check_inner(req, conn, headers, &mut matched_route)
+        self.check_inner(req, peer, &mut matched_route)
             .await
             .map_err(|mut r| {
                 r.route = matched_route;
@@ -133,8 +129,7 @@ impl Policy {
     async fn check_inner<B>(
         &self,
         req: &Request<B>,
-        conn: &ConnInfo,
-        headers: &HeaderPolicy,
+        peer: &Peer,
         matched_route: &mut Option<usize>,
     ) -> Result<Admitted, Reject> {
         let host = check_form(req)?;
@@ -153,7 +148,7 @@ impl Policy {
                         "Access to this path is denied by the proxy's route {:?}.",
                         route.path
                     ),
-                    format!("{label} deny"),
+                    Rule::on(label, Check::Deny),
                 ));
             }
             if let Some(prefix) = &route.rules.strip_prefix {
@@ -170,7 +165,7 @@ impl Policy {
                             "Access to this path is denied by the proxy's route {:?} (the path after strip_prefix {prefix:?}).",
                             deny.path
                         ),
-                        format!("{} deny (after {label} strip_prefix)", deny.label),
+                        Rule::on(label, Check::DenyAfterStrip(deny.label.clone())),
                     ));
                 }
                 forwarded = Some(stripped);
@@ -180,29 +175,29 @@ impl Policy {
                 return Err(Reject::method_not_allowed(
                     req.method(),
                     &rules.allow_header(),
-                    format!("{label} methods"),
+                    Rule::on(label, Check::Methods),
                 ));
             }
-            if !rules.allow_ips.allows(conn.peer.ip()) {
+            if !rules.allow_ips.allows(peer.addr.ip()) {
                 return Err(Reject::forbidden(
                     format!(
                         "Your address {} is not on the allow_ips list of route {:?}.",
-                        conn.peer.ip(),
+                        peer.addr.ip(),
                         route.path
                     ),
-                    format!("{label} allow_ips"),
+                    Rule::on(label, Check::AllowIps),
                 ));
             }
-            if rules.client_cert_required && conn.identity.is_none() {
+            if rules.client_cert_required && peer.identity.is_none() {
                 return Err(Reject::forbidden(
                     format!(
                         "Route {:?} requires a client certificate; connect with one issued by this server's CA.",
                         route.path
                     ),
-                    format!("{label} client_cert"),
+                    Rule::on(label, Check::ClientCert),
                 ));
             }
-            if let (Some(allow), Some(id)) = (&rules.allow, &conn.identity)
+            if let (Some(allow), Some(id)) = (&rules.allow, &peer.identity)
                 && !allow.admits(id)
             {
                 return Err(Reject::forbidden(
@@ -210,7 +205,7 @@ impl Policy {
                         "Your certificate ({}) is not on the allow list of route {:?}.",
                         id.subject_dn, route.path
                     ),
-                    format!("{label} allow"),
+                    Rule::on(label, Check::Allow),
                 ));
             }
             match rules.auth {
@@ -226,7 +221,7 @@ impl Policy {
                         .and_then(|t| jwt.verify(t))
                         .map_err(|e| {
                             let mut r = Reject::invalid_token(&e.to_string());
-                            r.rule = Some(format!("{label} jwt"));
+                            r.rule = Some(Box::new(Rule::on(label, Check::Jwt)));
                             r
                         })?;
                     let value = HeaderValue::from_str(&subject).map_err(|_| {
@@ -243,23 +238,26 @@ impl Policy {
                     // What the auth service is asked about is exactly what will be forwarded.
                     let target = target(req, forwarded.as_ref().unwrap_or(&path))?;
                     let copied = fa
-                        .check(req.headers(), req.method(), &target, &host, conn, headers)
+                        .check(req.headers(), req.method(), &target, &host, peer)
                         .await
                         .map_err(|mut r| {
-                            r.rule = Some(format!("{label} forward_auth"));
+                            r.rule = Some(Box::new(Rule::on(label, Check::ForwardAuth)));
                             r
                         })?;
                     extra.extend(copied);
                 }
             }
             if let Some(zone) = rules.rate_limit.and_then(|z| self.zones.get(z)) {
-                let key = match (zone.key_by, &conn.identity) {
+                let key = match (zone.key_by, &peer.identity) {
                     (KeyBy::Client, Some(id)) => Key::Cert(Arc::from(id.fingerprint.as_str())),
-                    _ => Key::Ip(conn.peer.ip()),
+                    _ => Key::Ip(peer.addr.ip()),
                 };
                 if let Err(wait) = zone.check(&key) {
                     let mut r = Reject::too_many_requests(&zone.name, wait);
-                    r.rule = Some(format!("{label} rate_limit {}", zone.name));
+                    r.rule = Some(Box::new(Rule::on(
+                        label,
+                        Check::RateLimit(zone.name.as_str().into()),
+                    )));
                     return Err(r);
                 }
             }
@@ -269,10 +267,12 @@ impl Policy {
         }
         let target = target(req, forwarded.as_ref().unwrap_or(&path))?;
         Ok(Admitted {
-            target,
-            host,
-            extra,
-            max_body,
+            out: Outbound {
+                target,
+                host,
+                extra,
+                max_body,
+            },
             route: *matched_route,
         })
     }

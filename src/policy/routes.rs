@@ -378,7 +378,7 @@ pub struct Route {
     pub rules: RouteRules,
     /// `route[2] /api`: for messages, logs and metric labels (set by the config loader, which
     /// knows the index).
-    pub label: String,
+    pub label: std::sync::Arc<str>,
 }
 
 impl Route {
@@ -405,7 +405,7 @@ impl Route {
             plain_prefix,
             action,
             rules: RouteRules::default(),
-            label: path.to_string(),
+            label: path.into(),
         })
     }
 

@@ -251,9 +251,14 @@ impl Runtime {
                     config.limits.handshake_failures_per_ip,
                 ))
             });
-        let policy = Policy::new(&config.policy_settings(), previous.map(|p| &p.policy));
-        let owned = policy.owned_headers();
-        let header_policy = HeaderPolicy::new(&config.headers, owned.iter());
+        let settings = config.policy_settings();
+        let owned = settings.owned_headers();
+        let header_policy = Arc::new(HeaderPolicy::new(&config.headers, owned.iter()));
+        let policy = Policy::new(
+            &settings,
+            header_policy.clone(),
+            previous.map(|p| &p.policy),
+        );
         Ok(Runtime {
             generation,
             acceptor: TlsAcceptor::from(tls.server_config),

@@ -1,9 +1,89 @@
 //! The answers certgate makes itself: JSON errors of the shape
 //! `{"error": "<code>", "message": "<one sentence a person can act on>"}` (spec §6).
 
+use std::fmt;
+use std::sync::Arc;
+
 use http::{HeaderName, HeaderValue, Response, StatusCode, header};
 
 use crate::response::body::ProxyBody;
+
+/// The check that refused a request (spec §8's order), for the log line, the access log's
+/// `rule` field and the `denied` metric. Typed, so nothing downstream parses a label.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Check {
+    /// A `deny` route.
+    Deny,
+    /// A `deny` route (its label here) that matches the path forwarded after the matched
+    /// route's `strip_prefix`.
+    DenyAfterStrip(Arc<str>),
+    /// The route's `methods`.
+    Methods,
+    /// The route's `allow_ips`.
+    AllowIps,
+    /// The route needs a client certificate.
+    ClientCert,
+    /// The route's identity `allow` list.
+    Allow,
+    /// A bearer token.
+    Jwt,
+    /// The forward-auth service.
+    ForwardAuth,
+    /// A rate-limit zone (its name).
+    RateLimit(Arc<str>),
+    /// The body limit.
+    MaxBody,
+    /// The re-check of an open connection's certificate after a reload (why it failed).
+    Recheck(&'static str),
+}
+
+/// Which check refused a request, and on which route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    /// The check.
+    pub check: Check,
+    /// The matched route's label (`route[2] /api`), when the check belongs to one.
+    pub route: Option<Arc<str>>,
+}
+
+impl Rule {
+    /// A check outside any route.
+    pub fn bare(check: Check) -> Rule {
+        Rule { check, route: None }
+    }
+
+    /// A check of the route labelled `route`.
+    pub fn on(route: &Arc<str>, check: Check) -> Rule {
+        Rule {
+            check,
+            route: Some(route.clone()),
+        }
+    }
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let (Some(route), Check::DenyAfterStrip(deny)) = (&self.route, &self.check) {
+            return write!(f, "{deny} deny (after {route} strip_prefix)");
+        }
+        if let Some(route) = &self.route {
+            write!(f, "{route} ")?;
+        }
+        match &self.check {
+            Check::Deny => f.write_str("deny"),
+            Check::DenyAfterStrip(deny) => write!(f, "{deny} deny (after strip_prefix)"),
+            Check::Methods => f.write_str("methods"),
+            Check::AllowIps => f.write_str("allow_ips"),
+            Check::ClientCert => f.write_str("client_cert"),
+            Check::Allow => f.write_str("allow"),
+            Check::Jwt => f.write_str("jwt"),
+            Check::ForwardAuth => f.write_str("forward_auth"),
+            Check::RateLimit(zone) => write!(f, "rate_limit {zone}"),
+            Check::MaxBody => f.write_str("max_body"),
+            Check::Recheck(why) => write!(f, "recheck {why}"),
+        }
+    }
+}
 
 /// A refusal or failure, before it is rendered.
 #[derive(Debug, Clone)]
@@ -14,8 +94,9 @@ pub struct Reject {
     pub code: &'static str,
     /// One sentence for a person.
     pub message: String,
-    /// The rule that refused it, for the access log.
-    pub rule: Option<String>,
+    /// The check that refused it, for the logs and metrics (boxed: a `Reject` travels in every
+    /// `Result` of the request path, and refusals are the rare case).
+    pub rule: Option<Box<Rule>>,
     /// Extra response headers (`WWW-Authenticate`, `Allow`, `Retry-After`).
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// The index of the route the request matched, if any (for the metrics).
@@ -29,9 +110,9 @@ impl Reject {
     }
 
     /// 403 `forbidden`.
-    pub fn forbidden(message: impl Into<String>, rule: String) -> Reject {
+    pub fn forbidden(message: impl Into<String>, rule: Rule) -> Reject {
         Reject {
-            rule: Some(rule),
+            rule: Some(Box::new(rule)),
             ..Reject::new(StatusCode::FORBIDDEN, "forbidden", message)
         }
     }
@@ -60,13 +141,13 @@ impl Reject {
     }
 
     /// 405 `method_not_allowed` with `Allow`.
-    pub fn method_not_allowed(method: &http::Method, allow: &str, rule: String) -> Reject {
+    pub fn method_not_allowed(method: &http::Method, allow: &str, rule: Rule) -> Reject {
         let mut r = Reject::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
             format!("{method} is not allowed here; allowed: {allow}."),
         );
-        r.rule = Some(rule);
+        r.rule = Some(Box::new(rule));
         if let Ok(v) = HeaderValue::from_str(allow) {
             r.headers.push((header::ALLOW, v));
         }
@@ -74,7 +155,7 @@ impl Reject {
     }
 
     /// 413 `payload_too_large`.
-    pub fn payload_too_large(limit: u64, rule: String) -> Reject {
+    pub fn payload_too_large(limit: u64) -> Reject {
         let mut r = Reject::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
@@ -83,7 +164,7 @@ impl Reject {
                 bytesize::ByteSize::b(limit).display().iec()
             ),
         );
-        r.rule = Some(rule);
+        r.rule = Some(Box::new(Rule::bare(Check::MaxBody)));
         r
     }
 
@@ -96,7 +177,7 @@ impl Reject {
             "too_many_requests",
             format!("Rate limit {zone:?} exceeded; retry in {secs} s."),
         );
-        r.rule = Some(format!("rate_limit {zone}"));
+        r.rule = Some(Box::new(Rule::bare(Check::RateLimit(zone.into()))));
         r.headers
             .push((header::RETRY_AFTER, HeaderValue::from(secs)));
         r
@@ -161,5 +242,32 @@ impl Reject {
             resp.headers_mut().append(name.clone(), value.clone());
         }
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_read_as_the_log_lines_always_did() {
+        let route: Arc<str> = Arc::from("route[1] /gradio_api");
+        let cases = [
+            (Rule::on(&route, Check::Deny), "route[1] /gradio_api deny"),
+            (
+                Rule::on(&route, Check::RateLimit("api".into())),
+                "route[1] /gradio_api rate_limit api",
+            ),
+            (
+                Rule::on(&route, Check::DenyAfterStrip("route[0] /internal".into())),
+                "route[0] /internal deny (after route[1] /gradio_api strip_prefix)",
+            ),
+            (Rule::bare(Check::MaxBody), "max_body"),
+            (Rule::bare(Check::Recheck("revoked")), "recheck revoked"),
+            (Rule::bare(Check::ForwardAuth), "forward_auth"),
+        ];
+        for (rule, want) in cases {
+            assert_eq!(rule.to_string(), want);
+        }
     }
 }

@@ -115,6 +115,20 @@ fn escaped_pem(der: &[u8]) -> String {
     percent_encoding::utf8_percent_encode(&pem, NGINX_URI_COMPONENT).to_string()
 }
 
+/// Who is at the other end of a connection, as the checks and the backend see it: computed
+/// once after the handshake and shared by every request on the connection.
+#[derive(Debug)]
+pub struct Peer {
+    /// The client's address, IPv4-mapped IPv6 folded to IPv4.
+    pub addr: std::net::SocketAddr,
+    /// The client's IP as a header value (`X-Real-IP`, `X-Forwarded-For`).
+    pub ip: HeaderValue,
+    /// The verified client identity, if a certificate was presented.
+    pub identity: Option<std::sync::Arc<ClientIdentity>>,
+    /// The identity headers, rendered once.
+    pub headers: IdentityHeaders,
+}
+
 /// The format of the identity headers (spec §14): who reads them decides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum HeaderProfile {

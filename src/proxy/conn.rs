@@ -1,0 +1,228 @@
+//! One client connection: the handshake, the per-connection facts computed once after it (who
+//! the peer is, the chain to re-check after a reload), and serving it as HTTP/1.1 or HTTP/2
+//! until it ends. [`Conn`] is the one owner of a connection's state; requests borrow it.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use http::HeaderValue;
+use hyper::service::service_fn;
+use rustls_pki_types::{CertificateDer, UnixTime};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::keepalive::{self, ClientIo};
+use super::readahead::ReadAhead;
+use super::runtime::{Runtime, Shared};
+use crate::policy::access::ConnGuard;
+use crate::response::in_flight::InFlight;
+use crate::response::reply::{Check, Reject, Rule};
+use crate::tls;
+use crate::tls::identity::{ClientIdentity, IdentityHeaders, Peer};
+use crate::upstream::Origin;
+
+/// A client connection after its handshake.
+#[derive(Debug)]
+pub(super) struct Conn {
+    /// Who the client is.
+    pub peer: Peer,
+    /// The chain the client presented (leaf first), to re-check after a reload.
+    chain: Vec<CertificateDer<'static>>,
+    /// The runtime generation this connection's certificate was last checked against.
+    generation: AtomicU64,
+    /// Cancelled to close this connection gracefully (after a failed re-check, or idle).
+    pub close: CancellationToken,
+    /// Its requests in flight, for the idle timeout and parking.
+    pub requests: Arc<InFlight>,
+    /// Where upgraded connections (WebSockets) run, so shutdown can wait for them.
+    tunnels: TaskTracker,
+}
+
+impl Conn {
+    /// Where a request on this connection comes from, as forwarding needs it.
+    pub(super) fn origin(&self) -> Origin<'_> {
+        Origin {
+            peer: &self.peer,
+            requests: &self.requests,
+            tunnels: &self.tunnels,
+        }
+    }
+}
+
+/// Serves one accepted TCP connection: the TLS handshake with its timeout, then HTTP/1.1 or
+/// HTTP/2 as ALPN chose, until the client leaves, the connection idles out or shutdown asks it
+/// to finish. `_guard` holds the connection's place in the connection limits.
+pub(super) async fn serve(
+    shared: Arc<Shared>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    cancel: CancellationToken,
+    _guard: ConnGuard,
+) {
+    let _ = tcp.set_nodelay(true);
+    // The runtime at accept time decides the handshake; later requests look at the current one.
+    let rt = shared.current();
+    // Boxed, like everything large that a connection holds for a while: the task itself stays
+    // small, which is most of what an idle connection costs.
+    // The stream is boxed inside the boxed handshake: no TLS state ever sits in the task.
+    let handshake = Box::pin(async {
+        tokio::time::timeout(
+            rt.handshake_timeout,
+            rt.acceptor.accept(ReadAhead::new(tcp)),
+        )
+        .await
+        .map(|r| r.map(Box::new))
+    });
+    let tls = tokio::select! {
+        r = handshake => r,
+        () = cancel.cancelled() => return,
+    };
+    let tls = match tls {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            let reason = tls::failure_reason(&e);
+            shared.metrics.handshake_failure(reason);
+            tracing::warn!(%peer, reason, detail = %e, "TLS handshake failed");
+            if tls::counts_as_failed_verification(&e) {
+                throttle(&rt, peer);
+            }
+            return;
+        }
+        Err(_) => {
+            shared.metrics.handshake_failure("timeout");
+            tracing::warn!(%peer, reason = "timeout", "TLS handshake failed");
+            throttle(&rt, peer);
+            return;
+        }
+    };
+    let chain: Vec<_> = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .map(|c| c.iter().map(|d| d.clone().into_owned()).collect())
+        .unwrap_or_default();
+    let identity = match chain.first() {
+        None => None,
+        Some(der) => match ClientIdentity::from_der(der) {
+            Ok(id) => {
+                shared.metrics.client_cert_seen(id.not_after);
+                Some(Arc::new(id))
+            }
+            Err(e) => {
+                shared.metrics.handshake_failure("unparsable certificate");
+                tracing::warn!(%peer, reason = "unparsable certificate", detail = %e, "TLS handshake failed");
+                return;
+            }
+        },
+    };
+    tracing::debug!(
+        %peer,
+        subject_dn = identity.as_ref().map_or("-", |i| i.subject_dn.as_str()),
+        "TLS handshake complete"
+    );
+    let close = cancel.child_token();
+    let requests = Arc::new(InFlight::new());
+    let conn = Arc::new(Conn {
+        peer: Peer {
+            addr: peer,
+            ip: HeaderValue::from_str(&peer.ip().to_string())
+                .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+            headers: IdentityHeaders::render(
+                &rt.headers,
+                identity.as_deref().map(|id| (id, chain.as_slice())),
+            ),
+            identity,
+        },
+        chain,
+        generation: AtomicU64::new(rt.generation),
+        close: close.clone(),
+        requests: requests.clone(),
+        tunnels: shared.tunnels.clone(),
+    });
+    let svc_shared = shared.clone();
+    let service = service_fn(move |req| {
+        let shared = svc_shared.clone();
+        let conn = conn.clone();
+        async move { Ok::<_, Infallible>(super::handle::handle(&shared, &conn, req).await) }
+    });
+    // ALPN decides the protocol, as RFC 9113 requires over TLS; without it, HTTP/1.1.
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let deadlines = keepalive::Deadlines {
+        keepalive: rt.keepalive_timeout,
+        send: rt.send_timeout,
+    };
+    let result = if h2 {
+        let state = Arc::new(keepalive::IoState::default());
+        let io = ClientIo::new(tls, state.clone());
+        let connection = Box::pin(rt.http2.serve_connection(io, service));
+        drop(rt);
+        let watch = keepalive::Watch {
+            requests: &requests,
+            io: &state,
+        };
+        keepalive::drive(peer, connection, &close, watch, deadlines).await
+    } else {
+        // The settings current when hyper (re)takes the connection, not those at accept: a
+        // parked connection must not keep an old runtime alive.
+        drop(rt);
+        let settings = move || shared.current().http1.clone();
+        keepalive::serve(peer, tls, service, settings, &close, &requests, deadlines).await
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// Counts a failed handshake against its address; logs once when the address goes over
+/// `handshake_failures_per_ip`.
+fn throttle(rt: &Runtime, peer: SocketAddr) {
+    if let Some(wait) = rt.handshake_throttle.failed(peer.ip()) {
+        tracing::warn!(
+            %peer,
+            refused_for = ?wait,
+            "too many failed handshakes from this address; refusing its connections before the handshake"
+        );
+    }
+}
+
+impl Conn {
+    /// After a reload, a connection's certificate is checked again against the new CAs and CRLs
+    /// before its next request; a certificate the new state refuses ends the connection.
+    pub(super) fn recheck(&self, rt: &Runtime) -> Result<(), Reject> {
+        let conn = self;
+        if conn.generation.load(Ordering::Acquire) == rt.generation {
+            return Ok(());
+        }
+        let refused = |message: String, reason: &'static str| {
+            Reject::forbidden(message, Rule::bare(Check::Recheck(reason)))
+        };
+        match conn.chain.split_first() {
+            None if rt.client_auth_required => {
+                return Err(refused(
+                    "A client certificate is now required; reconnect with one.".into(),
+                    "no certificate",
+                ));
+            }
+            None => {}
+            Some((leaf, intermediates)) => {
+                if let Err(e) = rt
+                    .verifier
+                    .verify_client_cert(leaf, intermediates, UnixTime::now())
+                {
+                    let reason = tls::rustls_reason(&e);
+                    let message = match reason {
+                    "revoked" => "Your client certificate has been revoked (certificate revoked).".to_string(),
+                    "unknown issuer" => "Your client certificate's issuer is no longer trusted (issuer no longer trusted).".to_string(),
+                    other => format!("Your client certificate is no longer accepted ({other})."),
+                };
+                    return Err(refused(message, reason));
+                }
+            }
+        }
+        conn.generation.store(rt.generation, Ordering::Release);
+        Ok(())
+    }
+}
