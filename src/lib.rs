@@ -6,6 +6,9 @@ pub mod ops;
 pub mod pki;
 pub mod policy;
 pub mod proxy;
-pub mod response;
+mod response;
 pub mod tls;
-pub mod upstream;
+mod upstream;
+
+#[doc(hidden)]
+pub use upstream::fuzz_sanitize;

@@ -4,5 +4,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    certgate::upstream::fuzz_sanitize(data);
+    certgate::fuzz_sanitize(data);
 });

@@ -1,6 +1,6 @@
 //! Running as a service: metrics, logs, systemd integration and the Landlock sandbox.
 
 pub mod logging;
-pub mod metrics;
-pub mod sandbox;
-pub mod systemd;
+pub(crate) mod metrics;
+pub(crate) mod sandbox;
+pub(crate) mod systemd;

@@ -237,6 +237,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn evict_forgets_blocks_that_ran_out_and_keeps_the_others() {
+        let t = HandshakeThrottle::new(crate::policy::ratelimit::Rate::parse("3/m").unwrap());
+        let (gone, kept): (IpAddr, IpAddr) =
+            ("10.9.0.1".parse().unwrap(), "10.9.0.2".parse().unwrap());
+        {
+            let mut blocked = t.blocked.lock().unwrap();
+            let now = std::time::Instant::now();
+            blocked.insert(gone, now - std::time::Duration::from_secs(1));
+            blocked.insert(kept, now + std::time::Duration::from_secs(60));
+        }
+        t.evict();
+        let blocked = t.blocked.lock().unwrap();
+        assert!(!blocked.contains_key(&gone));
+        assert!(blocked.contains_key(&kept));
+    }
+
+    #[test]
     fn cidr_v4_v6_and_mapped() {
         let l = IpList::parse(&[
             "192.168.1.0/24",

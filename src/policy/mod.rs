@@ -4,10 +4,10 @@
 //! enforced while forwarding). The first failing check answers. The result is the exact target
 //! to forward with the headers the checks add, or a [`Reject`] saying which rule refused it.
 
-pub mod access;
-pub mod forward_auth;
-pub mod jwt;
-pub mod ratelimit;
+pub(crate) mod access;
+pub(crate) mod forward_auth;
+pub(crate) mod jwt;
+pub(crate) mod ratelimit;
 pub mod routes;
 
 use std::sync::Arc;

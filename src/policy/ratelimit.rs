@@ -146,6 +146,7 @@ impl<C: Clock + Clone> Zone<C> {
     }
 
     /// Keys tracked now.
+    #[cfg(test)]
     pub fn tracked(&self) -> usize {
         self.limiter.len()
     }

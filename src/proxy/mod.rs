@@ -9,6 +9,7 @@
 mod admin;
 mod conn;
 mod handle;
+mod http;
 mod keepalive;
 mod readahead;
 mod redirect;
@@ -175,7 +176,11 @@ impl Server {
                     Err(e) => accept_error(e).await,
                 },
                 _ = housekeeping.tick() => {
-                    self.shared.current().policy.evict_idle();
+                    let rt = self.shared.current();
+                    rt.policy.evict_idle();
+                    // Blocks that ran out and idle failure counters: without this, every
+                    // address that ever failed a handshake stayed in memory.
+                    rt.handshake_throttle.evict();
                     if crl_warned.elapsed() >= CRL_WARN_EVERY {
                         crl_warned = Instant::now();
                         self.shared.warn_crl_freshness();

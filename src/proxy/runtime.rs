@@ -14,35 +14,12 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use http::HeaderValue;
 use http::uri::Authority;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::TokioExecutor;
 use rustls::server::danger::ClientCertVerifier;
 use tokio_rustls::TlsAcceptor;
 
 use crate::policy::access::{ConnLimits, HandshakeThrottle, IpList};
 
-/// Largest HTTP/1 request head (request line and headers); beyond it, 431.
-const H1_MAX_HEAD: usize = 64 * 1024;
-/// Largest read and write buffer of an HTTP/1 connection: how much of a streamed body moves per
-/// read and per write (hyper grows a connection's buffers up to it only while data keeps
-/// coming, and a parked connection has none).
-const H1_MAX_BUF: usize = 128 * 1024;
-/// Concurrent HTTP/2 streams per connection (nginx: 128).
-const H2_MAX_STREAMS: u32 = 128;
-/// Largest HTTP/2 header list (decoded), the bound on CONTINUATION floods.
-const H2_MAX_HEADER_LIST: u32 = 64 * 1024;
-/// Streams reset by the client before being accepted, in flight at once; beyond it, GOAWAY
-/// (CVE-2023-44487, "rapid reset").
-const H2_MAX_PENDING_RESETS: usize = 32;
-/// Streams certgate itself had to reset for protocol errors before it sends GOAWAY.
-const H2_MAX_LOCAL_ERROR_RESETS: usize = 256;
-/// Per-stream receive window: 1 MiB keeps a large upload flowing over one stream.
-const H2_STREAM_WINDOW: u32 = 1 << 20;
-/// Per-connection receive window: room for a few streams at full speed.
-const H2_CONNECTION_WINDOW: u32 = 4 << 20;
-/// HTTP/2 PING interval to notice dead peers...
-const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
-/// ...and how long an answer may take.
-const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 use crate::config::{Config, ConfigError, Listen};
 use crate::ops::metrics::Metrics;
 use crate::policy::Policy;
@@ -221,28 +198,7 @@ impl Runtime {
         previous: Option<&Runtime>,
     ) -> Result<Runtime, TlsError> {
         let tls = crate::tls::build(&config.tls)?;
-        let mut http1 = hyper::server::conn::http1::Builder::new();
-        let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-        // Without a timer hyper silently disables its header-read timeout.
-        // Explicit protocol limits (README "Security"): a request head over 64 KiB or with more
-        // than 100 fields gets 431; HTTP/2 streams, header lists, pending resets and pings are
-        // bounded so one client cannot exhaust the daemon.
-        http1
-            .timer(TokioTimer::new())
-            .header_read_timeout(config.limits.header_read_timeout)
-            .max_header_size(H1_MAX_HEAD)
-            .max_buf_size(H1_MAX_BUF)
-            .max_headers(crate::policy::MAX_HEADERS);
-        http2
-            .timer(TokioTimer::new())
-            .max_concurrent_streams(H2_MAX_STREAMS)
-            .max_header_list_size(H2_MAX_HEADER_LIST)
-            .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
-            .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESETS)
-            .initial_stream_window_size(H2_STREAM_WINDOW)
-            .initial_connection_window_size(H2_CONNECTION_WINDOW)
-            .keep_alive_interval(H2_PING_INTERVAL)
-            .keep_alive_timeout(H2_PING_TIMEOUT);
+        let (http1, http2) = super::http::builders(config.limits.header_read_timeout);
         let handshake_throttle = previous
             .map(|p| p.handshake_throttle.clone())
             .filter(|t| t.rate() == config.limits.handshake_failures_per_ip)

@@ -2,7 +2,7 @@
 //! riding on it), certgate's own JSON answers, and the access-log line written when a response
 //! ends.
 
-pub mod access_log;
-pub mod body;
-pub mod in_flight;
-pub mod reply;
+pub(crate) mod access_log;
+pub(crate) mod body;
+pub(crate) mod in_flight;
+pub(crate) mod reply;
