@@ -18,17 +18,20 @@ use std::sync::Arc;
 use http::{HeaderName, HeaderValue};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
-use serde::Deserialize;
 use toml::Spanned;
+
+mod raw;
+
+use raw::*;
 
 use crate::ops::logging::LogFormat;
 use crate::policy::access::IpList;
 use crate::policy::forward_auth::ForwardAuthConfig;
 use crate::policy::jwt::{JwtSettings, JwtVerifier};
-use crate::policy::ratelimit::{KeyBy, Rate, RateLimitZone};
+use crate::policy::ratelimit::{Rate, RateLimitZone};
 use crate::policy::routes::{Action, Auth, IdentityAllow, Route, RouteError};
 use crate::tls::identity::HeaderNames;
-use crate::tls::{ClientAuth, CrlExpired, Tls, TlsVersion};
+use crate::tls::{Tls, TlsVersion};
 use crate::upstream::Upstream;
 
 /// Where `certgate run` and `check` look when neither `-c` nor `$CERTGATE_CONFIG` is given.
@@ -141,269 +144,6 @@ impl fmt::Display for Problem {
             write!(f, ": {}: {}", self.key, self.message)
         }
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Stage 1: the raw file.
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawConfig {
-    listen: RawListen,
-    tls: RawTls,
-    #[serde(default)]
-    upstream: RawUpstream,
-    #[serde(default)]
-    headers: RawHeaders,
-    #[serde(default, rename = "route")]
-    routes: Vec<RawRoute>,
-    #[serde(default)]
-    log: RawLog,
-    #[serde(default)]
-    limits: RawLimits,
-    #[serde(default)]
-    access: RawAccess,
-    #[serde(default, rename = "rate_limit")]
-    rate_limits: Vec<RawRateLimit>,
-    jwt: Option<RawJwt>,
-    forward_auth: Option<RawForwardAuth>,
-    response_headers: Option<std::collections::BTreeMap<String, Spanned<String>>>,
-    admin: Option<RawAdmin>,
-    #[serde(default)]
-    reload: RawReload,
-    #[serde(default)]
-    sandbox: RawSandbox,
-}
-
-/// `[admin]`
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawAdmin {
-    /// Plain-HTTP listener for /metrics, /livez, /readyz; keep it on loopback.
-    listen: Spanned<String>,
-}
-
-/// `[reload]`
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawReload {
-    /// Poll interval for content changes, or "off".
-    watch: Option<Spanned<String>>,
-}
-
-/// `[limits]`
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawLimits {
-    /// Largest request body (nginx `client_max_body_size`).
-    max_body: Option<Spanned<String>>,
-    /// Open connections, whole daemon.
-    max_connections: Option<Spanned<usize>>,
-    /// Open connections per client IP, counted before the handshake.
-    max_connections_per_ip: Option<Spanned<usize>>,
-    /// HTTP/1: the whole request head must arrive within this.
-    header_read_timeout: Option<Spanned<String>>,
-    /// An idle client connection (no request in flight) is closed after this.
-    keepalive_timeout: Option<Spanned<String>>,
-    send_timeout: Option<Spanned<String>>,
-    /// Failed handshakes allowed per IP (`N/s`, `N/m`, `N/h`) before it is cut off.
-    handshake_failures_per_ip: Option<Spanned<String>>,
-}
-
-/// `[sandbox]`
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawSandbox {
-    /// Restrict the file system with Landlock after start-up.
-    landlock: Option<bool>,
-}
-
-/// `[access]`
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawAccess {
-    /// Client IPs or CIDR blocks allowed to connect; empty: everyone.
-    #[serde(default)]
-    allow_ips: Vec<Spanned<String>>,
-}
-
-/// `[[rate_limit]]`
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRateLimit {
-    /// Zone name, used by routes.
-    name: Spanned<String>,
-    /// `client` (certificate fingerprint, else IP) or `ip`.
-    #[serde(default = "default_key_by")]
-    key: KeyBy,
-    /// `N/s`, `N/m` or `N/h`.
-    rate: Spanned<String>,
-    /// Requests allowed at once.
-    burst: Option<Spanned<u32>>,
-}
-
-fn default_key_by() -> KeyBy {
-    KeyBy::Client
-}
-
-/// `[jwt]`
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawJwt {
-    /// Allowed algorithms; required, no default.
-    algorithms: Spanned<Vec<String>>,
-    /// HMAC secret.
-    secret_file: Option<Spanned<String>>,
-    /// PEM public key.
-    public_key_file: Option<Spanned<String>>,
-    /// JWKS.
-    jwks_file: Option<Spanned<String>>,
-    /// Expected `iss`.
-    issuer: Option<String>,
-    /// Expected `aud`.
-    audience: Option<String>,
-    /// Clock leeway for `exp`/`nbf`.
-    leeway: Option<Spanned<String>>,
-    /// Claim forwarded as the subject.
-    subject_claim: Option<String>,
-    /// Header it is forwarded in.
-    subject_header: Option<Spanned<String>>,
-}
-
-/// `[forward_auth]`
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawForwardAuth {
-    /// The auth service, plain HTTP.
-    url: Spanned<String>,
-    /// Longest wait for its answer.
-    timeout: Option<Spanned<String>>,
-    /// Headers copied from its 2xx answer to the backend request.
-    #[serde(default)]
-    copy_headers: Vec<Spanned<String>>,
-}
-
-/// `[listen]`
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawListen {
-    /// Address of the HTTPS listener. Required.
-    https: Spanned<String>,
-    /// Optional plain-HTTP listener that only redirects to HTTPS.
-    http_redirect: Option<Spanned<String>>,
-    /// How long requests in flight may take to finish after SIGTERM/SIGINT.
-    shutdown_timeout: Option<Spanned<String>>,
-}
-
-/// `[tls]`
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTls {
-    /// Server certificate chain, PEM, leaf first. Required.
-    cert: Spanned<String>,
-    /// Server private key, PEM (PKCS#8, PKCS#1 or SEC1). Required.
-    key: Spanned<String>,
-    /// PEM bundle of the CAs whose client certificates are accepted. Required.
-    client_ca: Spanned<String>,
-    /// CRLs, PEM or DER.
-    #[serde(default)]
-    crl: Vec<Spanned<String>>,
-    /// Whether a client certificate is required.
-    #[serde(default)]
-    client_auth: ClientAuth,
-    /// Lowest TLS version accepted: "1.2" or "1.3".
-    min_version: Option<Spanned<String>>,
-    /// Longest time a TLS handshake may take.
-    handshake_timeout: Option<Spanned<String>>,
-    /// What a CRL past its next update means.
-    #[serde(default)]
-    crl_expired: CrlExpired,
-}
-
-/// `[upstream]`
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawUpstream {
-    /// The backend's base URL.
-    url: Option<Spanned<String>>,
-    /// Pooled keep-alive connections kept per backend.
-    max_idle_connections: Option<usize>,
-    /// Longest wait for a TCP connection to the backend.
-    connect_timeout: Option<Spanned<String>>,
-    /// Longest wait for the backend's response headers.
-    response_timeout: Option<Spanned<String>>,
-    /// Longest silence inside a streaming body.
-    idle_timeout: Option<Spanned<String>>,
-}
-
-/// `[headers]`: names of the injected identity headers; "" turns one off.
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawHeaders {
-    profile: Option<Spanned<String>>,
-    verify: Option<Spanned<String>>,
-    subject_dn: Option<Spanned<String>>,
-    issuer_dn: Option<Spanned<String>>,
-    cert: Option<Spanned<String>>,
-    serial: Option<Spanned<String>>,
-    fingerprint: Option<Spanned<String>>,
-}
-
-/// `[[route]]`
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRoute {
-    /// Segment prefix on the normalized path.
-    path: Spanned<String>,
-    /// What to do with a match.
-    action: Action,
-    /// Allowed methods; others get 405.
-    methods: Option<Spanned<Vec<String>>>,
-    /// `"required"`: a verified client certificate is needed on this route.
-    client_cert: Option<Spanned<String>>,
-    /// Certificate identities admitted.
-    allow: Option<RawAllow>,
-    /// Client IPs allowed on this route.
-    #[serde(default)]
-    allow_ips: Vec<Spanned<String>>,
-    /// `none`, `jwt` or `forward`.
-    #[serde(default)]
-    auth: Auth,
-    /// A `[[rate_limit]]` zone name.
-    rate_limit: Option<Spanned<String>>,
-    /// Body limit for this route.
-    max_body: Option<Spanned<String>>,
-    /// Removed from the path before forwarding.
-    strip_prefix: Option<Spanned<String>>,
-}
-
-/// `allow = { cn = [...], ... }`
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawAllow {
-    #[serde(default)]
-    cn: Vec<String>,
-    #[serde(default)]
-    ou: Vec<String>,
-    #[serde(default)]
-    o: Vec<String>,
-    #[serde(default)]
-    san_dns: Vec<String>,
-    #[serde(default)]
-    san_email: Vec<String>,
-    #[serde(default)]
-    san_uri: Vec<String>,
-    #[serde(default)]
-    fingerprint: Vec<String>,
-}
-
-/// `[log]`
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawLog {
-    #[serde(default)]
-    format: LogFormat,
-    access: Option<bool>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1465,6 +1205,78 @@ mod tests {
             DEFAULT_IDLE_TIMEOUT,
         ] {
             assert!(humantime::parse_duration(d).is_ok(), "{d}");
+        }
+    }
+
+    /// Each section's validation, one bad value at a time: the problem names the key, says what
+    /// is wrong, and points at a line inside the section that holds it.
+    #[test]
+    fn each_bad_value_is_named_with_its_key_and_line() {
+        let base = "[listen]\nhttps = \"127.0.0.1:8443\"\n[tls]\ncert=\"a\"\nkey=\"b\"\nclient_ca=\"c\"\n";
+        let base_lines = base.lines().count();
+        let cases: &[(&str, &str, &str)] = &[
+            ("[limits]\nmax_body = \"lots\"", "limits.max_body", "invalid size"),
+            (
+                "[limits]\nhandshake_failures_per_ip = \"20 per minute\"",
+                "limits.handshake_failures_per_ip",
+                "20 per minute",
+            ),
+            (
+                "[access]\nallow_ips = [\"10.0.0.0/33\"]",
+                "access.allow_ips",
+                "neither an IP address nor a CIDR block",
+            ),
+            ("[upstream]\nurl = \"ftp://x\"", "upstream.url", "ftp://x"),
+            (
+                "[headers]\nverify = \"bad header\"",
+                "headers.verify",
+                "not a valid header name",
+            ),
+            ("[headers]\nprofile = \"apache\"", "headers.profile", "apache"),
+            (
+                "[[route]]\npath = \"api\"\naction = \"deny\"",
+                "route[0].path",
+                "not a usable route path",
+            ),
+            (
+                "[[route]]\npath = \"/a\"\naction = \"allow\"\nmethods = []",
+                "route[0].methods",
+                "at least one method",
+            ),
+            (
+                "[[route]]\npath = \"/a\"\naction = \"allow\"\nstrip_prefix = \"/b\"",
+                "route[0].strip_prefix",
+                "must be a plain path",
+            ),
+            (
+                "[[route]]\npath = \"/a\"\naction = \"allow\"\nauth = \"jwt\"",
+                "route[0].auth",
+                "needs a [jwt] section",
+            ),
+            (
+                "[[route]]\npath = \"/a\"\naction = \"allow\"\nrate_limit = \"nope\"",
+                "route[0].rate_limit",
+                "no [[rate_limit]] zone named",
+            ),
+            ("[reload]\nwatch = \"often\"", "reload.watch", "often"),
+            ("[admin]\nlisten = \"nowhere\"", "admin.listen", "nowhere"),
+        ];
+        for (section, key, says) in cases {
+            let p = problems(&format!("{base}{section}\n"));
+            let found = p
+                .iter()
+                .find(|p| p.key == *key)
+                .unwrap_or_else(|| panic!("no problem for {key} in {p:?}"));
+            assert!(found.message.contains(says), "{key}: {}", found.message);
+            let (line, _) = found
+                .at
+                .unwrap_or_else(|| panic!("{key}: no line and column"));
+            assert!(line > base_lines, "{key}: line {line} is not in its section");
+            let others: Vec<_> = p
+                .iter()
+                .filter(|p| !p.key.starts_with("tls.") && p.key != *key)
+                .collect();
+            assert!(others.is_empty(), "{key}: unrelated problems {others:?}");
         }
     }
 }
