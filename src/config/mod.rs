@@ -1212,10 +1212,15 @@ mod tests {
     /// is wrong, and points at a line inside the section that holds it.
     #[test]
     fn each_bad_value_is_named_with_its_key_and_line() {
-        let base = "[listen]\nhttps = \"127.0.0.1:8443\"\n[tls]\ncert=\"a\"\nkey=\"b\"\nclient_ca=\"c\"\n";
+        let base =
+            "[listen]\nhttps = \"127.0.0.1:8443\"\n[tls]\ncert=\"a\"\nkey=\"b\"\nclient_ca=\"c\"\n";
         let base_lines = base.lines().count();
         let cases: &[(&str, &str, &str)] = &[
-            ("[limits]\nmax_body = \"lots\"", "limits.max_body", "invalid size"),
+            (
+                "[limits]\nmax_body = \"lots\"",
+                "limits.max_body",
+                "invalid size",
+            ),
             (
                 "[limits]\nhandshake_failures_per_ip = \"20 per minute\"",
                 "limits.handshake_failures_per_ip",
@@ -1232,7 +1237,11 @@ mod tests {
                 "headers.verify",
                 "not a valid header name",
             ),
-            ("[headers]\nprofile = \"apache\"", "headers.profile", "apache"),
+            (
+                "[headers]\nprofile = \"apache\"",
+                "headers.profile",
+                "apache",
+            ),
             (
                 "[[route]]\npath = \"api\"\naction = \"deny\"",
                 "route[0].path",
@@ -1271,7 +1280,10 @@ mod tests {
             let (line, _) = found
                 .at
                 .unwrap_or_else(|| panic!("{key}: no line and column"));
-            assert!(line > base_lines, "{key}: line {line} is not in its section");
+            assert!(
+                line > base_lines,
+                "{key}: line {line} is not in its section"
+            );
             let others: Vec<_> = p
                 .iter()
                 .filter(|p| !p.key.starts_with("tls.") && p.key != *key)

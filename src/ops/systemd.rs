@@ -81,6 +81,10 @@ pub fn activated() -> io::Result<Activated> {
     for (i, (fd, name)) in fds.into_iter().enumerate() {
         // Safety: systemd passed us this descriptor for our exclusive use (LISTEN_PID is ours,
         // checked by sd_notify), and nothing else in the process has taken it.
+        #[allow(
+            unsafe_code,
+            reason = "socket activation hands over raw descriptors; std has no safe way to adopt one"
+        )]
         let listener = unsafe { std::net::TcpListener::from_raw_fd(fd) };
         listener.set_nonblocking(true)?;
         let slot = match (name.as_str(), i) {

@@ -93,7 +93,13 @@ impl AsyncRead for ReadAhead {
         let n = rb.filled().len();
         // SAFETY: `rb` was made over the spare capacity, and the first `n` bytes of it were
         // initialized by the read.
-        unsafe { this.buf.set_len(n) };
+        #[allow(
+            unsafe_code,
+            reason = "reading into spare capacity without zeroing it first is the point of this buffer"
+        )]
+        unsafe {
+            this.buf.set_len(n)
+        };
         this.bulk = n == BULK_READ;
         if n == 0 {
             this.buf = Vec::new();

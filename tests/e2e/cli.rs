@@ -808,6 +808,10 @@ async fn socket_activation_uses_the_passed_listener() {
         .arg(env!("CARGO_BIN_EXE_certgate"))
         .arg(&path);
     // Safety: dup2 is async-signal-safe; it runs in the child between fork and exec.
+    #[allow(
+        unsafe_code,
+        reason = "socket activation: the listener must sit on fd 3 in the child, as systemd puts it"
+    )]
     unsafe {
         cmd.pre_exec(move || {
             if libc::dup2(fd, 3) < 0 {
