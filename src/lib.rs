@@ -1,4 +1,33 @@
 //! certgate: a mutual-TLS reverse proxy for AI WebUIs and APIs.
+//!
+//! It terminates TLS, admits only clients whose certificate chains to the operator's private
+//! CA, closes internal paths, tells the backend exactly who the client is, and streams
+//! everything else to a backend on loopback. Data flows one way through the folders, and no
+//! module imports one that imports it back (`shared/tools/module-cycles` checks):
+//!
+//! ```text
+//! config ──► tls, policy, upstream, ops      (config builds their settings; they never read it)
+//! proxy  ──► tls ─► policy ─► upstream ─► response ─► ops
+//! cli    ──► config, proxy, pki, tls
+//! ```
+//!
+//! - [`config`]: the TOML file → a validated [`config::Config`]: a serde mirror (`raw`), then
+//!   every section checked and built into the runtime types of the folder that uses it.
+//! - [`tls`]: the rustls server config, the client-certificate verifier with CRLs, why a
+//!   handshake failed; [`tls::identity`]: the peer certificate → who the client is, DNs as
+//!   nginx prints them, the identity headers in each profile.
+//! - [`proxy`]: listeners, the accept loop, one [`proxy`]`::conn` per connection (handshake,
+//!   keep-alive, parking), one `handle` per request, reload ([`proxy::runtime`]), shutdown,
+//!   signals, the redirect and admin listeners.
+//! - [`policy`]: the checks of spec §8 in order — request form, path normalization and routes
+//!   ([`policy::routes`]), methods, IP lists, identities, JWT, forward auth, rate limits.
+//! - `upstream`: the pooled backend client, header hygiene, WebSocket tunnels; where upstream
+//!   groups and balancing will live.
+//! - `response`: the response body, certgate's own JSON answers and typed refusals, the
+//!   access-log record, the in-flight ledger whose guard ends a request.
+//! - [`ops`]: logs, metrics, systemd, the Landlock sandbox.
+//! - [`pki`]: the private CA (certificates, CRLs, PKCS#12), used by `certs`, `demo` and the
+//!   tests; [`cli`]: the subcommands.
 
 pub mod cli;
 pub mod config;

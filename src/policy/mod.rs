@@ -2,7 +2,7 @@
 //! form → path normalization → route match → method → route IP list → client certificate
 //! requirement and identity allow-list → bearer token or forward auth → rate limit → (body size,
 //! enforced while forwarding). The first failing check answers. The result is the exact target
-//! to forward with the headers the checks add, or a [`Reject`] saying which rule refused it.
+//! to forward with the headers the checks add, or a `Reject` saying which rule refused it.
 
 pub(crate) mod access;
 pub(crate) mod forward_auth;
@@ -115,7 +115,7 @@ impl Policy {
     /// Runs every check on one request.
     ///
     /// # Errors
-    /// The [`Reject`] of the first check that fails.
+    /// The `Reject` of the first check that fails.
     pub async fn check<B>(&self, req: &Request<B>, peer: &Peer) -> Result<Admitted, Reject> {
         let mut matched_route = None;
         self.check_inner(req, peer, &mut matched_route)

@@ -1,6 +1,14 @@
-//! Listeners, the accept loop, the TLS handshake with its timeout, one task per connection
-//! serving HTTP/1.1 and HTTP/2, the plain-HTTP redirect listener, the admin listener, the reload
-//! watcher, and graceful shutdown.
+//! The daemon: [`Server`] binds the listeners and runs the accept loop (the checks on a bare TCP
+//! connection come first: IP allow-list, connection limits, the handshake throttle), the
+//! housekeeping and the reload watcher, and shuts down gracefully.
+//!
+//! - `conn`: one client connection, its handshake and its state, served until it ends;
+//!   `keepalive` holds it to its deadlines and parks it while idle, `readahead` reads the
+//!   socket in large pieces while a body streams.
+//! - `handle`: one request — the checks, the forward, the one place refusals are rendered.
+//! - [`runtime`]: everything built from one config, swapped whole on reload.
+//! - `http`: hyper's protocol limits; `redirect` the plain-HTTP listener; `admin` the
+//!   metrics and health listener; `signals` SIGTERM, SIGINT and SIGHUP.
 //!
 //! Per-connection work happens once, in the connection's task: the handshake, the client
 //! identity and its rendered headers. Per-request work is only what differs per request: a
