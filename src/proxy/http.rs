@@ -1,5 +1,5 @@
-//! The hyper server settings for client connections: explicit protocol limits (README
-//! "Security notes"), so one client cannot exhaust the daemon. A request head over 64 KiB or
+//! The hyper server settings for client connections: explicit protocol limits
+//! (docs/security.md), so one client cannot exhaust the daemon. A request head over 64 KiB or
 //! with more than 100 fields gets 431; HTTP/2 streams, header lists, pending resets and pings
 //! are bounded.
 
