@@ -23,15 +23,6 @@ use jwt::JwtVerifier;
 use ratelimit::{Key, KeyBy, RateLimitZone, Zone};
 use routes::{Action, Auth, Route};
 
-/// A request that passed every check.
-#[derive(Debug)]
-pub struct Admitted {
-    /// What to send to the backend.
-    pub out: Outbound,
-    /// The index of the matched route, if any.
-    pub route: Option<usize>,
-}
-
 /// What a [`Policy`] is built from: the validated routes and the sections they refer to.
 #[derive(Debug, Clone, Copy)]
 pub struct Settings<'a> {
@@ -112,26 +103,18 @@ impl Policy {
         }
     }
 
-    /// Runs every check on one request.
+    /// Runs every check on one request and says what to send to the backend. The index of
+    /// the route the request matched goes to `matched_route` whatever the outcome (the
+    /// per-route counters count refusals too).
     ///
     /// # Errors
     /// The `Reject` of the first check that fails.
-    pub async fn check<B>(&self, req: &Request<B>, peer: &Peer) -> Result<Admitted, Reject> {
-        let mut matched_route = None;
-        self.check_inner(req, peer, &mut matched_route)
-            .await
-            .map_err(|mut r| {
-                r.route = matched_route;
-                r
-            })
-    }
-
-    async fn check_inner<B>(
+    pub async fn check<B>(
         &self,
         req: &Request<B>,
         peer: &Peer,
         matched_route: &mut Option<usize>,
-    ) -> Result<Admitted, Reject> {
+    ) -> Result<Outbound, Reject> {
         let host = check_form(req)?;
         let path = routes::normalize(req.uri().path())
             .map_err(|e| Reject::bad_request(format!("Bad request path: {e}.")))?;
@@ -266,14 +249,11 @@ impl Policy {
             }
         }
         let target = target(req, forwarded.as_ref().unwrap_or(&path))?;
-        Ok(Admitted {
-            out: Outbound {
-                target,
-                host,
-                extra,
-                max_body,
-            },
-            route: *matched_route,
+        Ok(Outbound {
+            target,
+            host,
+            extra,
+            max_body,
         })
     }
 }

@@ -69,7 +69,6 @@ pub(super) async fn handle(
                     "request refused"
                 );
             }
-            cx.route = cx.route.or(reject.route);
             (reject.to_response(), rule)
         }
     };
@@ -121,15 +120,14 @@ async fn inner(
         refused(cx, &req);
         return Err(reject);
     }
-    let admitted = match rt.policy.check(&req, &conn.peer).await {
-        Ok(admitted) => admitted,
+    let out = match rt.policy.check(&req, &conn.peer, &mut cx.route).await {
+        Ok(out) => out,
         Err(reject) => {
             refused(cx, &req);
             return Err(reject);
         }
     };
-    cx.route = admitted.route;
-    rt.forwarder.forward(req, admitted.out, conn.origin()).await
+    rt.forwarder.forward(req, out, conn.origin()).await
 }
 
 /// `[response_headers]` on every response, certgate's own included; a header the backend set

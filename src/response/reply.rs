@@ -99,8 +99,6 @@ pub struct Reject {
     pub rule: Option<Box<Rule>>,
     /// Extra response headers (`WWW-Authenticate`, `Allow`, `Retry-After`).
     pub headers: Vec<(HeaderName, HeaderValue)>,
-    /// The index of the route the request matched, if any (for the metrics).
-    pub route: Option<usize>,
 }
 
 impl Reject {
@@ -223,7 +221,6 @@ impl Reject {
             message: message.into(),
             rule: None,
             headers: Vec::new(),
-            route: None,
         }
     }
 
