@@ -144,6 +144,13 @@ fn route_conditions(r: &crate::policy::routes::Route, c: &Config) -> String {
     if let Some(p) = &rules.strip_prefix {
         parts.push(format!("strip_prefix {p}"));
     }
+    if let Some(g) = rules
+        .upstream
+        .checked_sub(1)
+        .and_then(|i| c.upstreams.get(i))
+    {
+        parts.push(format!("upstream {}", g.name));
+    }
     if parts.is_empty() {
         String::new()
     } else {
@@ -256,19 +263,8 @@ pub fn summary(c: &Config) -> String {
         "handshake_timeout = {}",
         humantime::format_duration(c.tls.handshake_timeout)
     );
-    let _ = writeln!(w, "\n[upstream]");
-    let _ = writeln!(w, "url                  = {}", c.upstream.url);
-    let _ = writeln!(
-        w,
-        "max_idle_connections = {}",
-        c.upstream.max_idle_connections
-    );
-    for (k, d) in [
-        ("connect_timeout     ", c.upstream.connect_timeout),
-        ("response_timeout    ", c.upstream.response_timeout),
-        ("idle_timeout        ", c.upstream.idle_timeout),
-    ] {
-        let _ = writeln!(w, "{k} = {}", humantime::format_duration(d));
+    for g in std::iter::once(&c.upstream).chain(&c.upstreams) {
+        write_group(w, g);
     }
     let _ = writeln!(w, "\n[headers]");
     let _ = writeln!(w, "profile     = {}", c.headers.profile.as_str());
@@ -400,4 +396,75 @@ pub fn summary(c: &Config) -> String {
         }
     }
     s
+}
+
+/// One upstream group as `check` prints it: every server with its weight and drain, the
+/// balancing, the checks, the pool.
+fn write_group(w: &mut String, g: &crate::upstream::Upstream) {
+    if g.name == "default" {
+        let _ = writeln!(w, "\n[upstream]");
+    } else {
+        let _ = writeln!(w, "\n[upstreams.{}]", g.name);
+    }
+    match g.servers.as_slice() {
+        [only] => {
+            let _ = writeln!(w, "url                  = {}", only.url);
+        }
+        servers => {
+            let _ = writeln!(w, "servers              =");
+            for s in servers {
+                let _ = writeln!(
+                    w,
+                    "  {}  weight {}{}",
+                    s.url,
+                    s.weight,
+                    if s.drain {
+                        "  (draining: keeps its bound clients, gets no new ones)"
+                    } else {
+                        ""
+                    }
+                );
+            }
+            let _ = writeln!(w, "balance              = {}", g.balance.as_str());
+            let _ = writeln!(
+                w,
+                "affinity_timeout     = {}",
+                humantime::format_duration(g.affinity_timeout)
+            );
+            match &g.health {
+                Some(h) => {
+                    let _ = writeln!(
+                        w,
+                        "health               = GET {} every {}, timeout {}, rise {}, fall {}",
+                        h.path,
+                        humantime::format_duration(h.interval),
+                        humantime::format_duration(h.timeout),
+                        h.rise,
+                        h.fall
+                    );
+                }
+                None => {
+                    let _ = writeln!(w, "health               = off (passive checks only)");
+                }
+            }
+            let _ = writeln!(
+                w,
+                "max_fails            = {} within {} (then down for as long)",
+                g.max_fails,
+                humantime::format_duration(g.fail_timeout)
+            );
+        }
+    }
+    let _ = writeln!(
+        w,
+        "max_idle_connections = {} per server",
+        g.max_idle_connections
+    );
+    for (k, d) in [
+        ("connect_timeout     ", g.connect_timeout),
+        ("response_timeout    ", g.response_timeout),
+        ("idle_timeout        ", g.idle_timeout),
+    ] {
+        let _ = writeln!(w, "{k} = {}", humantime::format_duration(d));
+    }
 }

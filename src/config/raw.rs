@@ -17,6 +17,9 @@ pub(super) struct RawConfig {
     pub(super) tls: RawTls,
     #[serde(default)]
     pub(super) upstream: RawUpstream,
+    /// Named groups: `[upstreams.NAME]`.
+    #[serde(default)]
+    pub(super) upstreams: std::collections::BTreeMap<String, RawUpstream>,
     #[serde(default)]
     pub(super) headers: RawHeaders,
     #[serde(default, rename = "route")]
@@ -188,8 +191,20 @@ pub(super) struct RawTls {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawUpstream {
-    /// The backend's base URL.
+    /// The backend's base URL (one server).
     pub(super) url: Option<Spanned<String>>,
+    /// Several servers of one app, instead of `url`.
+    pub(super) servers: Option<Spanned<Vec<RawServer>>>,
+    /// `identity`, `least_requests` or `round_robin`.
+    pub(super) balance: Option<Spanned<String>>,
+    /// How long a client's binding to a server lasts unseen.
+    pub(super) affinity_timeout: Option<Spanned<String>>,
+    /// Active health checks.
+    pub(super) health: Option<RawHealth>,
+    /// Passive checks: failures of real requests...
+    pub(super) max_fails: Option<u32>,
+    /// ...within this long mark a server down for this long.
+    pub(super) fail_timeout: Option<Spanned<String>>,
     /// Pooled keep-alive connections kept per backend.
     pub(super) max_idle_connections: Option<usize>,
     /// Longest wait for a TCP connection to the backend.
@@ -198,6 +213,37 @@ pub(super) struct RawUpstream {
     pub(super) response_timeout: Option<Spanned<String>>,
     /// Longest silence inside a streaming body.
     pub(super) idle_timeout: Option<Spanned<String>>,
+}
+
+/// One of `servers = [...]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawServer {
+    /// `http://host:port`.
+    pub(super) url: Spanned<String>,
+    /// Share of new clients (default 1).
+    pub(super) weight: Option<Spanned<u32>>,
+    /// Keeps its bound clients, gets no new ones.
+    #[serde(default)]
+    pub(super) drain: bool,
+}
+
+/// `[upstream.health]`
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHealth {
+    /// `false` turns the active checks off.
+    pub(super) enabled: Option<bool>,
+    /// GET this path.
+    pub(super) path: Option<Spanned<String>>,
+    /// Between checks.
+    pub(super) interval: Option<Spanned<String>>,
+    /// For one answer.
+    pub(super) timeout: Option<Spanned<String>>,
+    /// Passes to be healthy again.
+    pub(super) rise: Option<Spanned<u32>>,
+    /// Failures to be down.
+    pub(super) fall: Option<Spanned<u32>>,
 }
 
 /// `[headers]`: names of the injected identity headers; "" turns one off.
@@ -239,6 +285,8 @@ pub(super) struct RawRoute {
     pub(super) max_body: Option<Spanned<String>>,
     /// Removed from the path before forwarding.
     pub(super) strip_prefix: Option<Spanned<String>>,
+    /// An `[upstreams.NAME]` group; default `[upstream]`.
+    pub(super) upstream: Option<Spanned<String>>,
 }
 
 /// `allow = { cn = [...], ... }`

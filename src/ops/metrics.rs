@@ -38,6 +38,33 @@ fn labels(pairs: &[(&str, &str)]) -> Labels {
         .collect()
 }
 
+/// The metrics of one upstream server, looked up once when the runtime is built. Labels:
+/// the group's name and the server's URL as configured, so bounded by the config.
+#[derive(Debug, Clone)]
+pub struct ServerStats {
+    /// Requests sent to it.
+    pub requests: Counter,
+    /// Requests in flight on it now.
+    pub in_flight: Gauge,
+    /// 1 while it takes new requests, 0 while down.
+    pub healthy: Gauge,
+    /// Clients bound to it (balance = "identity").
+    pub bound: Gauge,
+    failures: [Counter; 3],
+}
+
+impl ServerStats {
+    /// A failure of a real request: `connect`, `timeout` or `protocol`.
+    pub fn failure(&self, kind: &str) {
+        let i = match kind {
+            "connect" => 0,
+            "timeout" => 1,
+            _ => 2,
+        };
+        self.failures[i].inc();
+    }
+}
+
 /// All of certgate's metrics.
 #[derive(Debug)]
 pub struct Metrics {
@@ -55,6 +82,11 @@ pub struct Metrics {
     crl_next_update: Family<Labels, Gauge>,
     client_cert_soonest_expiry: Gauge,
     soonest: AtomicI64,
+    server_requests: Family<Labels, Counter>,
+    server_failures: Family<Labels, Counter>,
+    server_in_flight: Family<Labels, Gauge>,
+    server_healthy: Family<Labels, Gauge>,
+    server_bound: Family<Labels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -81,6 +113,11 @@ impl Metrics {
             crl_next_update: Family::default(),
             client_cert_soonest_expiry: Gauge::default(),
             soonest: AtomicI64::new(i64::MAX),
+            server_requests: Family::default(),
+            server_failures: Family::default(),
+            server_in_flight: Family::default(),
+            server_healthy: Family::default(),
+            server_bound: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -112,6 +149,31 @@ impl Metrics {
             "upstream_errors",
             "Backend failures by kind",
             m.upstream_errors.clone(),
+        );
+        registry.register(
+            "upstream_server_requests",
+            "Requests sent to each upstream server",
+            m.server_requests.clone(),
+        );
+        registry.register(
+            "upstream_server_failures",
+            "Failed requests to each upstream server, by kind (connect, timeout, protocol)",
+            m.server_failures.clone(),
+        );
+        registry.register(
+            "upstream_server_in_flight",
+            "Requests in flight on each upstream server",
+            m.server_in_flight.clone(),
+        );
+        registry.register(
+            "upstream_server_healthy",
+            "1 while an upstream server takes new requests, 0 while it is down",
+            m.server_healthy.clone(),
+        );
+        registry.register(
+            "upstream_server_bound_clients",
+            "Clients bound to each upstream server (balance = identity); drain a server until this is 0",
+            m.server_bound.clone(),
         );
         registry.register(
             "rate_limited",
@@ -183,6 +245,27 @@ impl Metrics {
     /// A rule refused a request.
     pub fn denied(&self, rule: &str) {
         self.denied.get_or_create(&labels(&[("rule", rule)])).inc();
+    }
+
+    /// The metrics of server `server` of group `group`.
+    pub fn server_stats(&self, group: &str, server: &str) -> ServerStats {
+        let l = labels(&[("upstream", group), ("server", server)]);
+        let failure = |kind: &str| {
+            self.server_failures
+                .get_or_create(&labels(&[
+                    ("upstream", group),
+                    ("server", server),
+                    ("kind", kind),
+                ]))
+                .clone()
+        };
+        ServerStats {
+            requests: self.server_requests.get_or_create(&l).clone(),
+            in_flight: self.server_in_flight.get_or_create(&l).clone(),
+            healthy: self.server_healthy.get_or_create(&l).clone(),
+            bound: self.server_bound.get_or_create(&l).clone(),
+            failures: [failure("connect"), failure("timeout"), failure("protocol")],
+        }
     }
 
     /// A rate limit refused a request.

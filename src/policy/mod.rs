@@ -122,6 +122,7 @@ impl Policy {
         let mut extra = Vec::new();
         let mut max_body = self.max_body;
         let mut forwarded = None;
+        let mut group = 0;
         if let Some((i, route)) = matched {
             *matched_route = Some(i);
             let label = &route.label;
@@ -247,6 +248,7 @@ impl Policy {
             if let Some(mb) = rules.max_body {
                 max_body = mb;
             }
+            group = rules.upstream;
         }
         let target = target(req, forwarded.as_ref().unwrap_or(&path))?;
         Ok(Outbound {
@@ -254,6 +256,7 @@ impl Policy {
             host,
             extra,
             max_body,
+            group,
         })
     }
 }

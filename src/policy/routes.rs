@@ -339,6 +339,8 @@ pub struct RouteRules {
     pub max_body: Option<u64>,
     /// Normalized prefix removed before forwarding.
     pub strip_prefix: Option<String>,
+    /// The upstream group: 0 is `[upstream]`, then `[upstreams.NAME]` in name order.
+    pub upstream: usize,
 }
 
 impl RouteRules {

@@ -49,7 +49,18 @@ async fn answer(shared: &Shared, req: &Request<Incoming>) -> Response<ProxyBody>
         ),
         "/livez" => text(StatusCode::OK, "text/plain", "ok\n".into()),
         "/readyz" => {
-            let upstream = shared.current().upstream.clone();
+            let (down, single) = shared.current().forwarder.readiness();
+            if let Some(why) = down {
+                return text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    format!("not ready: {why}\n"),
+                );
+            }
+            // Several servers: their health checks say it; one: it must take a connection.
+            let Some(upstream) = single else {
+                return text(StatusCode::OK, "text/plain", "ready\n".into());
+            };
             let addr = match upstream.port_u16() {
                 Some(_) => upstream.as_str().to_string(),
                 None => format!("{}:80", upstream.host()),

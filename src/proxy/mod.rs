@@ -189,6 +189,7 @@ impl Server {
                     // Blocks that ran out and idle failure counters: without this, every
                     // address that ever failed a handshake stayed in memory.
                     rt.handshake_throttle.evict();
+                    rt.forwarder.housekeeping();
                     if crl_warned.elapsed() >= CRL_WARN_EVERY {
                         crl_warned = Instant::now();
                         self.shared.warn_crl_freshness();

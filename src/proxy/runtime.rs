@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::HeaderValue;
-use http::uri::Authority;
 use hyper_util::rt::TokioExecutor;
 use rustls::server::danger::ClientCertVerifier;
 use tokio_rustls::TlsAcceptor;
@@ -175,7 +174,6 @@ pub struct Runtime {
     pub(crate) access_log: bool,
     pub(crate) allow_ips: IpList,
     pub(crate) response_headers: Vec<(http::HeaderName, HeaderValue)>,
-    pub(crate) upstream: Authority,
     pub(crate) crl_expired: CrlExpired,
     pub(crate) keepalive_timeout: Duration,
     pub(crate) send_timeout: Duration,
@@ -224,12 +222,18 @@ impl Runtime {
             http1,
             http2,
             policy,
-            forwarder: Forwarder::new(&config.upstream, header_policy, metrics.clone()),
+            forwarder: Forwarder::new(
+                &std::iter::once(&config.upstream)
+                    .chain(&config.upstreams)
+                    .collect::<Vec<_>>(),
+                header_policy,
+                metrics.clone(),
+                previous.map(|p| &p.forwarder),
+            ),
             headers: config.headers.clone(),
             access_log: config.log.access,
             allow_ips: config.allow_ips.clone(),
             response_headers: config.response_headers.clone(),
-            upstream: config.upstream.authority.clone(),
             crl_expired: config.tls.crl_expired,
             keepalive_timeout: config.limits.keepalive_timeout,
             send_timeout: config.limits.send_timeout,

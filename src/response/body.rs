@@ -39,6 +39,8 @@ pub struct ProxyBody {
     kind: Kind,
     sent: u64,
     log: Option<Box<AccessRecord>>,
+    /// Whatever must live as long as the body (a server's in-flight count).
+    held: Option<Box<dyn Send + Sync>>,
 }
 
 impl ProxyBody {
@@ -49,6 +51,7 @@ impl ProxyBody {
             kind: Kind::Full((!bytes.is_empty()).then_some(bytes)),
             sent: 0,
             log: None,
+            held: None,
         }
     }
 
@@ -67,12 +70,18 @@ impl ProxyBody {
             },
             sent: 0,
             log: None,
+            held: None,
         }
     }
 
     /// Attaches the access-log record written when this body ends.
     pub fn set_log(&mut self, record: AccessRecord) {
         self.log = Some(Box::new(record));
+    }
+
+    /// Keeps `thing` alive until the body is done with (dropped with it).
+    pub fn hold(&mut self, thing: Box<dyn Send + Sync>) {
+        self.held = Some(thing);
     }
 }
 
@@ -160,6 +169,9 @@ pub struct BodyTooLarge(pub u64);
 pub struct Overflow {
     hit: std::sync::atomic::AtomicBool,
     rest: std::sync::Mutex<Option<Incoming>>,
+    /// The body as it was when the request was dropped before any of it was read: a server
+    /// that refused the connection never saw it, so the next server may have it.
+    unsent: std::sync::Mutex<Option<Incoming>>,
 }
 
 impl Overflow {
@@ -172,6 +184,12 @@ impl Overflow {
     pub fn take_rest(&self) -> Option<Incoming> {
         self.rest.lock().ok().and_then(|mut r| r.take())
     }
+
+    /// The whole client body, once, if the request that carried it was dropped without
+    /// reading any of it.
+    pub fn take_unsent(&self) -> Option<Incoming> {
+        self.unsent.lock().ok().and_then(|mut r| r.take())
+    }
 }
 
 /// The client's request body on its way to the backend, stopped before the frame that would
@@ -183,6 +201,19 @@ pub struct LimitedBody {
     overflow: std::sync::Arc<Overflow>,
     /// Told when the body has been read to its end (the connection may then be parked).
     requests: Option<std::sync::Arc<crate::response::in_flight::InFlight>>,
+    /// Whether anyone asked for a frame yet.
+    polled: bool,
+}
+
+impl Drop for LimitedBody {
+    fn drop(&mut self) {
+        if !self.polled
+            && let Some(inner) = self.inner.take()
+            && let Ok(mut unsent) = self.overflow.unsent.lock()
+        {
+            *unsent = Some(inner);
+        }
+    }
 }
 
 impl LimitedBody {
@@ -194,6 +225,7 @@ impl LimitedBody {
             seen: 0,
             overflow: std::sync::Arc::default(),
             requests: None,
+            polled: false,
         }
     }
 
@@ -210,6 +242,7 @@ impl LimitedBody {
             seen: 0,
             overflow,
             requests: Some(requests),
+            polled: false,
         }
     }
 
@@ -229,6 +262,7 @@ impl Body for LimitedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        this.polled = true;
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };

@@ -204,6 +204,20 @@ impl Reject {
         )
     }
 
+    /// 503 `no_healthy_backend` with `Retry-After`: every server of the group is down.
+    pub fn no_healthy_backend(group: &str) -> Reject {
+        let mut r = Reject::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_healthy_backend",
+            format!(
+                "No server of the upstream group {group:?} is healthy right now; try again in a few seconds."
+            ),
+        );
+        r.headers
+            .push((header::RETRY_AFTER, HeaderValue::from_static("5")));
+        r
+    }
+
     /// 502 `bad_gateway`.
     pub fn bad_gateway(message: impl Into<String>) -> Reject {
         Reject::new(StatusCode::BAD_GATEWAY, "bad_gateway", message)

@@ -11,9 +11,6 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode, Uri, Version, header};
 use hyper::body::Body as _;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio_util::task::TaskTracker;
 
 use crate::ops::metrics::Metrics;
@@ -22,9 +19,15 @@ use crate::response::in_flight::InFlight;
 use crate::response::reply::Reject;
 use crate::tls::identity::Peer;
 
+mod balance;
+mod group;
 mod headers;
 mod websocket;
 
+pub use balance::Balance;
+use balance::ClientKey;
+use group::{Group, InFlightGuard, Server};
+pub use group::{HealthSettings, ServerSettings};
 pub use headers::HeaderPolicy;
 #[doc(hidden)]
 pub use headers::fuzz_sanitize;
@@ -44,6 +47,8 @@ pub struct Outbound {
     pub extra: Vec<(HeaderName, HeaderValue)>,
     /// Body limit for this request.
     pub max_body: u64,
+    /// The upstream group: 0 is `[upstream]`, then the `[upstreams.NAME]` groups in order.
+    pub group: usize,
 }
 
 /// Where a request comes from, as forwarding needs it.
@@ -57,50 +62,70 @@ pub struct Origin<'a> {
     pub tunnels: &'a TaskTracker,
 }
 
-/// The pooled client and what it needs to rewrite requests.
+/// The backend groups and what every request to them needs.
 #[derive(Debug)]
 pub struct Forwarder {
-    client: Client<HttpConnector, LimitedBody>,
-    authority: Authority,
-    response_timeout: Duration,
-    idle_timeout: Duration,
+    /// The `[upstream]` group first, then the `[upstreams.NAME]` groups in config order.
+    groups: Vec<Group>,
     headers: Arc<HeaderPolicy>,
     metrics: Arc<Metrics>,
 }
 
 impl Forwarder {
-    /// A forwarder for one backend.
+    /// A forwarder for `groups` (the default group first). Servers that `previous` (the
+    /// forwarder before a reload) had in a group of the same name keep their health, load and
+    /// bound clients.
     pub fn new(
-        upstream: &Upstream,
+        groups: &[&Upstream],
         headers: Arc<HeaderPolicy>,
         metrics: Arc<Metrics>,
+        previous: Option<&Forwarder>,
     ) -> Forwarder {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(upstream.connect_timeout));
-        connector.set_nodelay(true);
-        connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_max_idle_per_host(upstream.max_idle_connections)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(connector);
+        let groups = groups
+            .iter()
+            .map(|g| {
+                let before = previous.and_then(|p| p.groups.iter().find(|o| *o.name == *g.name));
+                Group::new(g, &metrics, before)
+            })
+            .collect();
         Forwarder {
-            client,
-            authority: upstream.authority.clone(),
-            response_timeout: upstream.response_timeout,
-            idle_timeout: upstream.idle_timeout,
+            groups,
             headers,
             metrics,
         }
     }
 
-    /// Sends `req` to the backend as `out` says (target, Host, added headers, with its body cut
-    /// off at `max_body`), and returns the backend's response, streamed.
+    /// Forgets stale bindings and refreshes the per-server gauges.
+    pub fn housekeeping(&self) {
+        for g in &self.groups {
+            g.housekeeping();
+        }
+    }
+
+    /// Why the proxy is not ready, if a group has no server that can take a request; and the
+    /// address of the default group's server when it has just one (`/readyz` then checks that
+    /// it accepts a TCP connection, as it always has).
+    pub fn readiness(&self) -> (Option<String>, Option<Authority>) {
+        let down = self
+            .groups
+            .iter()
+            .find(|g| !g.any_available())
+            .map(|g| format!("upstream group {:?} has no healthy server", &*g.name));
+        let single = match self.groups.first().map(|g| g.servers.as_slice()) {
+            Some([only]) => Some(only.settings.authority.clone()),
+            _ => None,
+        };
+        (down, single)
+    }
+
+    /// Sends `req` to a server of `out`'s group, as `out` says (target, Host, added headers,
+    /// with its body cut off at `max_body`), and returns the backend's response, streamed. A
+    /// server that refuses the connection is skipped for the next before any byte of the
+    /// request was sent, whatever the method.
     ///
     /// # Errors
     /// 413 over `max_body`, 502 / 504 when the backend cannot be reached or does not answer in
-    /// time.
+    /// time, 503 when no server of the group is healthy.
     pub async fn forward(
         &self,
         req: Request<Incoming>,
@@ -112,6 +137,7 @@ impl Forwarder {
             host,
             extra,
             max_body,
+            group,
         } = out;
         let peer = origin.peer.addr;
         let declared = req
@@ -122,6 +148,19 @@ impl Forwarder {
         if declared.is_some_and(|n| n > max_body) {
             crate::response::body::drain(req.into_body());
             return Err(Reject::payload_too_large(max_body));
+        }
+        let group = &self.groups[group.min(self.groups.len() - 1)];
+        let key = (group.servers.len() > 1).then(|| match &origin.peer.identity {
+            Some(id) => ClientKey::Cert(Arc::from(id.fingerprint.as_str())),
+            None => ClientKey::Ip(peer.ip()),
+        });
+        let candidates = match &key {
+            Some(key) => group.candidates(key),
+            None => group.servers.clone(),
+        };
+        if candidates.is_empty() {
+            self.metrics.upstream_error("no_healthy_backend");
+            return Err(Reject::no_healthy_backend(&group.name));
         }
         let overflow = std::sync::Arc::new(Overflow::default());
         let mut req =
@@ -138,18 +177,99 @@ impl Forwarder {
         for (name, value) in extra {
             fields.append(name, value);
         }
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(Scheme::HTTP);
-        parts.authority = Some(self.authority.clone());
-        parts.path_and_query = Some(target);
-        *req.uri_mut() = Uri::from_parts(parts)
-            .map_err(|e| Reject::bad_request(format!("cannot build the backend URI: {e}")))?;
-        *req.version_mut() = Version::HTTP_11;
-
         let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
-        // An idempotent request without a body can be sent again if the pooled connection
-        // turns out to have been closed by the backend before any byte of an answer came back
-        // (a keep-alive race no pool can rule out).
+        let (head, body) = req.into_parts();
+        let method = head.method;
+        let mut fields = Some(head.headers);
+        let mut body = Some(body);
+        let last = candidates.len() - 1;
+        for (n, server) in candidates.iter().enumerate() {
+            let Some(this_body) = body.take() else { break };
+            let mut parts = http::uri::Parts::default();
+            parts.scheme = Some(Scheme::HTTP);
+            parts.authority = Some(server.settings.authority.clone());
+            parts.path_and_query = Some(target.clone());
+            let mut attempt = Request::new(this_body);
+            *attempt.uri_mut() = Uri::from_parts(parts)
+                .map_err(|e| Reject::bad_request(format!("cannot build the backend URI: {e}")))?;
+            *attempt.method_mut() = method.clone();
+            *attempt.version_mut() = Version::HTTP_11;
+            *attempt.headers_mut() = if n == last {
+                fields.take().unwrap_or_default()
+            } else {
+                fields.clone().unwrap_or_default()
+            };
+            let in_flight = server.begin();
+            match self.send(server, attempt, websocket, peer).await {
+                Sent::Answered(resp) => {
+                    if let Some(key) = &key {
+                        group.served(key, server);
+                    }
+                    return Ok(self.respond(resp, client_upgrade, in_flight, peer, origin));
+                }
+                Sent::Refused(e) => {
+                    group.failed(server, "connect");
+                    // Nothing of the request reached the server: the next one may have it,
+                    // body and all, when the client's body was never touched.
+                    if n < last
+                        && let Some(unsent) = overflow.take_unsent()
+                    {
+                        tracing::warn!(
+                            %peer,
+                            upstream = &*group.name,
+                            server = %server.settings.url,
+                            error = %cause(&e),
+                            "backend refused the connection; trying the next server"
+                        );
+                        self.metrics.upstream_error("failover");
+                        body = Some(LimitedBody::new(
+                            unsent,
+                            max_body,
+                            overflow.clone(),
+                            origin.requests.clone(),
+                        ));
+                        continue;
+                    }
+                    return Err(self.upstream_error(&e, server, peer));
+                }
+                Sent::Failed(e) => {
+                    if overflow.hit() {
+                        if let Some(rest) = overflow.take_rest() {
+                            crate::response::body::drain(rest);
+                        }
+                        return Err(Reject::payload_too_large(max_body));
+                    }
+                    return Err(self.upstream_error(&e, server, peer));
+                }
+                Sent::TimedOut(timeout) => {
+                    group.failed(server, "timeout");
+                    self.metrics.upstream_error("timeout");
+                    tracing::warn!(
+                        %peer,
+                        upstream = %server.settings.authority,
+                        timeout = ?timeout,
+                        "backend did not answer in time"
+                    );
+                    return Err(Reject::gateway_timeout(format!(
+                        "The backend did not send a response within {}; try again later.",
+                        humantime::format_duration(timeout)
+                    )));
+                }
+            }
+        }
+        Err(Reject::no_healthy_backend(&group.name))
+    }
+
+    /// One attempt on one server, with the one retry a keep-alive race deserves: an idempotent
+    /// request without a body is sent again if the pooled connection turns out to have been
+    /// closed by the backend before any byte of an answer came back.
+    async fn send(
+        &self,
+        server: &Server,
+        req: Request<LimitedBody>,
+        websocket: bool,
+        peer: SocketAddr,
+    ) -> Sent {
         let replay = (!websocket && is_idempotent(req.method()) && req.body().is_end_stream())
             .then(|| {
                 let mut b = Request::builder()
@@ -161,44 +281,36 @@ impl Forwarder {
                 }
                 b
             });
-
-        let deadline = tokio::time::Instant::now() + self.response_timeout;
-        let mut sent = tokio::time::timeout_at(deadline, self.client.request(req)).await;
+        let timeout = server.response_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut sent = tokio::time::timeout_at(deadline, server.client.request(req)).await;
         if let (Ok(Err(e)), Some(replay)) = (&sent, replay)
             && is_retryable(e)
         {
             tracing::debug!(%peer, error = %e, "backend closed a pooled connection; retrying once");
             self.metrics.upstream_error("retried");
             if let Ok(again) = replay.body(LimitedBody::empty()) {
-                sent = tokio::time::timeout_at(deadline, self.client.request(again)).await;
+                sent = tokio::time::timeout_at(deadline, server.client.request(again)).await;
             }
         }
-        let resp = match sent {
-            Ok(Ok(resp)) => resp,
-            Ok(Err(e)) => {
-                if overflow.hit() {
-                    if let Some(rest) = overflow.take_rest() {
-                        crate::response::body::drain(rest);
-                    }
-                    return Err(Reject::payload_too_large(max_body));
-                }
-                return Err(self.upstream_error(&e, peer));
-            }
-            Err(_) => {
-                self.metrics.upstream_error("timeout");
-                tracing::warn!(
-                    %peer,
-                    upstream = %self.authority,
-                    timeout = ?self.response_timeout,
-                    "backend did not answer in time"
-                );
-                return Err(Reject::gateway_timeout(format!(
-                    "The backend did not send a response within {}; try again later.",
-                    humantime::format_duration(self.response_timeout)
-                )));
-            }
-        };
+        match sent {
+            Ok(Ok(resp)) => Sent::Answered(resp),
+            Ok(Err(e)) if e.is_connect() => Sent::Refused(e),
+            Ok(Err(e)) => Sent::Failed(e),
+            Err(_) => Sent::TimedOut(timeout),
+        }
+    }
 
+    /// The backend's answer as the client gets it: hop-by-hop headers gone, the body streamed
+    /// with the server's request counted in flight until it ends, or a WebSocket tunnel.
+    fn respond(
+        &self,
+        resp: Response<Incoming>,
+        client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+        in_flight: InFlightGuard,
+        peer: SocketAddr,
+        origin: Origin<'_>,
+    ) -> Response<ProxyBody> {
         let (mut parts, body) = resp.into_parts();
         parts.version = Version::HTTP_11;
         if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) =
@@ -206,35 +318,42 @@ impl Forwarder {
         {
             let upstream_resp = Response::from_parts(parts.clone(), body);
             websocket::tunnel(client_upgrade, upstream_resp, peer, origin.tunnels);
-            return Ok(Response::from_parts(parts, ProxyBody::empty()));
+            return Response::from_parts(parts, ProxyBody::empty());
         }
         headers::remove_hop_by_hop(&mut parts.headers, false);
-        Ok(Response::from_parts(
-            parts,
-            ProxyBody::stream(body, self.idle_timeout),
-        ))
+        let idle = in_flight.idle_timeout();
+        let mut body = ProxyBody::stream(body, idle);
+        body.hold(Box::new(in_flight));
+        Response::from_parts(parts, body)
     }
 
-    fn upstream_error(&self, e: &hyper_util::client::legacy::Error, peer: SocketAddr) -> Reject {
-        let cause = std::error::Error::source(e)
-            .map(ToString::to_string)
-            .unwrap_or_else(|| e.to_string());
+    fn upstream_error(
+        &self,
+        e: &hyper_util::client::legacy::Error,
+        server: &Server,
+        peer: SocketAddr,
+    ) -> Reject {
+        let cause = cause(e);
         tracing::warn!(
             %peer,
-            upstream = %self.authority,
+            upstream = %server.settings.authority,
             error = %cause,
             connect = e.is_connect(),
             "backend request failed"
         );
-        self.metrics.upstream_error(if e.is_connect() {
+        let kind = if e.is_connect() {
             "connect"
         } else {
             "protocol"
-        });
+        };
+        self.metrics.upstream_error(kind);
+        if !e.is_connect() {
+            server.stats.failure(kind);
+        }
         if e.is_connect() {
             Reject::bad_gateway(format!(
                 "certgate cannot connect to the backend at {} ({cause}); check that it is running.",
-                self.authority
+                server.settings.authority
             ))
         } else {
             Reject::bad_gateway(
@@ -242,6 +361,25 @@ impl Forwarder {
             )
         }
     }
+}
+
+/// How one attempt on one server ended.
+enum Sent {
+    /// Response headers came back.
+    Answered(Response<Incoming>),
+    /// No connection: nothing of the request was sent.
+    Refused(hyper_util::client::legacy::Error),
+    /// The connection broke or the answer was not HTTP.
+    Failed(hyper_util::client::legacy::Error),
+    /// No response headers within `response_timeout`.
+    TimedOut(Duration),
+}
+
+/// The innermost cause of a client error, which is what says what happened.
+fn cause(e: &hyper_util::client::legacy::Error) -> String {
+    std::error::Error::source(e)
+        .map(ToString::to_string)
+        .unwrap_or_else(|| e.to_string())
 }
 
 /// Safe to send twice (RFC 9110 §9.2.2).
@@ -267,14 +405,24 @@ fn is_retryable(e: &hyper_util::client::legacy::Error) -> bool {
         .is_some_and(|h| h.is_incomplete_message() || h.is_canceled() || h.is_closed())
 }
 
-/// `[upstream]`, validated.
+/// `[upstream]` or `[upstreams.NAME]`, validated: one group of servers.
 #[derive(Debug, Clone)]
 pub struct Upstream {
-    /// `scheme://host:port` of the backend, as given.
-    pub url: String,
-    /// The backend's authority (`host:port`), used to build request URIs.
-    pub authority: http::uri::Authority,
-    /// Pool size.
+    /// `default` for `[upstream]`, else the NAME; the `upstream` metric label.
+    pub name: String,
+    /// The servers, at least one.
+    pub servers: Vec<ServerSettings>,
+    /// How requests are spread over them.
+    pub balance: Balance,
+    /// How long a client's binding to a server lasts unseen.
+    pub affinity_timeout: Duration,
+    /// Active health checks; `None` when off.
+    pub health: Option<HealthSettings>,
+    /// Passive checks: this many connect failures or timeouts of real requests...
+    pub max_fails: u32,
+    /// ...within this long mark a server down for this long.
+    pub fail_timeout: Duration,
+    /// Idle keep-alive connections per server.
     pub max_idle_connections: usize,
     /// TCP connect limit.
     pub connect_timeout: Duration,

@@ -430,10 +430,21 @@ async fn metrics_count_known_traffic() {
     assert!(not_after > time::OffsetDateTime::now_utc().unix_timestamp() as f64);
     assert!(value("certgate_crl_next_update_seconds{crl=\"ca.crl\"}") > 0.0);
     assert!(value("certgate_client_certificate_soonest_expiry_seconds") > 0.0);
+    // The backend's URL (here on 127.0.0.1) labels the per-server metrics: it comes from the
+    // config, not from a client.
+    let backend_label = format!("server=\"http://{}\"", backend.addr);
     for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let line = line.replace(&backend_label, "");
         assert!(
             !line.contains("admin@face.analyze") && !line.contains("127.0.0.1"),
             "per-client label: {line}"
         );
     }
+    assert_eq!(
+        value(&format!(
+            "certgate_upstream_server_requests_total{{upstream=\"default\",{backend_label}}}"
+        )),
+        4.0,
+        "the three /ok and the admitted /limited"
+    );
 }

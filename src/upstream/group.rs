@@ -1,0 +1,483 @@
+//! A group of servers that serve one app (spec §11): each server with its own keep-alive pool,
+//! health and load; the group's balancing; and, for `identity`, the bindings that keep a client
+//! on its server while that server is healthy, so a Gradio session always meets the process
+//! that holds it.
+//!
+//! A group of one server is what `[upstream] url = ...` always was: no health gating (nginx
+//! ignores `max_fails` for a lone server too), no bindings, nothing on the hot path.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http::uri::{Authority, PathAndQuery};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use super::balance::{Balance, ClientKey, rendezvous_order, two_choices};
+use super::{POOL_IDLE_TIMEOUT, Upstream};
+use crate::ops::metrics::{Metrics, ServerStats};
+use crate::response::body::LimitedBody;
+
+/// Most clients a group remembers bindings for; beyond it new clients are placed by the hash
+/// alone (which every replica agrees on) until stale bindings are evicted.
+const MAX_BINDINGS: usize = 100_000;
+
+/// One server of a group, as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSettings {
+    /// As configured: the metric label and what bindings remember.
+    pub url: String,
+    /// `host:port`, to build request URIs.
+    pub authority: Authority,
+    /// Share of new clients, relative to the others.
+    pub weight: u32,
+    /// Keeps its bound clients, gets no new ones.
+    pub drain: bool,
+}
+
+/// `[upstream.health]`: the active checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthSettings {
+    /// GET this; 2xx or 3xx is healthy.
+    pub path: PathAndQuery,
+    /// Between checks.
+    pub interval: Duration,
+    /// For one check's answer.
+    pub timeout: Duration,
+    /// Consecutive passes to be healthy again.
+    pub rise: u32,
+    /// Consecutive failures to be down.
+    pub fall: u32,
+}
+
+/// Why a server is up or down, and the passive failure window; shared across reloads by URL.
+#[derive(Debug, Default)]
+struct HealthState {
+    /// The active checks' verdict (up until `fall` failures).
+    active_down: bool,
+    ok_streak: u32,
+    fail_streak: u32,
+    /// Recent failures of real requests, within `fail_timeout`.
+    failures: VecDeque<Instant>,
+    /// Marked down by passive failures until then.
+    passive_until: Option<Instant>,
+}
+
+/// A server's health and load, which outlive a reload that keeps the server.
+#[derive(Debug, Default)]
+pub(super) struct Health {
+    state: Mutex<HealthState>,
+    /// The last availability logged, so each change is logged once.
+    reported_down: AtomicBool,
+    in_flight: AtomicUsize,
+}
+
+/// One server of a group, running.
+#[derive(Debug)]
+pub(super) struct Server {
+    pub(super) settings: ServerSettings,
+    pub(super) client: Client<HttpConnector, LimitedBody>,
+    /// The group's response-header limit.
+    pub(super) response_timeout: Duration,
+    /// The group's longest silence inside a body.
+    idle_timeout: Duration,
+    health: Arc<Health>,
+    pub(super) stats: ServerStats,
+}
+
+impl Server {
+    /// Whether new requests may go to it: the active checks have not failed it and passive
+    /// failures have not marked it down. A group of one server is always available.
+    fn available(&self, now: Instant) -> bool {
+        let st = self.health.state.lock().unwrap_or_else(|e| e.into_inner());
+        !st.active_down && st.passive_until.is_none_or(|t| now >= t)
+    }
+
+    /// Counts a request in flight; the guard counts it out.
+    pub(super) fn begin(self: &Arc<Self>) -> InFlightGuard {
+        self.health.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.stats.in_flight.inc();
+        self.stats.requests.inc();
+        InFlightGuard(self.clone())
+    }
+
+    fn load(&self) -> usize {
+        self.health.in_flight.load(Ordering::Acquire)
+    }
+}
+
+/// One request in flight on a server.
+#[derive(Debug)]
+pub(super) struct InFlightGuard(Arc<Server>);
+
+impl InFlightGuard {
+    /// The longest silence the server's response body may have.
+    pub(super) fn idle_timeout(&self) -> Duration {
+        self.0.idle_timeout
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.health.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.stats.in_flight.dec();
+    }
+}
+
+/// A client's binding to a server.
+#[derive(Debug, Clone)]
+struct Binding {
+    server: Arc<str>,
+    seen: Instant,
+}
+
+/// A running group.
+#[derive(Debug)]
+pub(super) struct Group {
+    pub(super) name: Arc<str>,
+    pub(super) servers: Vec<Arc<Server>>,
+    balance: Balance,
+    affinity_timeout: Duration,
+    max_fails: u32,
+    fail_timeout: Duration,
+    bindings: Arc<Mutex<HashMap<ClientKey, Binding>>>,
+    next: AtomicUsize,
+    /// Stops the active checks when the group is replaced by a reload.
+    _checks: Option<DropGuard>,
+}
+
+impl Group {
+    /// Builds a group from its settings. Health, load and bindings of servers that `previous`
+    /// (the group of the same name before a reload) also had are carried over, so a reload
+    /// moves nobody and forgets no failure.
+    pub(super) fn new(settings: &Upstream, metrics: &Metrics, previous: Option<&Group>) -> Group {
+        let name: Arc<str> = Arc::from(settings.name.as_str());
+        let servers: Vec<Arc<Server>> = settings
+            .servers
+            .iter()
+            .map(|s| {
+                let health = previous
+                    .and_then(|p| p.servers.iter().find(|o| o.settings.url == s.url))
+                    .map_or_else(Arc::default, |o| o.health.clone());
+                let stats = metrics.server_stats(&name, &s.url);
+                stats
+                    .healthy
+                    .set(i64::from(!health.reported_down.load(Ordering::Acquire)));
+                Arc::new(Server {
+                    settings: s.clone(),
+                    client: pool(settings),
+                    response_timeout: settings.response_timeout,
+                    idle_timeout: settings.idle_timeout,
+                    health,
+                    stats,
+                })
+            })
+            .collect();
+        let bindings = previous.map_or_else(Arc::default, |p| p.bindings.clone());
+        let mut group = Group {
+            name,
+            servers,
+            balance: settings.balance,
+            affinity_timeout: settings.affinity_timeout,
+            max_fails: settings.max_fails,
+            fail_timeout: settings.fail_timeout,
+            bindings,
+            next: AtomicUsize::new(0),
+            _checks: None,
+        };
+        if let (Some(health), true) = (&settings.health, group.servers.len() > 1) {
+            let cancel = CancellationToken::new();
+            for server in &group.servers {
+                tokio::spawn(check_loop(
+                    group.name.clone(),
+                    server.clone(),
+                    health.clone(),
+                    cancel.clone(),
+                ));
+            }
+            group._checks = Some(cancel.drop_guard());
+        }
+        group
+    }
+
+    /// The servers a request from `key` tries, in order: for `identity` its bound server while
+    /// it is available, then the rendezvous order over available servers that are not
+    /// draining; for the others the balancer's pick first. Empty when no server is available.
+    pub(super) fn candidates(&self, key: &ClientKey) -> Vec<Arc<Server>> {
+        if let [only] = self.servers.as_slice() {
+            return vec![only.clone()];
+        }
+        let now = Instant::now();
+        let open: Vec<usize> = (0..self.servers.len())
+            .filter(|&i| self.servers[i].available(now))
+            .collect();
+        let fresh = |i: &usize| !self.servers[*i].settings.drain;
+        let mut order: Vec<usize> = Vec::with_capacity(open.len());
+        match self.balance {
+            Balance::Identity => {
+                if let Some(bound) = self.bound(key, now)
+                    && let Some(&i) = open
+                        .iter()
+                        .find(|&&i| *self.servers[i].settings.url == *bound)
+                {
+                    order.push(i);
+                }
+                let weighted: Vec<(&str, u32)> = self
+                    .servers
+                    .iter()
+                    .map(|s| (s.settings.url.as_str(), s.settings.weight))
+                    .collect();
+                for i in rendezvous_order(key, &weighted) {
+                    if open.contains(&i) && fresh(&i) && !order.contains(&i) {
+                        order.push(i);
+                    }
+                }
+            }
+            Balance::LeastRequests => {
+                let pool: Vec<usize> = open.iter().copied().filter(fresh).collect();
+                let loads: Vec<usize> = pool.iter().map(|&i| self.servers[i].load()).collect();
+                if let Some(p) = two_choices(&loads, random()) {
+                    order.push(pool[p]);
+                }
+                order.extend(
+                    pool.iter()
+                        .filter(|i| !order.contains(i))
+                        .copied()
+                        .collect::<Vec<_>>(),
+                );
+            }
+            Balance::RoundRobin => {
+                let pool: Vec<usize> = open.iter().copied().filter(fresh).collect();
+                if !pool.is_empty() {
+                    let start = self.next.fetch_add(1, Ordering::Relaxed) % pool.len();
+                    order.extend(pool[start..].iter().chain(&pool[..start]));
+                }
+            }
+        }
+        order.into_iter().map(|i| self.servers[i].clone()).collect()
+    }
+
+    /// The server `key` is bound to, if the binding is fresh.
+    fn bound(&self, key: &ClientKey, now: Instant) -> Option<Arc<str>> {
+        let bindings = self.bindings.lock().unwrap_or_else(|e| e.into_inner());
+        bindings
+            .get(key)
+            .filter(|b| now.duration_since(b.seen) < self.affinity_timeout)
+            .map(|b| b.server.clone())
+    }
+
+    /// `key` was served by `server`: (re)binds it there, with `identity` and several servers.
+    pub(super) fn served(&self, key: &ClientKey, server: &Server) {
+        if self.balance != Balance::Identity || self.servers.len() < 2 {
+            return;
+        }
+        let mut bindings = self.bindings.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if let Some(b) = bindings.get_mut(key) {
+            if *b.server != *server.settings.url {
+                b.server = Arc::from(server.settings.url.as_str());
+            }
+            b.seen = now;
+        } else if bindings.len() < MAX_BINDINGS {
+            bindings.insert(
+                key.clone(),
+                Binding {
+                    server: Arc::from(server.settings.url.as_str()),
+                    seen: now,
+                },
+            );
+        }
+    }
+
+    /// A real request to `server` failed to connect or timed out (`kind`): with `max_fails`
+    /// such failures within `fail_timeout` the server is down for `fail_timeout`.
+    pub(super) fn failed(&self, server: &Server, kind: &'static str) {
+        server.stats.failure(kind);
+        if self.servers.len() < 2 || self.max_fails == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let mut st = server
+            .health
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        st.failures.push_back(now);
+        while st
+            .failures
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > self.fail_timeout)
+        {
+            st.failures.pop_front();
+        }
+        if st.failures.len() >= self.max_fails as usize {
+            st.failures.clear();
+            st.passive_until = Some(now + self.fail_timeout);
+            drop(st);
+            report(
+                &self.name,
+                server,
+                false,
+                &format!(
+                    "{} failed requests ({kind}) within {}",
+                    self.max_fails,
+                    humantime::format_duration(self.fail_timeout)
+                ),
+            );
+        }
+    }
+
+    /// Forgets stale bindings; updates the bound-clients gauges and notices servers whose
+    /// passive down time ran out.
+    pub(super) fn housekeeping(&self) {
+        let now = Instant::now();
+        let mut per_server: HashMap<Arc<str>, i64> = HashMap::new();
+        {
+            let mut bindings = self.bindings.lock().unwrap_or_else(|e| e.into_inner());
+            bindings.retain(|_, b| now.duration_since(b.seen) < self.affinity_timeout);
+            for b in bindings.values() {
+                *per_server.entry(b.server.clone()).or_default() += 1;
+            }
+        }
+        for s in &self.servers {
+            s.stats.bound.set(
+                per_server
+                    .get(s.settings.url.as_str())
+                    .copied()
+                    .unwrap_or(0),
+            );
+            if self.servers.len() > 1 && s.available(now) {
+                report(&self.name, s, true, "its passive down time ran out");
+            }
+        }
+    }
+
+    /// Whether any server can take a new request now (for `/readyz`).
+    pub(super) fn any_available(&self) -> bool {
+        let now = Instant::now();
+        self.servers.len() == 1 || self.servers.iter().any(|s| s.available(now))
+    }
+}
+
+/// Logs a change of a server's availability once, and sets its health gauge.
+fn report(group: &str, server: &Server, up: bool, why: &str) {
+    let down = !up;
+    let was_down = server.health.reported_down.swap(down, Ordering::AcqRel);
+    if was_down == down {
+        return;
+    }
+    server.stats.healthy.set(i64::from(up));
+    if up {
+        tracing::info!(upstream = group, server = %server.settings.url, reason = why, "upstream server is up again");
+    } else {
+        tracing::warn!(upstream = group, server = %server.settings.url, reason = why, "upstream server is down; its clients move to their next server");
+    }
+}
+
+/// The active checks of one server: a GET of `health.path` every `interval`; `fall`
+/// consecutive failures take it down, `rise` consecutive passes bring it back.
+async fn check_loop(
+    group: Arc<str>,
+    server: Arc<Server>,
+    health: HealthSettings,
+    cancel: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(health.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let verdict = probe(&server, &health).await;
+        let mut st = server
+            .health
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match verdict {
+            Ok(()) => {
+                st.ok_streak += 1;
+                st.fail_streak = 0;
+                if st.active_down && st.ok_streak >= health.rise {
+                    st.active_down = false;
+                    st.passive_until = None;
+                    drop(st);
+                    report(&group, &server, true, "health check passed");
+                }
+            }
+            Err(why) => {
+                st.fail_streak += 1;
+                st.ok_streak = 0;
+                if !st.active_down && st.fail_streak >= health.fall {
+                    st.active_down = true;
+                    drop(st);
+                    report(&group, &server, false, &format!("health check: {why}"));
+                }
+            }
+        }
+    }
+}
+
+/// One health check.
+async fn probe(server: &Server, health: &HealthSettings) -> Result<(), String> {
+    let uri = http::Uri::builder()
+        .scheme("http")
+        .authority(server.settings.authority.clone())
+        .path_and_query(health.path.clone())
+        .build()
+        .map_err(|e| e.to_string())?;
+    let req = http::Request::get(uri)
+        .header(http::header::HOST, server.settings.authority.as_str())
+        .header(http::header::USER_AGENT, "certgate-health-check")
+        .body(LimitedBody::empty())
+        .map_err(|e| e.to_string())?;
+    match tokio::time::timeout(health.timeout, server.client.request(req)).await {
+        Err(_) => Err(format!(
+            "no answer within {}",
+            humantime::format_duration(health.timeout)
+        )),
+        Ok(Err(e)) => {
+            Err(std::error::Error::source(&e).map_or_else(|| e.to_string(), ToString::to_string))
+        }
+        Ok(Ok(resp)) => {
+            let status = resp.status();
+            // Read the body so the connection can go back to the pool.
+            let _ = tokio::time::timeout(
+                health.timeout,
+                http_body_util::BodyExt::collect(resp.into_body()),
+            )
+            .await;
+            if status.is_success() || status.is_redirection() {
+                Ok(())
+            } else {
+                Err(format!("answered {status}"))
+            }
+        }
+    }
+}
+
+/// A server's keep-alive pool.
+fn pool(settings: &Upstream) -> Client<HttpConnector, LimitedBody> {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(settings.connect_timeout));
+    connector.set_nodelay(true);
+    connector.enforce_http(true);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .pool_max_idle_per_host(settings.max_idle_connections)
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .build(connector)
+}
+
+/// Randomness for the power of two choices; quality matters little, cost does.
+fn random() -> u64 {
+    let mut b = [0u8; 8];
+    let _ = aws_lc_rs::rand::fill(&mut b);
+    u64::from_ne_bytes(b)
+}
