@@ -6,6 +6,7 @@
 
 use std::future::Future as _;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -39,8 +40,14 @@ pub struct ProxyBody {
     kind: Kind,
     sent: u64,
     log: Option<Box<AccessRecord>>,
-    /// Whatever must live as long as the body (a server's in-flight count).
-    held: Option<Box<dyn Send + Sync>>,
+    /// Told when the body is done with (a server's count of requests in flight).
+    done: Option<Arc<dyn Done>>,
+}
+
+/// Something to tell when a response body is done with: sent, failed or dropped.
+pub trait Done: Send + Sync {
+    /// The body is done with.
+    fn done(&self);
 }
 
 impl ProxyBody {
@@ -51,7 +58,7 @@ impl ProxyBody {
             kind: Kind::Full((!bytes.is_empty()).then_some(bytes)),
             sent: 0,
             log: None,
-            held: None,
+            done: None,
         }
     }
 
@@ -70,7 +77,7 @@ impl ProxyBody {
             },
             sent: 0,
             log: None,
-            held: None,
+            done: None,
         }
     }
 
@@ -79,9 +86,9 @@ impl ProxyBody {
         self.log = Some(Box::new(record));
     }
 
-    /// Keeps `thing` alive until the body is done with (dropped with it).
-    pub fn hold(&mut self, thing: Box<dyn Send + Sync>) {
-        self.held = Some(thing);
+    /// Tells `done` when the body is done with.
+    pub fn on_done(&mut self, done: Arc<dyn Done>) {
+        self.done = Some(done);
     }
 }
 
@@ -149,6 +156,9 @@ impl Drop for ProxyBody {
     fn drop(&mut self) {
         if let Some(log) = self.log.take() {
             log.finish(self.sent);
+        }
+        if let Some(done) = self.done.take() {
+            done.done();
         }
     }
 }

@@ -20,7 +20,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use super::balance::{Balance, ClientKey, rendezvous_order, two_choices};
 use super::{POOL_IDLE_TIMEOUT, Upstream};
 use crate::ops::metrics::{Metrics, ServerStats};
-use crate::response::body::LimitedBody;
+use crate::response::body::{Done, LimitedBody};
 
 /// Most clients a group remembers bindings for; beyond it new clients are placed by the hash
 /// alone (which every replica agrees on) until stale bindings are evicted.
@@ -119,12 +119,26 @@ impl InFlightGuard {
     pub(super) fn idle_timeout(&self) -> Duration {
         self.0.idle_timeout
     }
+
+    /// The request stays in flight until the response body is done: handed to the body as
+    /// the server itself (no allocation per request), which counts it out then.
+    pub(super) fn until_body_ends(self) -> Arc<dyn Done> {
+        let server = self.0.clone();
+        std::mem::forget(self);
+        server
+    }
 }
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        self.0.health.in_flight.fetch_sub(1, Ordering::AcqRel);
-        self.0.stats.in_flight.dec();
+        self.0.done();
+    }
+}
+
+impl Done for Server {
+    fn done(&self) {
+        self.health.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.stats.in_flight.dec();
     }
 }
 
@@ -279,10 +293,17 @@ impl Group {
         let now = Instant::now();
         if let Some(b) = bindings.get_mut(key) {
             if *b.server != *server.settings.url {
+                // Moved (its server failed): the gauges follow at once; housekeeping
+                // recounts them anyway.
+                if let Some(old) = self.servers.iter().find(|s| *s.settings.url == *b.server) {
+                    old.stats.bound.dec();
+                }
+                server.stats.bound.inc();
                 b.server = Arc::from(server.settings.url.as_str());
             }
             b.seen = now;
         } else if bindings.len() < MAX_BINDINGS {
+            server.stats.bound.inc();
             bindings.insert(
                 key.clone(),
                 Binding {

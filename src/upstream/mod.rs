@@ -154,9 +154,10 @@ impl Forwarder {
             Some(id) => ClientKey::Cert(Arc::from(id.fingerprint.as_str())),
             None => ClientKey::Ip(peer.ip()),
         });
-        let candidates = match &key {
-            Some(key) => group.candidates(key),
-            None => group.servers.clone(),
+        // A group of one server (the common case) is used as it is, without a list.
+        let candidates: std::borrow::Cow<'_, [Arc<Server>]> = match &key {
+            Some(key) => std::borrow::Cow::Owned(group.candidates(key)),
+            None => std::borrow::Cow::Borrowed(&group.servers),
         };
         if candidates.is_empty() {
             self.metrics.upstream_error("no_healthy_backend");
@@ -321,9 +322,8 @@ impl Forwarder {
             return Response::from_parts(parts, ProxyBody::empty());
         }
         headers::remove_hop_by_hop(&mut parts.headers, false);
-        let idle = in_flight.idle_timeout();
-        let mut body = ProxyBody::stream(body, idle);
-        body.hold(Box::new(in_flight));
+        let mut body = ProxyBody::stream(body, in_flight.idle_timeout());
+        body.on_done(in_flight.until_body_ends());
         Response::from_parts(parts, body)
     }
 

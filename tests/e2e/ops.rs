@@ -330,26 +330,6 @@ async fn expired_crl_rejects_or_warns() {
     }
 }
 
-async fn admin_get(admin: std::net::SocketAddr, path: &str) -> (u16, String) {
-    let tcp = tokio::net::TcpStream::connect(admin).await.unwrap();
-    let (mut s, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let resp = s
-        .send_request(
-            Request::get(path)
-                .header("host", "admin")
-                .body(empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
-}
-
 /// `/livez` answers; `/readyz` is 503 while the backend refuses connections and 200 once it
 /// listens again.
 #[tokio::test]

@@ -40,6 +40,8 @@ struct Shared {
     arrived: Notify,
     connections: AtomicUsize,
     uploaded: AtomicUsize,
+    /// The accept loop and every connection, so `stop` can end them all like a killed process.
+    tasks: Mutex<Vec<tokio::task::AbortHandle>>,
 }
 
 #[derive(Clone)]
@@ -50,29 +52,53 @@ pub struct Backend {
 
 impl Backend {
     pub async fn start() -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Backend::start_on("127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// A backend on `addr` (a port a stopped backend used: a process that comes back).
+    pub async fn start_on(addr: SocketAddr) -> Backend {
+        let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shared = Arc::new(Shared::default());
         let s = shared.clone();
-        tokio::spawn(async move {
+        let accept = tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
                     return;
                 };
                 let conn = s.connections.fetch_add(1, Ordering::SeqCst);
-                let s = s.clone();
-                tokio::spawn(async move {
+                let s2 = s.clone();
+                let task = tokio::spawn(async move {
                     let svc = service_fn(move |req| {
-                        let s = s.clone();
+                        let s = s2.clone();
                         async move { Ok::<_, Infallible>(serve(s, conn, req).await) }
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
                         .await;
                 });
+                s.tasks.lock().unwrap().push(task.abort_handle());
             }
         });
+        shared.tasks.lock().unwrap().push(accept.abort_handle());
         Backend { addr, shared }
+    }
+
+    /// Ends the listener and every open connection at once, like a killed process: the port
+    /// refuses connections afterwards.
+    pub async fn stop(&self) {
+        let tasks: Vec<_> = self.shared.tasks.lock().unwrap().drain(..).collect();
+        for t in &tasks {
+            t.abort();
+        }
+        // Until the listener is really closed, a connect could still succeed.
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(self.addr).await.is_err() {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("backend {} did not stop", self.addr);
     }
 
     /// Every request seen so far.

@@ -220,3 +220,24 @@ pub async fn open_websocket(addr: SocketAddr) -> (HeaderMap, TokioIo<hyper::upgr
     let upgraded = hyper::upgrade::on(&mut resp).await.expect("upgrade");
     (resp.headers().clone(), TokioIo::new(upgraded))
 }
+
+/// A GET on the admin listener (plain HTTP): status and body.
+pub async fn admin_get(admin: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let tcp = tokio::net::TcpStream::connect(admin).await.unwrap();
+    let (mut s, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let resp = s
+        .send_request(
+            Request::get(path)
+                .header("host", "admin")
+                .body(empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}

@@ -128,6 +128,31 @@ url = "http://{backend}"
     )
 }
 
+/// A complete config whose `[upstream]` is a group of `servers` (TOML inline tables), with
+/// `group_extra` inside `[upstream]` (its `[upstream.health]` last) and `extra` after it.
+pub fn test_config_servers(servers: &[String], group_extra: &str, extra: &str) -> String {
+    format!(
+        r#"
+[listen]
+https = "127.0.0.1:0"
+shutdown_timeout = "10s"
+
+[tls]
+cert = "server.crt"
+key = "server.key"
+client_ca = "ca-bundle.crt"
+crl = ["ca.crl"]
+
+{extra}
+
+[upstream]
+servers = [{}]
+{group_extra}
+"#,
+        servers.join(", ")
+    )
+}
+
 /// A fresh folder for one test's files, under cargo's per-target temp dir.
 pub fn scratch_dir(name: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
