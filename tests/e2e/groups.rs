@@ -73,7 +73,11 @@ async fn who(
 async fn identity_keeps_each_client_on_one_server_and_replicas_agree() {
     let a = Backend::start().await;
     let b = Backend::start().await;
-    let toml = group_config(&[server(a.addr), server(b.addr)], "", "");
+    let toml = group_config(
+        &[server(a.addr), server(b.addr)],
+        "",
+        "[admin]\nlisten = \"127.0.0.1:0\"\n",
+    );
     let proxy = Proxy::start_with(&toml).await;
     let replica = Proxy::start_with(&toml).await;
     let mut placed = HashMap::new();
@@ -98,6 +102,24 @@ async fn identity_keeps_each_client_on_one_server_and_replicas_agree() {
         on_a > 0 && on_a < 16,
         "all clients on one server: {on_a} of 16 on a"
     );
+    // What an operator draining a server watches: bound clients per server.
+    let (_, text) = admin_get(proxy.admin.unwrap(), "/metrics").await;
+    let value = |server: SocketAddr, metric: &str| -> f64 {
+        let series = format!(
+            "certgate_upstream_server_{metric}{{upstream=\"default\",server=\"http://{server}\"}} "
+        );
+        text.lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .unwrap_or_else(|| panic!("no {series} in {text}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(value(a.addr, "bound_clients"), on_a as f64);
+    assert_eq!(value(b.addr, "bound_clients"), (16 - on_a) as f64);
+    assert_eq!(value(a.addr, "healthy") + value(b.addr, "healthy"), 2.0);
+    assert_eq!(value(a.addr, "in_flight"), 0.0);
+    assert_eq!(value(a.addr, "requests_total"), (on_a * 4) as f64);
 }
 
 /// Killing a server moves its clients (to their next server) and nobody else; when it comes
