@@ -182,6 +182,7 @@ SCENARIOS = {
     "d2": ("50 MiB uploads, 2 connections", "mb_per_cpu_s", ["-c", "2", "-m", "POST"], "/upload"),
     "f": ("latency at 500 req/s, 16 connections", "latency", ["-c", "16", "-q", "500"], "/100b"),
     "g": ("as (a) with the JSON access log on", "us_per_req", ["-c", "64"], "/100b"),
+    "h": ("as (a) through a two-server identity group", "us_per_req", ["-c", "64"], "/100b"),
 }
 
 
@@ -222,6 +223,16 @@ action = "deny"
     cg_log = os.path.join(work, "certgate-log.toml")
     with open(cg_log, "w") as f:
         f.write(common.format(port=ports["certgate+log"]) + "[log]\nformat = \"json\"\naccess = true\n")
+    # (h): the same backend twice under two names, so the group has two servers while the
+    # backend's cost stays the same; every request pays the identity lookup and binding.
+    cg_group = os.path.join(work, "certgate-group.toml")
+    with open(cg_group, "w") as f:
+        group = (f'servers = [{{ url = "http://127.0.0.1:{backend_port}" }}, '
+                 f'{{ url = "http://localhost:{backend_port}" }}]\n'
+                 'balance = "identity"\n[upstream.health]\npath = "/100b"\n')
+        f.write(common.format(port=ports["certgate+group"])
+                .replace(f'url = "http://127.0.0.1:{backend_port}"\n', group)
+                + "[log]\naccess = false\n")
     ng = os.path.join(work, "nginx.conf")
     with open(ng, "w") as f:
         f.write(f"""
@@ -288,7 +299,7 @@ backend be
   http-reuse always
   server b1 127.0.0.1:{backend_port} pool-max-conn 32
 """)
-    return cg, cg_log, ng, hp
+    return cg, cg_log, cg_group, ng, hp
 
 
 def make_pki(work, rsa):
@@ -366,14 +377,17 @@ def main():
     with open(upload, "wb") as f:
         f.write(b"u" * (50 << 20))
     bport = backend(work)
-    ports = {"certgate": 19443, "nginx": 19444, "haproxy": 19445, "certgate+log": 19446}
-    cg, cg_log, ng, hp = configs(work, pki, bport, ports)
+    ports = {"certgate": 19443, "nginx": 19444, "haproxy": 19445, "certgate+log": 19446,
+             "certgate+group": 19440}
+    cg, cg_log, cg_group, ng, hp = configs(work, pki, bport, ports)
     one_worker = {"TOKIO_WORKER_THREADS": "1"}
     targets = {
         "certgate": Target("certgate", [BIN, "run", "-c", cg], ports["certgate"], one_worker),
         "nginx": Target("nginx", ["nginx", "-c", ng, "-p", work], ports["nginx"], workers_are_children=True),
         "haproxy": Target("haproxy", ["haproxy", "-f", hp], ports["haproxy"]),
         "certgate+log": Target("certgate+log", [BIN, "run", "-c", cg_log], ports["certgate+log"], one_worker),
+        "certgate+group": Target("certgate+group", [BIN, "run", "-c", cg_group], ports["certgate+group"],
+                                 one_worker),
     }
     a.baselines = [b.split("=", 1) for b in a.baseline]
     for i, (name, path) in enumerate(a.baselines):
@@ -406,7 +420,9 @@ def main():
     for key, (title, unit, args, path) in SCENARIOS.items():
         if only and key not in only:
             continue
-        names = ["certgate+log", "certgate"] if key == "g" else ["certgate", "nginx", "haproxy"]
+        names = (["certgate+log", "certgate"] if key == "g"
+                 else ["certgate+group", "certgate"] if key == "h"
+                 else ["certgate", "nginx", "haproxy"])
         if key in ("a", "b", "c", "d1", "d2"):
             names += [n for n, _ in a.baselines]
         elif key == "g":
@@ -476,6 +492,11 @@ def render(results, a):
             m_log = summarize(per["certgate+log"])
             m_plain = summarize(per["certgate"])
             lines.append(f"| g. {title} | µs/req | {fmt(*m_log)} (log on) | | | {ratio(m_log[0], m_plain[0])} × certgate without log ({m_plain[0]:.1f}) |")
+            continue
+        if key == "h":
+            m_group = summarize(per["certgate+group"])
+            m_plain = summarize(per["certgate"])
+            lines.append(f"| h. {title} | µs/req | {fmt(*m_group)} (group) | | | {ratio(m_group[0], m_plain[0])} × certgate with one backend ({m_plain[0]:.1f}) |")
             continue
         if unit == "latency":
             cells = {}
