@@ -229,9 +229,10 @@ action = "deny"
     with open(cg_group, "w") as f:
         group = (f'servers = [{{ url = "http://127.0.0.1:{backend_port}" }}, '
                  f'{{ url = "http://localhost:{backend_port}" }}]\n'
-                 'balance = "identity"\n[upstream.health]\npath = "/100b"\n')
+                 'balance = "identity"\nmax_idle_connections = 32\n'
+                 '[upstream.health]\npath = "/100b"\n')
         f.write(common.format(port=ports["certgate+group"])
-                .replace(f'url = "http://127.0.0.1:{backend_port}"\n', group)
+                .replace(f'url = "http://127.0.0.1:{backend_port}"\nmax_idle_connections = 32\n', group)
                 + "[log]\naccess = false\n")
     ng = os.path.join(work, "nginx.conf")
     with open(ng, "w") as f:

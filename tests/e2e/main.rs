@@ -8,6 +8,7 @@ mod certs;
 mod cli;
 mod fidelity;
 mod forwarding;
+mod gradio;
 mod groups;
 mod hardening;
 mod identity;
