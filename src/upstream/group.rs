@@ -147,7 +147,13 @@ impl Done for Server {
 struct Binding {
     server: Arc<str>,
     seen: Instant,
+    /// The client's rendezvous order over the servers when it was bound, kept so a bound
+    /// client's requests hash nothing.
+    order: Ranked,
 }
+
+/// Server URLs in a client's rendezvous order.
+type Ranked = Arc<[Arc<str>]>;
 
 /// A running group.
 #[derive(Debug)]
@@ -233,19 +239,23 @@ impl Group {
         let mut order: Vec<usize> = Vec::with_capacity(open.len());
         match self.balance {
             Balance::Identity => {
-                if let Some(bound) = self.bound(key, now)
-                    && let Some(&i) = open
-                        .iter()
-                        .find(|&&i| *self.servers[i].settings.url == *bound)
-                {
-                    order.push(i);
+                let index = |url: &str| self.servers.iter().position(|s| *s.settings.url == *url);
+                let ranked = match self.bound(key, now) {
+                    Some((bound, ranked)) => {
+                        if let Some(i) = index(&bound).filter(|i| open.contains(i)) {
+                            order.push(i);
+                        }
+                        ranked
+                    }
+                    None => self.rendezvous(key),
+                };
+                for i in ranked.iter().filter_map(|url| index(url)) {
+                    if open.contains(&i) && fresh(&i) && !order.contains(&i) {
+                        order.push(i);
+                    }
                 }
-                let weighted: Vec<(&str, u32)> = self
-                    .servers
-                    .iter()
-                    .map(|s| (s.settings.url.as_str(), s.settings.weight))
-                    .collect();
-                for i in rendezvous_order(key, &weighted) {
+                // Servers a reload added after the client was bound: last, for failover.
+                for i in 0..self.servers.len() {
                     if open.contains(&i) && fresh(&i) && !order.contains(&i) {
                         order.push(i);
                     }
@@ -276,12 +286,25 @@ impl Group {
     }
 
     /// The server `key` is bound to, if the binding is fresh.
-    fn bound(&self, key: &ClientKey, now: Instant) -> Option<Arc<str>> {
+    fn bound(&self, key: &ClientKey, now: Instant) -> Option<(Arc<str>, Ranked)> {
         let bindings = self.bindings.lock().unwrap_or_else(|e| e.into_inner());
         bindings
             .get(key)
             .filter(|b| now.duration_since(b.seen) < self.affinity_timeout)
-            .map(|b| b.server.clone())
+            .map(|b| (b.server.clone(), b.order.clone()))
+    }
+
+    /// `key`'s rendezvous order over this group's servers, as URLs.
+    fn rendezvous(&self, key: &ClientKey) -> Ranked {
+        let weighted: Vec<(&str, u32)> = self
+            .servers
+            .iter()
+            .map(|s| (s.settings.url.as_str(), s.settings.weight))
+            .collect();
+        rendezvous_order(key, &weighted)
+            .into_iter()
+            .map(|i| Arc::from(self.servers[i].settings.url.as_str()))
+            .collect()
     }
 
     /// `key` was served by `server`: (re)binds it there, with `identity` and several servers.
@@ -304,11 +327,13 @@ impl Group {
             b.seen = now;
         } else if bindings.len() < MAX_BINDINGS {
             server.stats.bound.inc();
+            let order = self.rendezvous(key);
             bindings.insert(
                 key.clone(),
                 Binding {
                     server: Arc::from(server.settings.url.as_str()),
                     seen: now,
+                    order,
                 },
             );
         }
