@@ -456,4 +456,17 @@ fn shipped_gpu_example_loads() {
         config.upstreams[0].health.as_ref().unwrap().path.as_str(),
         "/health"
     );
+    // certgate check prints every group, its servers and its checks.
+    let summary = certgate::cli::commands::summary(&config);
+    for want in [
+        "[upstream]",
+        "http://10.0.0.12:7860  weight 2",
+        "balance              = identity",
+        "health               = GET / every 5s, timeout 2s, rise 2, fall 3",
+        "[upstreams.colorize]",
+        "balance              = least_requests",
+        "upstream colorize",
+    ] {
+        assert!(summary.contains(want), "{want:?} not in:\n{summary}");
+    }
 }
