@@ -183,7 +183,19 @@ SCENARIOS = {
     "f": ("latency at 500 req/s, 16 connections", "latency", ["-c", "16", "-q", "500"], "/100b"),
     "g": ("as (a) with the JSON access log on", "us_per_req", ["-c", "64"], "/100b"),
     "h": ("as (a) through a two-server identity group", "us_per_req", ["-c", "64"], "/100b"),
+    "i": ("first response on a new TLS 1.3 connection, Nagle on (50 in a row)", "ttfb", [], "/100b"),
 }
+
+NAGLE = os.path.join(ROOT, "tests", "e2e", "tools", "nagle_client.py")
+
+
+def nagle_ttfb(port, pki, n=50):
+    """Median ms from request to first byte over `n` new connections of a client that leaves
+    Nagle's algorithm on (tests/e2e/tools/nagle_client.py)."""
+    out = subprocess.run(["taskset", "-c", "1", "python3", NAGLE, "127.0.0.1", str(port), pki["ca"],
+                          pki["client_crt"], pki["client_key"], str(n)],
+                         capture_output=True, text=True, check=True)
+    return statistics.median(json.loads(out.stdout))
 
 
 def nginx_main(work, name):
@@ -433,6 +445,9 @@ def main():
             for n in names:
                 t = targets[n]
                 extra = ["-D", upload] if key == "d2" else []
+                if unit == "ttfb":
+                    per[n].append(nagle_ttfb(t.port, pki))
+                    continue
                 before = cpu_seconds(t.pids())
                 ok, res = oha(args + extra, f"https://localhost:{t.port}{path}", pki, a.duration)
                 cpu = cpu_seconds(t.pids()) - before
@@ -498,6 +513,12 @@ def render(results, a):
             m_group = summarize(per["certgate+group"])
             m_plain = summarize(per["certgate"])
             lines.append(f"| h. {title} | µs/req | {fmt(*m_group)} (group) | | | {ratio(m_group[0], m_plain[0])} × certgate with one backend ({m_plain[0]:.1f}) |")
+            continue
+        if unit == "ttfb":
+            ms = {n: summarize(per[n]) for n in ["certgate", "nginx", "haproxy"]}
+            f2 = lambda m, lo, hi: f"{m:.1f} ({lo:.1f}–{hi:.1f})"
+            lines.append(f"| {key}. {title} | ms (median) | {f2(*ms['certgate'])} | {f2(*ms['nginx'])} | "
+                         f"{f2(*ms['haproxy'])} | {ratio(ms['certgate'][0], ms['nginx'][0])} |")
             continue
         if unit == "latency":
             cells = {}
