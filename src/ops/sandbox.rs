@@ -40,19 +40,28 @@ pub enum Outcome {
     Off,
 }
 
+/// The folders a reload of `file` must be able to read: the folder as configured, and the
+/// folder where its links end now. The first is what a Kubernetes Secret or ConfigMap swap
+/// needs: the files are links through `..data`, which the kubelet points at a fresh
+/// `..2026_...` folder on every update; granting only where the links ended at start-up
+/// (`..v1`) left the new folder unreadable, so a rotated CRL was refused until a restart.
+/// The second covers a file that links out of its folder (`/etc/letsencrypt/live/...`).
+fn readable_dirs(file: &Path) -> Vec<PathBuf> {
+    let absolute = std::path::absolute(file).unwrap_or_else(|_| file.to_path_buf());
+    let resolved = file.canonicalize().unwrap_or_else(|_| absolute.clone());
+    [absolute, resolved]
+        .iter()
+        .filter_map(|f| f.parent().map(Path::to_path_buf))
+        .collect()
+}
+
 /// Restricts the process to reading `files`' folders and the system files above.
 pub fn restrict(enabled: bool, files: &[PathBuf]) -> Outcome {
     if !enabled {
         tracing::info!("sandbox: landlock off ([sandbox] landlock = false)");
         return Outcome::Off;
     }
-    let mut dirs: Vec<PathBuf> = files
-        .iter()
-        .filter_map(|f| {
-            let f = f.canonicalize().unwrap_or_else(|_| f.clone());
-            f.parent().map(Path::to_path_buf)
-        })
-        .collect();
+    let mut dirs: Vec<PathBuf> = files.iter().flat_map(|f| readable_dirs(f)).collect();
     dirs.sort();
     dirs.dedup();
     let result = (|| {
@@ -95,5 +104,25 @@ pub fn restrict(enabled: bool, files: &[PathBuf]) -> Outcome {
             tracing::warn!(error = %e, "sandbox: landlock could not be applied; file-system access is not restricted");
             Outcome::Unsupported
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_linked_file_grants_its_configured_folder_and_where_it_points() {
+        let dir = std::env::temp_dir().join(format!("certgate-sandbox-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("secret/..v1")).unwrap();
+        std::fs::write(dir.join("secret/..v1/ca.crl"), "x").unwrap();
+        std::os::unix::fs::symlink("..v1", dir.join("secret/..data")).unwrap();
+        std::os::unix::fs::symlink("..data/ca.crl", dir.join("secret/ca.crl")).unwrap();
+        let dirs = readable_dirs(&dir.join("secret/ca.crl"));
+        let canonical = dir.canonicalize().unwrap();
+        assert!(dirs.contains(&dir.join("secret")), "{dirs:?}");
+        assert!(dirs.contains(&canonical.join("secret/..v1")), "{dirs:?}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -639,3 +639,119 @@ async fn landlock_confines_file_access() {
         .unwrap();
     let _ = tokio::time::timeout(LIMIT, child.wait()).await;
 }
+
+/// A Kubernetes Secret update, exactly as the kubelet does it: the files are links through
+/// `..data`, which points at `..v1`; the update writes `..v2` (here with a CRL that revokes a
+/// client) and swaps `..data` to it in one rename. With the sandbox on, the watch reloads and
+/// the revoked client is refused from then on — no restart. (Skipped where the kernel has no
+/// Landlock, since then there is nothing to get wrong.)
+#[tokio::test]
+async fn kubernetes_secret_swap_reloads_under_the_sandbox() {
+    let backend = Backend::start().await;
+    let dir = scratch_dir("k8s-secret");
+    let secret = dir.join("secret");
+    let files = ["server.crt", "server.key", "ca-bundle.crt", "ca.crl"];
+    std::fs::create_dir_all(secret.join("..v1")).unwrap();
+    for f in files {
+        std::fs::copy(test_pki().dir.join(f), secret.join("..v1").join(f)).unwrap();
+        std::os::unix::fs::symlink(format!("..data/{f}"), secret.join(f)).unwrap();
+    }
+    std::os::unix::fs::symlink("..v1", secret.join("..data")).unwrap();
+    let leaving = custom_client(|p| {
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, "leaves-today");
+    });
+    // The config comes from a ConfigMap mounted elsewhere, as in a Deployment: the secret's
+    // folder is not beneath the config's.
+    let s = secret.display();
+    let text = test_config(backend.addr, "", "[reload]\nwatch = \"100ms\"\n")
+        .replace("\"server.crt\"", &format!("\"{s}/server.crt\""))
+        .replace("\"server.key\"", &format!("\"{s}/server.key\""))
+        .replace("\"ca-bundle.crt\"", &format!("\"{s}/ca-bundle.crt\""))
+        .replace("\"ca.crl\"", &format!("\"{s}/ca.crl\""));
+    let conf = scratch_dir("k8s-configmap");
+    let path = conf.join("certgate.toml");
+    std::fs::write(&path, &text).unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_certgate"))
+        .args(["run", "-c"])
+        .arg(&path)
+        .env_remove("RUST_LOG")
+        .kill_on_drop(true)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap());
+    let mut log = String::new();
+    let mut wait_for = async |needle: &str, log: &mut String| -> String {
+        tokio::time::timeout(LIMIT, async {
+            loop {
+                let mut line = String::new();
+                if tokio::io::AsyncBufReadExt::read_line(&mut lines, &mut line)
+                    .await
+                    .unwrap()
+                    == 0
+                {
+                    panic!("daemon exited before {needle:?}: {log}");
+                }
+                log.push_str(&line);
+                if line.contains(needle) {
+                    return line;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no {needle:?} in: {log}"))
+    };
+    let sandbox = wait_for("sandbox:", &mut log).await;
+    let listening = wait_for("certgate listening", &mut log).await;
+    if sandbox.contains("no Landlock") || sandbox.contains("could not be applied") {
+        eprintln!("skipping: {sandbox}");
+        return;
+    }
+    let addr: std::net::SocketAddr = listening
+        .split("https=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let cfg = client_config(Some(&leaving), &[]);
+    assert_eq!(get_once(addr, cfg.clone(), "/before").await.status, 200);
+
+    // The update: a CRL that revokes the leaving client, in a fresh folder, then the swap.
+    let serial = {
+        use x509_parser::prelude::FromDer as _;
+        let (_, cert) =
+            x509_parser::certificate::X509Certificate::from_der(&leaving.chain[0]).unwrap();
+        rcgen::SerialNumber::from_slice(cert.raw_serial())
+    };
+    let crl = certgate::pki::crl(
+        &test_pki().ca,
+        &[certgate::pki::Revoked {
+            serial,
+            at: time::OffsetDateTime::now_utc() - time::Duration::minutes(1),
+            reason: Some(rcgen::RevocationReason::AffiliationChanged),
+        }],
+        2,
+        30,
+    )
+    .unwrap();
+    std::fs::create_dir_all(secret.join("..v2")).unwrap();
+    for f in files {
+        std::fs::copy(secret.join("..v1").join(f), secret.join("..v2").join(f)).unwrap();
+    }
+    std::fs::write(secret.join("..v2/ca.crl"), crl).unwrap();
+    std::os::unix::fs::symlink("..v2", secret.join("..data_tmp")).unwrap();
+    std::fs::rename(secret.join("..data_tmp"), secret.join("..data")).unwrap();
+    std::fs::remove_dir_all(secret.join("..v1")).unwrap();
+
+    wait_for("reload complete", &mut log).await;
+    assert_refused(addr, cfg).await;
+    assert!(!log.contains("reload failed"), "{log}");
+    let pid = child.id().unwrap().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    let _ = tokio::time::timeout(LIMIT, child.wait()).await;
+}
