@@ -13,10 +13,6 @@ use tokio::process::{Child, Command};
 
 use crate::common::*;
 
-fn python() -> String {
-    std::env::var("CERTGATE_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
-}
-
 fn tool(name: &str) -> String {
     format!("{}/tests/e2e/tools/{name}", env!("CARGO_MANIFEST_DIR"))
 }

@@ -581,38 +581,9 @@ async fn landlock_confines_file_access() {
     let mut text = test_config(backend.addr, "", "");
     let path = dir.join("certgate.toml");
     std::fs::write(&path, &text).unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_certgate"))
-        .args(["run", "-c"])
-        .arg(&path)
-        .env_remove("RUST_LOG")
-        .kill_on_drop(true)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap());
-    let mut log = String::new();
-    let mut wait_for = async |needle: &str, log: &mut String| -> String {
-        tokio::time::timeout(LIMIT, async {
-            loop {
-                let mut line = String::new();
-                if tokio::io::AsyncBufReadExt::read_line(&mut lines, &mut line)
-                    .await
-                    .unwrap()
-                    == 0
-                {
-                    panic!("daemon exited before {needle:?}: {log}");
-                }
-                log.push_str(&line);
-                if line.contains(needle) {
-                    return line;
-                }
-            }
-        })
-        .await
-        .unwrap()
-    };
-    let sandbox = wait_for("sandbox:", &mut log).await;
-    wait_for("certgate listening", &mut log).await;
+    let mut daemon = Daemon::start(&path);
+    let sandbox = daemon.wait_for("sandbox:").await;
+    daemon.wait_for("certgate listening").await;
     if sandbox.contains("no Landlock") || sandbox.contains("could not be applied") {
         eprintln!("skipping: {sandbox}");
         return;
@@ -623,21 +594,13 @@ async fn landlock_confines_file_access() {
         &format!("cert = \"{}\"", outside.join("server.crt").display()),
     );
     std::fs::write(&path, &text).unwrap();
-    let pid = child.id().unwrap().to_string();
-    std::process::Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .unwrap();
-    let failed = wait_for("reload failed", &mut log).await;
+    daemon.signal("HUP");
+    let failed = daemon.wait_for("reload failed").await;
     assert!(
         failed.contains("Permission denied") || failed.contains("permission denied"),
         "{failed}"
     );
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    let _ = tokio::time::timeout(LIMIT, child.wait()).await;
+    daemon.stop().await;
 }
 
 /// A Kubernetes Secret update, exactly as the kubelet does it: the files are links through
@@ -672,38 +635,9 @@ async fn kubernetes_secret_swap_reloads_under_the_sandbox() {
     let conf = scratch_dir("k8s-configmap");
     let path = conf.join("certgate.toml");
     std::fs::write(&path, &text).unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_certgate"))
-        .args(["run", "-c"])
-        .arg(&path)
-        .env_remove("RUST_LOG")
-        .kill_on_drop(true)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap());
-    let mut log = String::new();
-    let mut wait_for = async |needle: &str, log: &mut String| -> String {
-        tokio::time::timeout(LIMIT, async {
-            loop {
-                let mut line = String::new();
-                if tokio::io::AsyncBufReadExt::read_line(&mut lines, &mut line)
-                    .await
-                    .unwrap()
-                    == 0
-                {
-                    panic!("daemon exited before {needle:?}: {log}");
-                }
-                log.push_str(&line);
-                if line.contains(needle) {
-                    return line;
-                }
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("no {needle:?} in: {log}"))
-    };
-    let sandbox = wait_for("sandbox:", &mut log).await;
-    let listening = wait_for("certgate listening", &mut log).await;
+    let mut daemon = Daemon::start(&path);
+    let sandbox = daemon.wait_for("sandbox:").await;
+    let listening = daemon.wait_for("certgate listening").await;
     if sandbox.contains("no Landlock") || sandbox.contains("could not be applied") {
         eprintln!("skipping: {sandbox}");
         return;
@@ -745,13 +679,8 @@ async fn kubernetes_secret_swap_reloads_under_the_sandbox() {
     std::fs::rename(secret.join("..data_tmp"), secret.join("..data")).unwrap();
     std::fs::remove_dir_all(secret.join("..v1")).unwrap();
 
-    wait_for("reload complete", &mut log).await;
+    daemon.wait_for("reload complete").await;
     assert_refused(addr, cfg).await;
-    assert!(!log.contains("reload failed"), "{log}");
-    let pid = child.id().unwrap().to_string();
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    let _ = tokio::time::timeout(LIMIT, child.wait()).await;
+    assert!(!daemon.log.contains("reload failed"), "{}", daemon.log);
+    daemon.stop().await;
 }

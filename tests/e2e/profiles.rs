@@ -10,12 +10,6 @@ use http::HeaderMap;
 
 use crate::common::*;
 
-/// The Python with `http_sfv` and `cryptography`: `scripts/test` makes one and names it in
-/// `CERTGATE_TEST_PYTHON`; otherwise `python3` must have both.
-fn python() -> String {
-    std::env::var("CERTGATE_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
-}
-
 /// What the independent decoder makes of the identity headers the backend saw.
 fn decode(headers: &HeaderMap) -> serde_json::Value {
     let mut map = serde_json::Map::new();

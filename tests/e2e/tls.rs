@@ -306,7 +306,7 @@ async fn a_nagle_client_is_not_stalled_after_the_handshake() {
     let backend = Backend::start().await;
     let proxy = Proxy::start(backend.addr, "").await;
     let pki = test_pki();
-    let python = std::env::var("CERTGATE_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let python = python();
     let out = tokio::process::Command::new(&python)
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),

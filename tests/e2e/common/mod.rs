@@ -6,6 +6,7 @@
 
 pub mod backend;
 pub mod client;
+pub mod daemon;
 pub mod logs;
 pub mod pki;
 
@@ -19,6 +20,7 @@ use tokio::task::JoinHandle;
 
 pub use backend::{Backend, Seen};
 pub use client::*;
+pub use daemon::Daemon;
 pub use logs::LogCapture;
 pub use pki::{Identity, client_with_key_usage, custom_client, test_pki};
 
@@ -99,13 +101,8 @@ pub fn test_config(backend: SocketAddr, tls_extra: &str, extra: &str) -> String 
     test_config_upstream(backend, tls_extra, "", extra)
 }
 
-/// As [`test_config`], with `upstream_extra` inside `[upstream]`.
-pub fn test_config_upstream(
-    backend: SocketAddr,
-    tls_extra: &str,
-    upstream_extra: &str,
-    extra: &str,
-) -> String {
+/// `[listen]` and `[tls]` for the test PKI, with `tls_extra` inside `[tls]`.
+fn listen_and_tls(tls_extra: &str) -> String {
     format!(
         r#"
 [listen]
@@ -118,39 +115,37 @@ key = "server.key"
 client_ca = "ca-bundle.crt"
 crl = ["ca.crl"]
 {tls_extra}
-
-[upstream]
-url = "http://{backend}"
-{upstream_extra}
-
-{extra}
 "#
     )
 }
 
+/// As [`test_config`], with `upstream_extra` inside `[upstream]`.
+pub fn test_config_upstream(
+    backend: SocketAddr,
+    tls_extra: &str,
+    upstream_extra: &str,
+    extra: &str,
+) -> String {
+    format!(
+        "{}\n[upstream]\nurl = \"http://{backend}\"\n{upstream_extra}\n\n{extra}\n",
+        listen_and_tls(tls_extra)
+    )
+}
+
 /// A complete config whose `[upstream]` is a group of `servers` (TOML inline tables), with
-/// `group_extra` inside `[upstream]` (its `[upstream.health]` last) and `extra` after it.
+/// `group_extra` inside `[upstream]` (its `[upstream.health]` last) and `extra` before it.
 pub fn test_config_servers(servers: &[String], group_extra: &str, extra: &str) -> String {
     format!(
-        r#"
-[listen]
-https = "127.0.0.1:0"
-shutdown_timeout = "10s"
-
-[tls]
-cert = "server.crt"
-key = "server.key"
-client_ca = "ca-bundle.crt"
-crl = ["ca.crl"]
-
-{extra}
-
-[upstream]
-servers = [{}]
-{group_extra}
-"#,
+        "{}\n{extra}\n\n[upstream]\nservers = [{}]\n{group_extra}\n",
+        listen_and_tls(""),
         servers.join(", ")
     )
+}
+
+/// The Python the tests drive (`http_sfv`, `cryptography`, `gradio`): `scripts/test` makes one
+/// and names it in `CERTGATE_TEST_PYTHON`; otherwise `python3` must have them.
+pub fn python() -> String {
+    std::env::var("CERTGATE_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
 }
 
 /// A fresh folder for one test's files, under cargo's per-target temp dir.
