@@ -470,3 +470,29 @@ fn shipped_gpu_example_loads() {
         assert!(summary.contains(want), "{want:?} not in:\n{summary}");
     }
 }
+
+/// After `strip_prefix`, the deny rules that re-check the forwarded path are those of the same
+/// group: `/internal` denied on the UI's group does not refuse `/api/internal` that goes to the
+/// workers as `/internal`, while a deny rule naming the workers' group does.
+#[tokio::test]
+async fn strip_prefix_recheck_counts_deny_rules_of_the_same_group() {
+    let ui = Backend::start().await;
+    let worker = Backend::start().await;
+    let toml = test_config_servers(
+        &[server(ui.addr)],
+        "",
+        &format!(
+            "[upstreams.workers]\nservers = [{}]\n\n[[route]]\npath = \"/internal\"\naction = \"deny\"\n\n[[route]]\npath = \"/secret\"\naction = \"deny\"\nupstream = \"workers\"\n\n[[route]]\npath = \"/api\"\naction = \"allow\"\nstrip_prefix = \"/api\"\nupstream = \"workers\"\n",
+            server(worker.addr)
+        ),
+    );
+    let proxy = Proxy::start_with(&toml).await;
+    assert_eq!(
+        who(proxy.addr, alice(), "/api/internal", &[&ui, &worker]).await,
+        1
+    );
+    assert_eq!(worker.seen()[0].target, "/internal");
+    let got = get_once(proxy.addr, alice(), "/api/secret").await;
+    assert_eq!(got.status, 403, "{}", got.body);
+    assert_eq!(get_once(proxy.addr, alice(), "/internal").await.status, 403);
+}
