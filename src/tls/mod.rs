@@ -68,7 +68,7 @@ pub enum TlsError {
 ///
 /// # Errors
 /// A sentence saying what does not match.
-pub fn check_key_matches(
+pub(crate) fn check_key_matches(
     chain: &[CertificateDer<'static>],
     key: &PrivateKeyDer<'static>,
 ) -> Result<(), String> {
@@ -88,7 +88,7 @@ pub fn check_key_matches(
 ///
 /// # Errors
 /// [`TlsError::ClientCa`] or [`TlsError::Verifier`].
-pub fn client_verifier(tls: &Tls) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+pub(crate) fn client_verifier(tls: &Tls) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
     let mut roots = RootCertStore::empty();
     for (i, ca) in tls.client_cas.iter().enumerate() {
         roots.add(ca.clone()).map_err(|e| TlsError::ClientCa {
@@ -215,7 +215,7 @@ fn key_usage_can_sign(der: &CertificateDer<'_>) -> bool {
 
 /// The rustls server configuration and the client-certificate verifier inside it (kept to
 /// re-check open connections after a reload).
-pub struct TlsSetup {
+pub(crate) struct TlsSetup {
     /// For the acceptor.
     pub server_config: Arc<ServerConfig>,
     /// The same verifier the handshakes use.
@@ -226,7 +226,7 @@ pub struct TlsSetup {
 ///
 /// # Errors
 /// A [`TlsError`] naming the file at fault.
-pub fn server_config(tls: &Tls) -> Result<Arc<ServerConfig>, TlsError> {
+pub(crate) fn server_config(tls: &Tls) -> Result<Arc<ServerConfig>, TlsError> {
     build(tls).map(|s| s.server_config)
 }
 
@@ -234,7 +234,7 @@ pub fn server_config(tls: &Tls) -> Result<Arc<ServerConfig>, TlsError> {
 ///
 /// # Errors
 /// A [`TlsError`] naming the file at fault.
-pub fn build(tls: &Tls) -> Result<TlsSetup, TlsError> {
+pub(crate) fn build(tls: &Tls) -> Result<TlsSetup, TlsError> {
     let verifier = client_verifier(tls)?;
     let versions: &[&rustls::SupportedProtocolVersion] = match tls.min_version {
         TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
@@ -268,7 +268,7 @@ pub fn build(tls: &Tls) -> Result<TlsSetup, TlsError> {
 /// trust our server certificate) — has not failed a verification, and an office of browsers
 /// behind one NAT address does that many times a minute. Everything else counts: every
 /// certificate refusal, protocol errors, and (by the caller) timeouts.
-pub fn counts_as_failed_verification(err: &io::Error) -> bool {
+pub(crate) fn counts_as_failed_verification(err: &io::Error) -> bool {
     match err
         .get_ref()
         .and_then(|e| e.downcast_ref::<rustls::Error>())
@@ -286,7 +286,7 @@ pub fn counts_as_failed_verification(err: &io::Error) -> bool {
 }
 
 /// The one-word reason a handshake failed, for the log line and the metric label.
-pub fn failure_reason(err: &io::Error) -> &'static str {
+pub(crate) fn failure_reason(err: &io::Error) -> &'static str {
     let Some(tls) = err
         .get_ref()
         .and_then(|e| e.downcast_ref::<rustls::Error>())
@@ -302,7 +302,7 @@ pub fn failure_reason(err: &io::Error) -> &'static str {
 }
 
 /// The one-word reason for a rustls error (handshake or re-check).
-pub fn rustls_reason(tls: &rustls::Error) -> &'static str {
+pub(crate) fn rustls_reason(tls: &rustls::Error) -> &'static str {
     match tls {
         rustls::Error::NoCertificatesPresented => "no certificate",
         rustls::Error::InvalidCertificate(e) => match e {
