@@ -341,10 +341,30 @@ pub fn summary(c: &Config) -> String {
             "(see the config file)"
         }
     );
-    for z in &c.rate_limits {
+    if let Some(sh) = &c.shared {
         let _ = writeln!(
             w,
-            "\n[[rate_limit]] {}: {:?}, {} per {}, burst {}",
+            "\n[shared]\nredis          = {}\npassword       = {}\ntimeout        = {}\non_unavailable = {}\nkey_prefix     = {:?}",
+            sh.shown,
+            if sh.info.redis_settings().password().is_some() {
+                "(set)"
+            } else {
+                "(none)"
+            },
+            humantime::format_duration(sh.timeout),
+            sh.on_unavailable.as_str(),
+            sh.key_prefix
+        );
+    }
+    for z in &c.rate_limits {
+        let scope = match (&c.shared, z.local) {
+            (None, _) => "",
+            (Some(_), true) => ", local to this replica",
+            (Some(_), false) => ", shared through Redis",
+        };
+        let _ = writeln!(
+            w,
+            "\n[[rate_limit]] {}: {:?}, {} per {}, burst {}{scope}",
             z.name,
             z.key_by,
             z.rate.count,

@@ -30,6 +30,7 @@ use crate::policy::forward_auth::ForwardAuthConfig;
 use crate::policy::jwt::{JwtSettings, JwtVerifier};
 use crate::policy::ratelimit::{Rate, RateLimitZone};
 use crate::policy::routes::{Action, Auth, IdentityAllow, Route, RouteError};
+use crate::policy::shared::{OnUnavailable, SharedConfig};
 use crate::tls::identity::HeaderNames;
 use crate::tls::{Tls, TlsVersion};
 use crate::upstream::{Balance, HealthSettings, ServerSettings, Upstream};
@@ -55,6 +56,10 @@ const DEFAULT_HANDSHAKE_TIMEOUT: &str = "10s";
 const DEFAULT_UPSTREAM_URL: &str = "http://127.0.0.1:7860";
 /// nginx `keepalive 32` in the classic guide.
 const DEFAULT_MAX_IDLE: usize = 32;
+/// A shared check adds a round trip to Redis to a request; past this, the replica decides
+/// alone (spec §12).
+const DEFAULT_SHARED_TIMEOUT: &str = "25ms";
+const DEFAULT_SHARED_PREFIX: &str = "certgate:";
 /// Gradio forgets a session about an hour after the browser left; a binding outlives that.
 const DEFAULT_AFFINITY_TIMEOUT: &str = "60m";
 /// nginx's `max_fails=1 fail_timeout=10s`, with three failures: one refused connect during a
@@ -189,6 +194,8 @@ pub struct Config {
     pub jwt: Option<Arc<JwtVerifier>>,
     /// `[forward_auth]`
     pub forward_auth: Option<ForwardAuthConfig>,
+    /// `[shared]`: rate limits kept in Redis.
+    pub shared: Option<SharedConfig>,
     /// `[response_headers]`, merged with the defaults.
     pub response_headers: Vec<(HeaderName, HeaderValue)>,
     /// `[admin] listen`
@@ -250,6 +257,7 @@ impl Config {
             jwt: self.jwt.as_ref(),
             forward_auth: self.forward_auth.as_ref(),
             max_body: self.limits.max_body,
+            shared: self.shared.as_ref(),
         }
     }
 
@@ -467,6 +475,7 @@ impl Validator<'_> {
         let limits = self.limits(&raw.limits);
         let allow_ips = self.ip_list("access.allow_ips", &raw.access.allow_ips);
         let rate_limits = self.rate_limits(&raw.rate_limits);
+        let shared = raw.shared.as_ref().and_then(|s| self.shared(s));
         let jwt = raw.jwt.as_ref().and_then(|j| self.jwt(j));
         let forward_auth = raw.forward_auth.as_ref().and_then(|f| self.forward_auth(f));
         let response_headers = self.response_headers(raw.response_headers.as_ref());
@@ -525,6 +534,7 @@ impl Validator<'_> {
             limits,
             allow_ips,
             rate_limits,
+            shared,
             jwt,
             forward_auth,
             response_headers,
@@ -651,7 +661,20 @@ impl Validator<'_> {
                     NonZeroU32::MIN
                 }),
             };
+            let local = match z.scope.as_ref().map(|s| s.get_ref().as_str()) {
+                None | Some("shared") => false,
+                Some("local") => true,
+                Some(other) => {
+                    self.problem(
+                        &format!("rate_limit[{i}].scope"),
+                        z.scope.as_ref().map(Spanned::span),
+                        format!("{other:?}: use \"shared\" or \"local\""),
+                    );
+                    false
+                }
+            };
             zones.push(RateLimitZone {
+                local,
                 name,
                 key_by: z.key,
                 rate,
@@ -659,6 +682,77 @@ impl Validator<'_> {
             });
         }
         zones
+    }
+
+    /// `[shared]`. The password (in `password_file`, or in the URL) never reaches a message.
+    fn shared(&mut self, raw: &RawShared) -> Option<SharedConfig> {
+        let url = raw.redis.get_ref().trim();
+        let shown = redact_password(url);
+        let info = match redis::IntoConnectionInfo::into_connection_info(url) {
+            Ok(info) => Some(info),
+            Err(e) => {
+                self.problem(
+                    "shared.redis",
+                    Some(raw.redis.span()),
+                    format!(
+                        "{shown:?} is not a Redis URL ({}); give redis://host:port/db",
+                        e.category()
+                    ),
+                );
+                None
+            }
+        };
+        let password = match &raw.password_file {
+            None => None,
+            Some(file) => {
+                let (path, bytes) = self.read_file("shared.password_file", file)?;
+                let pw = String::from_utf8(bytes)
+                    .map(|s| s.trim_end_matches(['\r', '\n']).to_string())
+                    .unwrap_or_default();
+                if pw.is_empty() {
+                    self.problem(
+                        "shared.password_file",
+                        Some(file.span()),
+                        format!("{}: the password file is empty", path.display()),
+                    );
+                    return None;
+                }
+                Some(pw)
+            }
+        };
+        let timeout = self.duration(
+            "shared.timeout",
+            raw.timeout.as_ref(),
+            DEFAULT_SHARED_TIMEOUT,
+        );
+        let on_unavailable = match raw.on_unavailable.as_ref().map(|o| o.get_ref().as_str()) {
+            None | Some("local") => OnUnavailable::Local,
+            Some("allow") => OnUnavailable::Allow,
+            Some("deny") => OnUnavailable::Deny,
+            Some(other) => {
+                self.problem(
+                    "shared.on_unavailable",
+                    raw.on_unavailable.as_ref().map(Spanned::span),
+                    format!("{other:?}: use \"local\", \"allow\" or \"deny\""),
+                );
+                OnUnavailable::Local
+            }
+        };
+        let mut info = info?;
+        if let Some(pw) = password {
+            let settings = info.redis_settings().clone().set_password(pw);
+            info = info.set_redis_settings(settings);
+        }
+        Some(SharedConfig {
+            info,
+            shown,
+            timeout,
+            on_unavailable,
+            key_prefix: raw
+                .key_prefix
+                .clone()
+                .unwrap_or_else(|| DEFAULT_SHARED_PREFIX.to_string()),
+        })
     }
 
     fn header_name(&mut self, key: &str, v: &Spanned<String>) -> Option<HeaderName> {
@@ -1338,6 +1432,20 @@ impl Validator<'_> {
                 defaults.fingerprint,
             ),
         }
+    }
+}
+
+/// The URL with any password in it replaced by `***`: what logs and `check` may show.
+fn redact_password(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
     }
 }
 

@@ -17,6 +17,8 @@ pub(super) struct RawConfig {
     pub(super) tls: RawTls,
     #[serde(default)]
     pub(super) upstream: RawUpstream,
+    /// `[shared]`: rate limits kept in Redis.
+    pub(super) shared: Option<RawShared>,
     /// Named groups: `[upstreams.NAME]`.
     #[serde(default)]
     pub(super) upstreams: std::collections::BTreeMap<String, RawUpstream>,
@@ -107,6 +109,8 @@ pub(super) struct RawRateLimit {
     pub(super) rate: Spanned<String>,
     /// Requests allowed at once.
     pub(super) burst: Option<Spanned<u32>>,
+    /// `shared` (the default with `[shared]`) or `local`.
+    pub(super) scope: Option<Spanned<String>>,
 }
 
 pub(super) fn default_key_by() -> KeyBy {
@@ -213,6 +217,22 @@ pub(super) struct RawUpstream {
     pub(super) response_timeout: Option<Spanned<String>>,
     /// Longest silence inside a streaming body.
     pub(super) idle_timeout: Option<Spanned<String>>,
+}
+
+/// `[shared]`
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawShared {
+    /// `redis://host:port/db` (or `rediss://` for TLS).
+    pub(super) redis: Spanned<String>,
+    /// A file holding the password; never logged.
+    pub(super) password_file: Option<Spanned<String>>,
+    /// Longest wait for one check.
+    pub(super) timeout: Option<Spanned<String>>,
+    /// `local`, `allow` or `deny`.
+    pub(super) on_unavailable: Option<Spanned<String>>,
+    /// Prepended to every key.
+    pub(super) key_prefix: Option<String>,
 }
 
 /// One of `servers = [...]`.

@@ -87,6 +87,8 @@ pub struct Metrics {
     server_in_flight: Family<Labels, Gauge>,
     server_healthy: Family<Labels, Gauge>,
     server_bound: Family<Labels, Gauge>,
+    shared_unavailable: Counter,
+    shared_available: Gauge,
 }
 
 impl Default for Metrics {
@@ -118,6 +120,8 @@ impl Metrics {
             server_in_flight: Family::default(),
             server_healthy: Family::default(),
             server_bound: Family::default(),
+            shared_unavailable: Counter::default(),
+            shared_available: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -174,6 +178,16 @@ impl Metrics {
             "upstream_server_bound_clients",
             "Clients bound to each upstream server (balance = identity); drain a server until this is 0",
             m.server_bound.clone(),
+        );
+        registry.register(
+            "shared_unavailable",
+            "Rate-limit checks Redis did not answer in time ([shared]); on_unavailable decided them",
+            m.shared_unavailable.clone(),
+        );
+        registry.register(
+            "shared_available",
+            "1 while Redis answers the shared rate-limit checks, 0 during an outage",
+            m.shared_available.clone(),
         );
         registry.register(
             "rate_limited",
@@ -266,6 +280,16 @@ impl Metrics {
             bound: self.server_bound.get_or_create(&l).clone(),
             failures: [failure("connect"), failure("timeout"), failure("protocol")],
         }
+    }
+
+    /// A shared rate-limit check Redis did not answer.
+    pub fn shared_unavailable(&self) {
+        self.shared_unavailable.inc();
+    }
+
+    /// Redis answers shared checks (or no longer does).
+    pub fn shared_up(&self, up: bool) {
+        self.shared_available.set(i64::from(up));
     }
 
     /// A rate limit refused a request.

@@ -9,6 +9,7 @@ pub(crate) mod forward_auth;
 pub(crate) mod jwt;
 pub(crate) mod ratelimit;
 pub mod routes;
+pub(crate) mod shared;
 
 use std::sync::Arc;
 
@@ -36,6 +37,8 @@ pub struct Settings<'a> {
     pub forward_auth: Option<&'a ForwardAuthConfig>,
     /// `[limits] max_body`.
     pub max_body: u64,
+    /// `[shared]`: zones kept in Redis.
+    pub shared: Option<&'a shared::SharedConfig>,
 }
 
 impl Settings<'_> {
@@ -58,6 +61,9 @@ impl Settings<'_> {
 pub struct Policy {
     routes: Vec<Route>,
     zones: Vec<Arc<Zone>>,
+    /// Per zone: kept per replica (`scope = "local"`, or no `[shared]`).
+    zone_local: Vec<bool>,
+    shared: Option<Arc<shared::SharedLimits>>,
     jwt: Option<Arc<JwtVerifier>>,
     forward_auth: Option<ForwardAuth>,
     max_body: u64,
@@ -71,8 +77,17 @@ impl Policy {
     pub fn new(
         settings: &Settings<'_>,
         headers: Arc<HeaderPolicy>,
+        metrics: &Arc<crate::ops::metrics::Metrics>,
         previous: Option<&Policy>,
     ) -> Policy {
+        // The Redis connection survives a reload that keeps the same [shared] section.
+        let shared = settings.shared.map(|config| {
+            previous
+                .and_then(|p| p.shared.as_ref())
+                .filter(|s| s.same_as(config))
+                .cloned()
+                .unwrap_or_else(|| shared::SharedLimits::new(config.clone(), metrics.clone()))
+        });
         let zones = settings
             .zones
             .iter()
@@ -90,9 +105,32 @@ impl Policy {
         Policy {
             routes: settings.routes.to_vec(),
             zones,
+            zone_local: settings
+                .zones
+                .iter()
+                .map(|z| z.local || settings.shared.is_none())
+                .collect(),
+            shared,
             jwt: settings.jwt.cloned(),
             forward_auth: settings.forward_auth.map(|f| ForwardAuth::new(f, headers)),
             max_body: settings.max_body,
+        }
+    }
+
+    /// Counts a request in zone `z`: in Redis for a shared zone (with `on_unavailable` while
+    /// Redis cannot answer), else in the replica's own limiter.
+    async fn limit(&self, z: usize, zone: &Zone, key: &Key) -> Result<(), std::time::Duration> {
+        let Some(shared) = self.shared.as_ref().filter(|_| !self.zone_local[z]) else {
+            return zone.check(key);
+        };
+        match shared.check(zone, key).await {
+            shared::Verdict::Admit => Ok(()),
+            shared::Verdict::Wait(wait) => Err(wait),
+            shared::Verdict::Unavailable => match shared.on_unavailable() {
+                shared::OnUnavailable::Local => zone.check(key),
+                shared::OnUnavailable::Allow => Ok(()),
+                shared::OnUnavailable::Deny => Err(std::time::Duration::from_secs(1)),
+            },
         }
     }
 
@@ -237,12 +275,15 @@ impl Policy {
                     extra.extend(copied);
                 }
             }
-            if let Some(zone) = rules.rate_limit.and_then(|z| self.zones.get(z)) {
+            if let Some((z, zone)) = rules
+                .rate_limit
+                .and_then(|z| self.zones.get(z).map(|zone| (z, zone)))
+            {
                 let key = match (zone.key_by, &peer.identity) {
                     (KeyBy::Client, Some(id)) => Key::Cert(Arc::from(id.fingerprint.as_str())),
                     _ => Key::Ip(peer.addr.ip()),
                 };
-                if let Err(wait) = zone.check(&key) {
+                if let Err(wait) = self.limit(z, zone, &key).await {
                     let mut r = Reject::too_many_requests(&zone.name, wait);
                     r.rule = Some(Box::new(Rule::on(
                         label,

@@ -124,6 +124,11 @@ impl<C: Clock + Clone> Zone<C> {
         }
     }
 
+    /// Its rate and burst, for the shared limiter.
+    pub fn quota(&self) -> (Rate, NonZeroU32) {
+        (self.rate, self.burst)
+    }
+
     /// Whether this zone was made from these settings.
     pub fn same_as(&self, name: &str, key_by: KeyBy, rate: Rate, burst: NonZeroU32) -> bool {
         self.name == name && self.key_by == key_by && self.rate == rate && self.burst == burst
@@ -155,6 +160,8 @@ impl<C: Clock + Clone> Zone<C> {
 /// One `[[rate_limit]]` zone, validated.
 #[derive(Debug, Clone)]
 pub struct RateLimitZone {
+    /// Kept per replica even with `[shared]` (`scope = "local"`).
+    pub local: bool,
     /// Name.
     pub name: String,
     /// What it counts by.

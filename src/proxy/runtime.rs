@@ -211,6 +211,7 @@ impl Runtime {
         let policy = Policy::new(
             &settings,
             header_policy.clone(),
+            metrics,
             previous.map(|p| &p.policy),
         );
         Ok(Runtime {

@@ -18,4 +18,5 @@ mod paths;
 mod policy;
 mod profiles;
 mod properties;
+mod shared;
 mod tls;

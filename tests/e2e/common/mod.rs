@@ -9,6 +9,7 @@ pub mod client;
 pub mod daemon;
 pub mod logs;
 pub mod pki;
+pub mod redis;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -23,6 +24,7 @@ pub use client::*;
 pub use daemon::Daemon;
 pub use logs::LogCapture;
 pub use pki::{Identity, client_with_key_usage, custom_client, test_pki};
+pub use redis::Redis;
 
 /// A proxy running in this test's runtime.
 pub struct Proxy {

@@ -1,0 +1,243 @@
+//! `[shared]`: rate-limit zones kept in Redis, so several certgate replicas admit a zone's rate
+//! together rather than each (spec §12). One atomic server-side script per check implements the
+//! same GCRA as the local limiter (`burst` at once, then one per `1/rate`, `Retry-After` from the
+//! theoretical arrival time), on Redis's own clock so replicas' clocks do not matter; keys expire
+//! as soon as their bucket is full again.
+//!
+//! Redis slow, down, restarting or refusing never turns into an outage: a check waits at most
+//! `timeout`, then `on_unavailable` decides (the replica's own limiter by default). The first
+//! failure of an outage is logged and the recovery too, each once; the connection manager
+//! reconnects in the background with backoff, and shared limits resume by themselves.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use super::ratelimit::{Key, Zone};
+use crate::ops::metrics::Metrics;
+
+/// What a check does while Redis cannot answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnUnavailable {
+    /// The replica's own limiter for the zone (the default).
+    #[default]
+    Local,
+    /// Admit.
+    Allow,
+    /// Refuse with 429.
+    Deny,
+}
+
+impl OnUnavailable {
+    /// The name used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnUnavailable::Local => "local",
+            OnUnavailable::Allow => "allow",
+            OnUnavailable::Deny => "deny",
+        }
+    }
+}
+
+/// `[shared]`, validated. Its `Debug` never shows the password.
+#[derive(Clone)]
+pub struct SharedConfig {
+    /// Where Redis is, with the password from `password_file` when there is one.
+    pub info: redis::ConnectionInfo,
+    /// The URL as configured, any password in it replaced by `***`: for logs and `check`.
+    pub shown: String,
+    /// Longest wait for one check.
+    pub timeout: Duration,
+    /// What a check does while Redis cannot answer.
+    pub on_unavailable: OnUnavailable,
+    /// Prepended to every key.
+    pub key_prefix: String,
+}
+
+impl fmt::Debug for SharedConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedConfig")
+            .field("redis", &self.shown)
+            .field("timeout", &self.timeout)
+            .field("on_unavailable", &self.on_unavailable)
+            .field("key_prefix", &self.key_prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// GCRA on Redis's clock, in microseconds. KEYS[1]: the bucket; ARGV[1]: the emission
+/// interval; ARGV[2]: the burst tolerance, (burst - 1) intervals. Returns {1, 0} to admit or
+/// {0, microseconds until a request would be admitted}.
+const GCRA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1])) or now
+if tat < now then tat = now end
+local wait = tat - tolerance - now
+if wait > 0 then return {0, wait} end
+local new = tat + interval
+redis.call('SET', KEYS[1], string.format('%d', new), 'PX', math.floor((new - now) / 1000) + 1)
+return {1, 0}
+";
+
+/// What Redis said about one request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Admitted.
+    Admit,
+    /// Refused; a request would be admitted after this long.
+    Wait(Duration),
+    /// Redis did not answer in time or at all: `on_unavailable` decides.
+    Unavailable,
+}
+
+/// The connection to Redis and the outage state, shared by every zone.
+pub struct SharedLimits {
+    config: SharedConfig,
+    conn: Mutex<Option<ConnectionManager>>,
+    down: AtomicBool,
+    script: redis::Script,
+    metrics: Arc<Metrics>,
+}
+
+impl fmt::Debug for SharedLimits {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedLimits")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Backoff between attempts to connect when Redis was not there at all.
+const CONNECT_BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
+
+impl SharedLimits {
+    /// Starts connecting to Redis in the background; checks before the connection is up are
+    /// `Unavailable`. certgate starts and serves either way.
+    pub fn new(config: SharedConfig, metrics: Arc<Metrics>) -> Arc<SharedLimits> {
+        let shared = Arc::new(SharedLimits {
+            config,
+            conn: Mutex::new(None),
+            down: AtomicBool::new(false),
+            script: redis::Script::new(GCRA),
+            metrics,
+        });
+        tokio::spawn(connect(Arc::downgrade(&shared)));
+        shared
+    }
+
+    /// Whether `other` is the same `[shared]` section (a reload keeps the connection).
+    pub fn same_as(&self, other: &SharedConfig) -> bool {
+        self.config.shown == other.shown
+            && self.config.info.redis_settings().password()
+                == other.info.redis_settings().password()
+            && self.config.timeout == other.timeout
+            && self.config.on_unavailable == other.on_unavailable
+            && self.config.key_prefix == other.key_prefix
+    }
+
+    /// What to do while Redis cannot answer.
+    pub fn on_unavailable(&self) -> OnUnavailable {
+        self.config.on_unavailable
+    }
+
+    /// Counts one request of `zone` under `key` in Redis.
+    pub async fn check(&self, zone: &Zone, key: &Key) -> Verdict {
+        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let Some(mut conn) = conn else {
+            self.unavailable("not connected yet");
+            return Verdict::Unavailable;
+        };
+        let (rate, burst) = zone.quota();
+        let interval = (rate.per.as_micros() / u128::from(rate.count.get())).max(1);
+        let tolerance = interval * u128::from(burst.get() - 1);
+        let bucket = match key {
+            Key::Cert(f) => format!("{}rl:{}:c:{f}", self.config.key_prefix, zone.name),
+            Key::Ip(ip) => format!("{}rl:{}:i:{ip}", self.config.key_prefix, zone.name),
+        };
+        let mut call = self.script.key(bucket);
+        call.arg(interval.to_string()).arg(tolerance.to_string());
+        let answer = tokio::time::timeout(
+            self.config.timeout,
+            call.invoke_async::<(i64, i64)>(&mut conn),
+        )
+        .await;
+        match answer {
+            Ok(Ok((1, _))) => {
+                self.available();
+                Verdict::Admit
+            }
+            Ok(Ok((_, wait))) => {
+                self.available();
+                Verdict::Wait(Duration::from_micros(u64::try_from(wait).unwrap_or(0)))
+            }
+            Ok(Err(e)) => {
+                self.unavailable(&e.to_string());
+                Verdict::Unavailable
+            }
+            Err(_) => {
+                self.unavailable(&format!(
+                    "no answer within {}",
+                    humantime::format_duration(self.config.timeout)
+                ));
+                Verdict::Unavailable
+            }
+        }
+    }
+
+    fn unavailable(&self, why: &str) {
+        self.metrics.shared_unavailable();
+        if !self.down.swap(true, Ordering::AcqRel) {
+            self.metrics.shared_up(false);
+            tracing::warn!(
+                redis = %self.config.shown,
+                reason = why,
+                on_unavailable = self.config.on_unavailable.as_str(),
+                "shared limits unavailable; falling back until Redis answers again"
+            );
+        }
+    }
+
+    fn available(&self) {
+        if self.down.swap(false, Ordering::AcqRel) {
+            self.metrics.shared_up(true);
+            tracing::info!(redis = %self.config.shown, "shared limits available again");
+        }
+    }
+}
+
+/// Connects, with backoff, until it succeeds or the limiter is gone; the connection manager
+/// then reconnects by itself after any later failure.
+async fn connect(shared: Weak<SharedLimits>) {
+    let mut wait = CONNECT_BACKOFF.0;
+    loop {
+        let Some(s) = shared.upgrade() else { return };
+        let timeout = s.config.timeout.max(Duration::from_millis(500));
+        let settings = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_max_delay(Duration::from_secs(5));
+        let attempt = async {
+            let client = redis::Client::open(s.config.info.clone())?;
+            ConnectionManager::new_with_config(client, settings).await
+        };
+        match tokio::time::timeout(timeout * 4, attempt).await {
+            Ok(Ok(conn)) => {
+                *s.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn);
+                s.metrics.shared_up(true);
+                tracing::info!(redis = %s.config.shown, "shared limits connected to Redis");
+                return;
+            }
+            Ok(Err(e)) => s.unavailable(&e.to_string()),
+            Err(_) => s.unavailable("connecting timed out"),
+        }
+        drop(s);
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(CONNECT_BACKOFF.1);
+    }
+}
