@@ -201,12 +201,28 @@ impl HandshakeThrottle {
             Ok(()) => None,
             Err(not_until) => {
                 let wait = not_until.wait_time_from(DefaultClock::default().now());
-                let until = std::time::Instant::now() + wait;
-                let mut blocked = self.blocked.lock().unwrap_or_else(|e| e.into_inner());
-                let newly = blocked
-                    .insert(ip, until)
-                    .is_none_or(|prev| prev < std::time::Instant::now());
-                newly.then_some(wait)
+                self.block(ip, wait).then_some(wait)
+            }
+        }
+    }
+
+    /// Refuses `ip` for `wait` (the shared count across replicas said so); whether it was not
+    /// refused already.
+    pub fn block(&self, ip: IpAddr, wait: std::time::Duration) -> bool {
+        let ip = ip.to_canonical();
+        let until = std::time::Instant::now() + wait;
+        let mut blocked = self.blocked.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        match blocked.get(&ip) {
+            Some(prev) if *prev >= until => false,
+            Some(prev) => {
+                let newly = *prev < now;
+                blocked.insert(ip, until);
+                newly
+            }
+            None => {
+                blocked.insert(ip, until);
+                true
             }
         }
     }

@@ -134,6 +134,11 @@ impl Policy {
         }
     }
 
+    /// The Redis store, with `[shared]`.
+    pub(crate) fn shared(&self) -> Option<&Arc<shared::SharedLimits>> {
+        self.shared.as_ref()
+    }
+
     /// Forgets idle rate-limit keys.
     pub fn evict_idle(&self) {
         for z in &self.zones {

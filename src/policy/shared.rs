@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use super::ratelimit::{Key, Zone};
+use super::ratelimit::{Key, Rate, Zone};
 use crate::ops::metrics::Metrics;
 
 /// What a check does while Redis cannot answer.
@@ -148,18 +148,29 @@ impl SharedLimits {
 
     /// Counts one request of `zone` under `key` in Redis.
     pub async fn check(&self, zone: &Zone, key: &Key) -> Verdict {
+        let (rate, burst) = zone.quota();
+        let bucket = match key {
+            Key::Cert(f) => format!("{}rl:{}:c:{f}", self.config.key_prefix, zone.name),
+            Key::Ip(ip) => format!("{}rl:{}:i:{ip}", self.config.key_prefix, zone.name),
+        };
+        self.gcra(bucket, rate, burst.get()).await
+    }
+
+    /// Counts one failed handshake from `ip` across replicas (`handshake_failures_per_ip`:
+    /// `rate.count` at once, then one per `rate.per / rate.count`).
+    pub async fn handshake_failed(&self, ip: std::net::IpAddr, rate: Rate) -> Verdict {
+        let bucket = format!("{}hs:{}", self.config.key_prefix, ip.to_canonical());
+        self.gcra(bucket, rate, rate.count.get()).await
+    }
+
+    async fn gcra(&self, bucket: String, rate: Rate, burst: u32) -> Verdict {
         let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let Some(mut conn) = conn else {
             self.unavailable("not connected yet");
             return Verdict::Unavailable;
         };
-        let (rate, burst) = zone.quota();
         let interval = (rate.per.as_micros() / u128::from(rate.count.get())).max(1);
-        let tolerance = interval * u128::from(burst.get() - 1);
-        let bucket = match key {
-            Key::Cert(f) => format!("{}rl:{}:c:{f}", self.config.key_prefix, zone.name),
-            Key::Ip(ip) => format!("{}rl:{}:i:{ip}", self.config.key_prefix, zone.name),
-        };
+        let tolerance = interval * u128::from(burst.saturating_sub(1));
         let mut call = self.script.key(bucket);
         call.arg(interval.to_string()).arg(tolerance.to_string());
         let answer = tokio::time::timeout(

@@ -196,12 +196,32 @@ fn ack_the_handshake(tcp: &TcpStream) {
 /// Counts a failed handshake against its address; logs once when the address goes over
 /// `handshake_failures_per_ip`.
 fn throttle(rt: &Runtime, peer: SocketAddr) {
-    if let Some(wait) = rt.handshake_throttle.failed(peer.ip()) {
+    let blocked = move |wait: std::time::Duration, scope: &'static str| {
         tracing::warn!(
             %peer,
             refused_for = ?wait,
+            count = scope,
             "too many failed handshakes from this address; refusing its connections before the handshake"
         );
+    };
+    // This replica's own count always applies (a replica never sees more than all of them).
+    if let Some(wait) = rt.handshake_throttle.failed(peer.ip()) {
+        blocked(wait, "this replica");
+    }
+    // With [shared], every replica's failures count: a scanner moving on to the next replica
+    // is refused there after its first failure. The accept path never waits on Redis: the
+    // count is checked here, off the connection's path, and the block applied locally.
+    if let Some(shared) = rt.policy.shared().cloned() {
+        let throttle = rt.handshake_throttle.clone();
+        let rate = throttle.rate();
+        tokio::spawn(async move {
+            if let crate::policy::shared::Verdict::Wait(wait) =
+                shared.handshake_failed(peer.ip(), rate).await
+                && throttle.block(peer.ip(), wait)
+            {
+                blocked(wait, "all replicas");
+            }
+        });
     }
 }
 

@@ -249,3 +249,30 @@ async fn check_flags_bad_shared_settings() {
     assert!(text.contains("redis://user:***@127.0.0.1:6379/0"), "{text}");
     assert!(!text.contains("hunter2"), "{text}");
 }
+
+/// The handshake-failure throttle counts every replica's failures: a scanner that fails twice
+/// on one replica and twice on another is over a limit of 3 a minute, and the second replica
+/// refuses it before the handshake from then on, even for a certificate that would pass.
+#[tokio::test]
+async fn handshake_failures_count_across_replicas() {
+    let (logs, _guard) = LogCapture::start();
+    let redis = Redis::start(None, None).await;
+    let backend = Backend::start().await;
+    let toml = shared_config(backend.addr, &redis.url(), "timeout = \"1s\"", 1).replace(
+        "[shared]",
+        "[limits]\nhandshake_failures_per_ip = \"3/m\"\n\n[shared]",
+    );
+    let one = Proxy::start_with(&toml).await;
+    let two = Proxy::start_with(&toml).await;
+    logs.wait_for(&["shared limits connected to Redis"]).await;
+    let scanner = || client_config(Some(&test_pki().impostor), &[]);
+    for proxy in [&one, &one, &two, &two] {
+        assert_refused(proxy.addr, scanner()).await;
+    }
+    logs.wait_for(&["too many failed handshakes", "all replicas"])
+        .await;
+    assert!(
+        tls_connect(two.addr, alice()).await.is_err(),
+        "the second replica let the address in"
+    );
+}
