@@ -894,3 +894,45 @@ async fn systemd_unit_verifies() {
 }
 
 use crate::common::backend;
+
+/// deploy/kubernetes: the Deployment and the Service pass the Kubernetes schemas strictly
+/// (kubernetes-validate, installed by scripts/test), and the sidecar's certgate.toml loads —
+/// with the Secret's files where the test PKI has them and a Redis password file.
+#[test]
+fn kubernetes_manifests_validate_and_the_sidecar_config_loads() {
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes");
+    let validator = Path::new(&python())
+        .parent()
+        .expect("a venv bin folder")
+        .join("kubernetes-validate");
+    let out = std::process::Command::new(&validator)
+        .arg("--strict")
+        .arg(deploy.join("deployment.yaml"))
+        .arg(deploy.join("service.yaml"))
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}; run scripts/test", validator.display()));
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert_eq!(text.matches(" passed ").count(), 2, "{text}");
+
+    let dir = scratch_dir("k8s-sidecar");
+    std::fs::write(dir.join("password"), "redis-secret\n").unwrap();
+    let pki = test_pki().dir.display().to_string();
+    std::fs::copy(test_pki().dir.join("ca.crt"), dir.join("ca.crt")).unwrap();
+    let toml = std::fs::read_to_string(deploy.join("certgate.toml"))
+        .unwrap()
+        .replace(
+            "/etc/certgate/tls/ca.crt",
+            &dir.join("ca.crt").display().to_string(),
+        )
+        .replace("/etc/certgate/tls/", &format!("{pki}/"))
+        .replace(
+            "/etc/certgate/redis/password",
+            &dir.join("password").display().to_string(),
+        );
+    let config = certgate::config::Config::from_str(&toml, &dir.join("certgate.toml"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(config.shared.is_some());
+    assert_eq!(config.admin.map(|a| a.port()), Some(9090));
+}
