@@ -63,6 +63,8 @@ def setup():
     if need:
         subprocess.run(["apt-get", "update", "-qq"], check=True)
         subprocess.run(["apt-get", "install", "-y", "-qq", *need], check=True)
+    if not shutil.which("redis-server"):
+        subprocess.run(["apt-get", "install", "-y", "-qq", "redis-server"], check=True)
     if not shutil.which("oha"):
         subprocess.run(["cargo", "install", "oha", "--locked"], check=True)
     subprocess.run(["cargo", "build", "--release", "--locked"], cwd=ROOT, check=True)
@@ -184,7 +186,21 @@ SCENARIOS = {
     "g": ("as (a) with the JSON access log on", "us_per_req", ["-c", "64"], "/100b"),
     "h": ("as (a) through a two-server identity group", "us_per_req", ["-c", "64"], "/100b"),
     "i": ("first response on a new TLS 1.3 connection, Nagle on (50 in a row)", "ttfb", [], "/100b"),
+    "j": ("as (a) with a rate-limit zone on every request, shared through a local Redis", "us_per_req",
+          ["-c", "64"], "/zoned/100b"),
 }
+
+REDIS_PORT = 16379
+
+
+def redis(work):
+    """A local redis-server on CPU 1 (with the load generator and the backend), for (j)."""
+    port_free(REDIS_PORT)
+    proc = subprocess.Popen(["taskset", "-c", "1", "redis-server", "--bind", "127.0.0.1", "--port",
+                             str(REDIS_PORT), "--save", "", "--appendonly", "no", "--dir", work],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    PROCS.append(proc)
+    wait_port(REDIS_PORT)
 
 NAGLE = os.path.join(ROOT, "tests", "e2e", "tools", "nagle_client.py")
 
@@ -312,7 +328,20 @@ backend be
   http-reuse always
   server b1 127.0.0.1:{backend_port} pool-max-conn 32
 """)
-    return cg, cg_log, cg_group, ng, hp
+    # (j): a zone on /zoned that never refuses (the cost of counting, not of refusing), kept
+    # locally in one, in Redis in the other.
+    zone = ('[[rate_limit]]\nname = "z"\nkey = "ip"\nrate = "1000000/s"\nburst = 1000000\n{scope}'
+            '[[route]]\npath = "/zoned"\naction = "allow"\nrate_limit = "z"\nstrip_prefix = "/zoned"\n')
+    cg_zone = os.path.join(work, "certgate-zone.toml")
+    with open(cg_zone, "w") as f:
+        f.write(common.format(port=ports["certgate+zone"]) + zone.format(scope='scope = "local"\n')
+                + "[log]\naccess = false\n")
+    cg_shared = os.path.join(work, "certgate-shared.toml")
+    with open(cg_shared, "w") as f:
+        f.write(common.format(port=ports["certgate+shared"]) + zone.format(scope="")
+                + f'[shared]\nredis = "redis://127.0.0.1:{REDIS_PORT}/0"\ntimeout = "25ms"\n'
+                + "[log]\naccess = false\n")
+    return cg, cg_log, cg_group, cg_zone, cg_shared, ng, hp
 
 
 def make_pki(work, rsa):
@@ -391,8 +420,9 @@ def main():
         f.write(b"u" * (50 << 20))
     bport = backend(work)
     ports = {"certgate": 19443, "nginx": 19444, "haproxy": 19445, "certgate+log": 19446,
-             "certgate+group": 19440}
-    cg, cg_log, cg_group, ng, hp = configs(work, pki, bport, ports)
+             "certgate+group": 19440, "certgate+zone": 19441, "certgate+shared": 19442}
+    cg, cg_log, cg_group, cg_zone, cg_shared, ng, hp = configs(work, pki, bport, ports)
+    redis(work)
     one_worker = {"TOKIO_WORKER_THREADS": "1"}
     targets = {
         "certgate": Target("certgate", [BIN, "run", "-c", cg], ports["certgate"], one_worker),
@@ -401,6 +431,10 @@ def main():
         "certgate+log": Target("certgate+log", [BIN, "run", "-c", cg_log], ports["certgate+log"], one_worker),
         "certgate+group": Target("certgate+group", [BIN, "run", "-c", cg_group], ports["certgate+group"],
                                  one_worker),
+        "certgate+zone": Target("certgate+zone", [BIN, "run", "-c", cg_zone], ports["certgate+zone"],
+                                one_worker),
+        "certgate+shared": Target("certgate+shared", [BIN, "run", "-c", cg_shared],
+                                  ports["certgate+shared"], one_worker),
     }
     a.baselines = [b.split("=", 1) for b in a.baseline]
     for i, (name, path) in enumerate(a.baselines):
@@ -435,6 +469,7 @@ def main():
             continue
         names = (["certgate+log", "certgate"] if key == "g"
                  else ["certgate+group", "certgate"] if key == "h"
+                 else ["certgate+shared", "certgate+zone"] if key == "j"
                  else ["certgate", "nginx", "haproxy"])
         if key in ("a", "b", "c", "d1", "d2"):
             names += [n for n, _ in a.baselines]
@@ -508,6 +543,11 @@ def render(results, a):
             m_log = summarize(per["certgate+log"])
             m_plain = summarize(per["certgate"])
             lines.append(f"| g. {title} | µs/req | {fmt(*m_log)} (log on) | | | {ratio(m_log[0], m_plain[0])} × certgate without log ({m_plain[0]:.1f}) |")
+            continue
+        if key == "j":
+            m_shared = summarize(per["certgate+shared"])
+            m_zone = summarize(per["certgate+zone"])
+            lines.append(f"| j. {title} | µs/req | {fmt(*m_shared)} (shared) | | | {ratio(m_shared[0], m_zone[0])} × the same zone kept locally ({m_zone[0]:.1f}) |")
             continue
         if key == "h":
             m_group = summarize(per["certgate+group"])
