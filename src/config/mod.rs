@@ -738,6 +738,10 @@ impl Validator<'_> {
                 OnUnavailable::Local
             }
         };
+        let tls_ca = match &raw.tls_ca {
+            None => None,
+            Some(file) => Some(self.read_file("shared.tls_ca", file)?.1),
+        };
         let mut info = info?;
         if let Some(pw) = password {
             let settings = info.redis_settings().clone().set_password(pw);
@@ -752,6 +756,7 @@ impl Validator<'_> {
                 .key_prefix
                 .clone()
                 .unwrap_or_else(|| DEFAULT_SHARED_PREFIX.to_string()),
+            tls_ca,
         })
     }
 

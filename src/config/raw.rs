@@ -233,6 +233,9 @@ pub(super) struct RawShared {
     pub(super) on_unavailable: Option<Spanned<String>>,
     /// Prepended to every key.
     pub(super) key_prefix: Option<String>,
+    /// With `rediss://`: the CA bundle Redis's certificate must chain to (PEM); the system's
+    /// roots without it.
+    pub(super) tls_ca: Option<Spanned<String>>,
 }
 
 /// One of `servers = [...]`.

@@ -55,6 +55,9 @@ pub struct SharedConfig {
     pub on_unavailable: OnUnavailable,
     /// Prepended to every key.
     pub key_prefix: String,
+    /// With `rediss://`: the CA bundle (PEM) Redis's certificate must chain to; the system's
+    /// roots without it.
+    pub tls_ca: Option<Vec<u8>>,
 }
 
 impl fmt::Debug for SharedConfig {
@@ -139,6 +142,7 @@ impl SharedLimits {
             && self.config.timeout == other.timeout
             && self.config.on_unavailable == other.on_unavailable
             && self.config.key_prefix == other.key_prefix
+            && self.config.tls_ca == other.tls_ca
     }
 
     /// What to do while Redis cannot answer.
@@ -234,7 +238,17 @@ async fn connect(shared: Weak<SharedLimits>) {
             .set_response_timeout(Some(timeout))
             .set_max_delay(Duration::from_secs(5));
         let attempt = async {
-            let client = redis::Client::open(s.config.info.clone())?;
+            let client = match &s.config.tls_ca {
+                // rustls, on the process's one crypto provider, verifying against this CA.
+                Some(ca) => redis::Client::build_with_tls(
+                    s.config.info.clone(),
+                    redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(ca.clone()),
+                    },
+                )?,
+                None => redis::Client::open(s.config.info.clone())?,
+            };
             ConnectionManager::new_with_config(client, settings).await
         };
         match tokio::time::timeout(timeout * 4, attempt).await {

@@ -276,3 +276,39 @@ async fn handshake_failures_count_across_replicas() {
         "the second replica let the address in"
     );
 }
+
+/// `rediss://`: TLS to Redis with rustls, verified against `tls_ca`. Two replicas share a zone
+/// through a TLS-only Redis; with a CA that did not issue Redis's certificate the connection is
+/// refused (the replica falls back to its own limits and says Redis is unavailable).
+#[tokio::test]
+async fn rediss_is_verified_against_tls_ca() {
+    let (logs, _guard) = LogCapture::start();
+    let redis = Redis::start_tls().await;
+    let backend = Backend::start().await;
+    let dir = scratch_dir("rediss");
+    std::fs::write(dir.join("other-ca.crt"), &test_pki().other_ca.cert_pem).unwrap();
+    let url = format!("rediss://localhost:{}/0", redis.port);
+    let toml = shared_config(
+        backend.addr,
+        &url,
+        &format!(
+            "timeout = \"1s\"\ntls_ca = \"{}\"",
+            test_pki().dir.join("ca.crt").display()
+        ),
+        2,
+    );
+    let one = Proxy::start_with(&toml).await;
+    let two = Proxy::start_with(&toml).await;
+    logs.wait_for(&["shared limits connected to Redis", &url])
+        .await;
+    let admitted = futures_count(&[one.addr, two.addr], "/api/tls", 2).await;
+    assert_eq!(admitted, 2, "the replicas together admitted {admitted}");
+
+    let impostor = toml.replace(
+        &test_pki().dir.join("ca.crt").display().to_string(),
+        &dir.join("other-ca.crt").display().to_string(),
+    );
+    let proxy = Proxy::start_with(&impostor).await;
+    logs.wait_for(&["shared limits unavailable", &url]).await;
+    assert_eq!(status(proxy.addr, "/api/untrusted").await.0, 200);
+}

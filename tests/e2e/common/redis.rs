@@ -17,6 +17,15 @@ impl Redis {
     /// Starts Redis on a free port (or `port`), requiring `password` when given; returns once
     /// it says it accepts connections.
     pub async fn start(port: Option<u16>, password: Option<&str>) -> Redis {
+        Redis::launch(port, password, false).await
+    }
+
+    /// Redis speaking only TLS, with the test PKI's server certificate (`rediss://`).
+    pub async fn start_tls() -> Redis {
+        Redis::launch(None, None, true).await
+    }
+
+    async fn launch(port: Option<u16>, password: Option<&str>, tls: bool) -> Redis {
         let port = port.unwrap_or_else(|| {
             std::net::TcpListener::bind("127.0.0.1:0")
                 .unwrap()
@@ -25,9 +34,22 @@ impl Redis {
                 .port()
         });
         let mut cmd = Command::new("redis-server");
-        cmd.args(["--bind", "127.0.0.1", "--port"])
-            .arg(port.to_string())
-            .args(["--save", "", "--appendonly", "no", "--loglevel", "notice"]);
+        cmd.args(["--bind", "127.0.0.1"]);
+        if tls {
+            let pki = &crate::common::test_pki().dir;
+            cmd.args(["--port", "0", "--tls-port"])
+                .arg(port.to_string())
+                .arg("--tls-cert-file")
+                .arg(pki.join("server.crt"))
+                .arg("--tls-key-file")
+                .arg(pki.join("server.key"))
+                .arg("--tls-ca-cert-file")
+                .arg(pki.join("ca.crt"))
+                .args(["--tls-auth-clients", "no"]);
+        } else {
+            cmd.arg("--port").arg(port.to_string());
+        }
+        cmd.args(["--save", "", "--appendonly", "no", "--loglevel", "notice"]);
         if let Some(pw) = password {
             cmd.args(["--requirepass", pw]);
         }
