@@ -154,12 +154,14 @@ async fn a_silent_redis_costs_at_most_the_timeout() {
         }
     });
     let backend = Backend::start().await;
-    let proxy = Proxy::start_with(&shared_config(
-        backend.addr,
-        &format!("redis://{addr}/0"),
-        "timeout = \"50ms\"",
-        2,
-    ))
+    let proxy = Proxy::start_with(
+        &(shared_config(
+            backend.addr,
+            &format!("redis://{addr}/0"),
+            "timeout = \"50ms\"",
+            2,
+        ) + "\n[admin]\nlisten = \"127.0.0.1:0\"\n"),
+    )
     .await;
     for want in [200, 200, 429] {
         let start = Instant::now();
@@ -170,6 +172,17 @@ async fn a_silent_redis_costs_at_most_the_timeout() {
             start.elapsed()
         );
     }
+    // Limits degrade; the proxy keeps serving, so it stays ready, and the metrics say why.
+    let (code, text) = admin_get(proxy.admin.unwrap(), "/readyz").await;
+    assert_eq!(code, 200, "{text}");
+    let (_, metrics) = admin_get(proxy.admin.unwrap(), "/metrics").await;
+    assert!(metrics.contains("certgate_shared_available 0"), "{metrics}");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("certgate_shared_unavailable_total") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
 }
 
 /// A password from `password_file`: the right one shares limits; a wrong one still starts and
