@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::common::backend;
 use crate::common::*;
 
 /// A config with zone `api` (`burst` at once, then one a minute) on `/api` and `[shared]`
@@ -324,4 +325,29 @@ async fn rediss_is_verified_against_tls_ca() {
     let proxy = Proxy::start_with(&impostor).await;
     logs.wait_for(&["shared limits unavailable", &url]).await;
     assert_eq!(status(proxy.addr, "/api/untrusted").await.0, 200);
+}
+
+/// Nothing listening at the Redis address when certgate starts: it starts anyway, serves with
+/// its own limits, and says once that shared limits are unavailable.
+#[tokio::test]
+async fn an_unreachable_redis_at_start_up_does_not_stop_certgate() {
+    let (logs, _guard) = LogCapture::start();
+    let dead = backend::dead_addr().await;
+    let backend = Backend::start().await;
+    let proxy = Proxy::start_with(&shared_config(
+        backend.addr,
+        &format!("redis://{dead}/0"),
+        "timeout = \"50ms\"",
+        1,
+    ))
+    .await;
+    assert_eq!(status(proxy.addr, "/api/x").await.0, 200);
+    assert_eq!(status(proxy.addr, "/api/x").await.0, 429);
+    logs.wait_for(&["shared limits unavailable", &dead.to_string()])
+        .await;
+    assert_eq!(
+        logs.text().matches("shared limits unavailable").count(),
+        1,
+        "one warning per outage"
+    );
 }
