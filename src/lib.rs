@@ -20,9 +20,10 @@
 //!   keep-alive, parking), one `handle` per request, reload ([`proxy::runtime`]), shutdown,
 //!   signals, the redirect and admin listeners.
 //! - [`policy`]: the checks of spec §8 in order — request form, path normalization and routes
-//!   ([`policy::routes`]), methods, IP lists, identities, JWT, forward auth, rate limits.
-//! - `upstream`: the pooled backend client, header hygiene, WebSocket tunnels; where upstream
-//!   groups and balancing will live.
+//!   ([`policy::routes`]), methods, IP lists, identities, JWT, forward auth, rate limits (kept
+//!   in Redis for all replicas with `[shared]`).
+//! - `upstream`: backend groups (balancing, identity affinity, health, failover), each
+//!   server's pooled client, header hygiene, WebSocket tunnels.
 //! - `response`: the response body, certgate's own JSON answers and typed refusals, the
 //!   access-log record, the in-flight ledger whose guard ends a request.
 //! - [`ops`]: logs, metrics, systemd, the Landlock sandbox.
