@@ -190,6 +190,14 @@ SCENARIOS = {
           ["-c", "64"], "/zoned/100b"),
 }
 
+# Scenarios that compare a certgate variant with another certgate in the same run rather than
+# with nginx and HAProxy: the variant, what it is compared with, and how the table says it.
+PAIRED = {
+    "g": ("certgate+log", "certgate", "log on", "certgate without log"),
+    "h": ("certgate+group", "certgate", "group", "certgate with one backend"),
+    "j": ("certgate+shared", "certgate+zone", "shared", "the same zone kept locally"),
+}
+
 REDIS_PORT = 16379
 
 
@@ -467,10 +475,7 @@ def main():
     for key, (title, unit, args, path) in SCENARIOS.items():
         if only and key not in only:
             continue
-        names = (["certgate+log", "certgate"] if key == "g"
-                 else ["certgate+group", "certgate"] if key == "h"
-                 else ["certgate+shared", "certgate+zone"] if key == "j"
-                 else ["certgate", "nginx", "haproxy"])
+        names = list(PAIRED[key][:2]) if key in PAIRED else ["certgate", "nginx", "haproxy"]
         if key in ("a", "b", "c", "d1", "d2"):
             names += [n for n, _ in a.baselines]
         elif key == "g":
@@ -539,20 +544,11 @@ def render(results, a):
         per = results.get(key)
         if per is None:
             continue
-        if key == "g":
-            m_log = summarize(per["certgate+log"])
-            m_plain = summarize(per["certgate"])
-            lines.append(f"| g. {title} | µs/req | {fmt(*m_log)} (log on) | | | {ratio(m_log[0], m_plain[0])} × certgate without log ({m_plain[0]:.1f}) |")
-            continue
-        if key == "j":
-            m_shared = summarize(per["certgate+shared"])
-            m_zone = summarize(per["certgate+zone"])
-            lines.append(f"| j. {title} | µs/req | {fmt(*m_shared)} (shared) | | | {ratio(m_shared[0], m_zone[0])} × the same zone kept locally ({m_zone[0]:.1f}) |")
-            continue
-        if key == "h":
-            m_group = summarize(per["certgate+group"])
-            m_plain = summarize(per["certgate"])
-            lines.append(f"| h. {title} | µs/req | {fmt(*m_group)} (group) | | | {ratio(m_group[0], m_plain[0])} × certgate with one backend ({m_plain[0]:.1f}) |")
+        if key in PAIRED:
+            variant, base, tag, against = PAIRED[key]
+            m_v, m_b = summarize(per[variant]), summarize(per[base])
+            lines.append(f"| {key}. {title} | µs/req | {fmt(*m_v)} ({tag}) | | | "
+                         f"{ratio(m_v[0], m_b[0])} × {against} ({m_b[0]:.1f}) |")
             continue
         if unit == "ttfb":
             ms = {n: summarize(per[n]) for n in ["certgate", "nginx", "haproxy"]}
