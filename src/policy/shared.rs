@@ -106,6 +106,8 @@ pub struct SharedLimits {
     down: AtomicBool,
     script: redis::Script,
     metrics: Arc<Metrics>,
+    /// Itself, for the task that watches for the end of an outage.
+    me: Weak<SharedLimits>,
 }
 
 impl fmt::Debug for SharedLimits {
@@ -123,12 +125,13 @@ impl SharedLimits {
     /// Starts connecting to Redis in the background; checks before the connection is up are
     /// `Unavailable`. certgate starts and serves either way.
     pub fn new(config: SharedConfig, metrics: Arc<Metrics>) -> Arc<SharedLimits> {
-        let shared = Arc::new(SharedLimits {
+        let shared = Arc::new_cyclic(|me| SharedLimits {
             config,
             conn: Mutex::new(None),
             down: AtomicBool::new(false),
             script: redis::Script::new(GCRA),
             metrics,
+            me: me.clone(),
         });
         tokio::spawn(connect(Arc::downgrade(&shared)));
         shared
@@ -215,6 +218,16 @@ impl SharedLimits {
                 on_unavailable = self.config.on_unavailable.as_str(),
                 "shared limits unavailable; falling back until Redis answers again"
             );
+            // Once connected, the end of an outage is noticed by asking Redis in the
+            // background, not only by the next request: the gauge and the log say it at once.
+            if self
+                .conn
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_some()
+            {
+                tokio::spawn(recover(self.me.clone()));
+            }
         }
     }
 
@@ -256,6 +269,7 @@ async fn connect(shared: Weak<SharedLimits>) {
                 *s.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn);
                 s.metrics.shared_up(true);
                 tracing::info!(redis = %s.config.shown, "shared limits connected to Redis");
+                s.available();
                 return;
             }
             Ok(Err(e)) => s.unavailable(&e.to_string()),
@@ -264,5 +278,29 @@ async fn connect(shared: Weak<SharedLimits>) {
         drop(s);
         tokio::time::sleep(wait).await;
         wait = (wait * 2).min(CONNECT_BACKOFF.1);
+    }
+}
+
+/// During an outage, PINGs Redis with backoff until it answers (then the outage is over) or a
+/// request found it answering first.
+async fn recover(shared: Weak<SharedLimits>) {
+    let mut wait = CONNECT_BACKOFF.0;
+    loop {
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(CONNECT_BACKOFF.1);
+        let Some(s) = shared.upgrade() else { return };
+        if !s.down.load(Ordering::Acquire) {
+            return;
+        }
+        let conn = s.conn.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let Some(mut conn) = conn else { return };
+        let cmd = redis::cmd("PING");
+        let ping = cmd.query_async::<String>(&mut conn);
+        if let Ok(Ok(_)) =
+            tokio::time::timeout(s.config.timeout.max(Duration::from_millis(500)), ping).await
+        {
+            s.available();
+            return;
+        }
     }
 }
