@@ -26,12 +26,16 @@
 //!   server's pooled client, header hygiene, WebSocket tunnels.
 //! - `response`: the response body, certgate's own JSON answers and typed refusals, the
 //!   access-log record, the in-flight ledger whose guard ends a request.
+//! - [`onboarding`]: people without a working certificate — the help page answered on a
+//!   connection whose certificate was missing or refused, and the one-time invitation links
+//!   (`certs invite` writes them, the daemon serves them).
 //! - [`ops`]: logs, metrics, systemd, the Landlock sandbox.
 //! - [`pki`]: the private CA (certificates, CRLs, PKCS#12), used by `certs`, `demo` and the
 //!   tests; [`cli`]: the subcommands.
 
 pub mod cli;
 pub mod config;
+pub mod onboarding;
 pub mod ops;
 pub mod pki;
 pub mod policy;

@@ -60,7 +60,7 @@ pub fn run(config_path: &Path, log_format: Option<LogFormat>) -> Result<(), CliE
     crate::ops::logging::init(log_format.unwrap_or(config.log.format));
     // Before the runtime starts its worker threads: Landlock binds the calling thread and the
     // threads it creates later.
-    crate::ops::sandbox::restrict(config.landlock, &config.files);
+    crate::ops::sandbox::restrict(config.landlock, &config.files, config.enroll.as_slice());
     crate::ops::logging::block_on(async {
         let signals = crate::proxy::Signals::register().map_err(CliError::other)?;
         let server = Server::bind(&config).await?;
@@ -263,6 +263,19 @@ pub fn summary(c: &Config) -> String {
         "handshake_timeout = {}",
         humantime::format_duration(c.tls.handshake_timeout)
     );
+    let _ = writeln!(
+        w,
+        "on_failure        = {}",
+        match c.tls.on_failure {
+            crate::tls::OnFailure::Close =>
+                "close (a missing or invalid certificate ends the handshake)",
+            crate::tls::OnFailure::Help =>
+                "help (a missing or invalid certificate gets the help page; nothing is forwarded)",
+        }
+    );
+    if let Some(contact) = &c.tls.help_contact {
+        let _ = writeln!(w, "help_contact      = {contact}");
+    }
     for g in std::iter::once(&c.upstream).chain(&c.upstreams) {
         write_group(w, g);
     }
@@ -400,6 +413,14 @@ pub fn summary(c: &Config) -> String {
             .map_or("off".to_string(), |d| humantime::format_duration(d)
                 .to_string())
     );
+    if let Some(dir) = &c.enroll {
+        let _ = writeln!(
+            w,
+            "\n[enroll]\ndir = {} (invitation links at {}TOKEN; the daemon may delete bundles there)",
+            dir.display(),
+            crate::onboarding::invites::LINK_PREFIX
+        );
+    }
     let _ = writeln!(w, "\n[sandbox]\nlandlock = {}", c.landlock);
     let _ = writeln!(w, "\n[log]");
     let _ = writeln!(w, "format = {:?}", c.log.format);

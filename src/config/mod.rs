@@ -32,7 +32,7 @@ use crate::policy::ratelimit::{Rate, RateLimitZone};
 use crate::policy::routes::{Action, Auth, IdentityAllow, Route, RouteError};
 use crate::policy::shared::{OnUnavailable, SharedConfig};
 use crate::tls::identity::HeaderNames;
-use crate::tls::{Tls, TlsVersion};
+use crate::tls::{ClientAuth, OnFailure, Tls, TlsVersion};
 use crate::upstream::{Balance, HealthSettings, ServerSettings, Upstream};
 
 /// Where `certgate run` and `check` look when neither `-c` nor `$CERTGATE_CONFIG` is given.
@@ -206,6 +206,8 @@ pub struct Config {
     pub files: Vec<PathBuf>,
     /// `[sandbox] landlock`
     pub landlock: bool,
+    /// `[enroll] dir`: where invitations wait for their one download.
+    pub enroll: Option<PathBuf>,
 }
 
 /// `[limits]`, validated.
@@ -513,6 +515,8 @@ impl Validator<'_> {
             }
         }
 
+        let enroll = raw.enroll.as_ref().and_then(|e| self.enroll(e, &raw.tls));
+
         let log = Log {
             format: raw.log.format,
             access: raw.log.access.unwrap_or(true),
@@ -542,6 +546,7 @@ impl Validator<'_> {
             reload_watch,
             files: std::mem::take(&mut self.files),
             landlock: raw.sandbox.landlock.unwrap_or(true),
+            enroll,
         })
     }
 
@@ -1134,6 +1139,19 @@ impl Validator<'_> {
             raw.handshake_timeout.as_ref(),
             DEFAULT_HANDSHAKE_TIMEOUT,
         );
+        let help_contact = raw.help_contact.as_ref().and_then(|c| {
+            let text = c.get_ref().trim();
+            if text.chars().any(char::is_control) || text.chars().count() > 500 {
+                self.problem(
+                    "tls.help_contact",
+                    Some(c.span()),
+                    "one line of at most 500 characters, no control characters",
+                );
+                None
+            } else {
+                (!text.is_empty()).then(|| text.to_string())
+            }
+        });
         let (cert_path, cert_chain) = chain?;
         let (key_path, key) = key?;
         let (client_ca_path, client_cas) = cas?;
@@ -1150,7 +1168,49 @@ impl Validator<'_> {
             min_version,
             handshake_timeout,
             crl_expired: raw.crl_expired,
+            on_failure: raw.on_failure,
+            help_contact,
         })
+    }
+
+    /// `[enroll] dir`: an existing folder, reachable only when a browser without a
+    /// certificate can complete the handshake.
+    fn enroll(&mut self, raw: &RawEnroll, tls: &RawTls) -> Option<PathBuf> {
+        let dir = self.path(&raw.dir);
+        // Absolute: the sandbox grants this folder by path, and the log names it.
+        let dir = std::path::absolute(&dir).unwrap_or(dir);
+        if tls.on_failure != OnFailure::Help && tls.client_auth != ClientAuth::Optional {
+            self.problem(
+                "enroll.dir",
+                Some(raw.dir.span()),
+                "invitation links are for browsers without a certificate, and this [tls] refuses \
+                 their handshake: set [tls] on_failure = \"help\" (or client_auth = \"optional\")",
+            );
+            return None;
+        }
+        match std::fs::metadata(&dir) {
+            Ok(m) if m.is_dir() => Some(dir),
+            Ok(_) => {
+                self.problem(
+                    "enroll.dir",
+                    Some(raw.dir.span()),
+                    format!("{}: not a folder", dir.display()),
+                );
+                None
+            }
+            Err(e) => {
+                self.problem(
+                    "enroll.dir",
+                    Some(raw.dir.span()),
+                    format!(
+                        "{}: {e}; `certgate certs invite --enroll-dir {}` creates it",
+                        dir.display(),
+                        dir.display()
+                    ),
+                );
+                None
+            }
+        }
     }
 
     /// One server URL: plain `http://host:port`, nothing else.

@@ -8,7 +8,7 @@ use toml::Spanned;
 use crate::ops::logging::LogFormat;
 use crate::policy::ratelimit::KeyBy;
 use crate::policy::routes::{Action, Auth};
-use crate::tls::{ClientAuth, CrlExpired};
+use crate::tls::{ClientAuth, CrlExpired, OnFailure};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -42,6 +42,7 @@ pub(super) struct RawConfig {
     pub(super) reload: RawReload,
     #[serde(default)]
     pub(super) sandbox: RawSandbox,
+    pub(super) enroll: Option<RawEnroll>,
 }
 
 /// `[admin]`
@@ -189,6 +190,19 @@ pub(super) struct RawTls {
     /// What a CRL past its next update means.
     #[serde(default)]
     pub(super) crl_expired: CrlExpired,
+    /// "close" or "help": what a client without a valid certificate meets.
+    #[serde(default)]
+    pub(super) on_failure: OnFailure,
+    /// One line on the help page: whom to ask.
+    pub(super) help_contact: Option<Spanned<String>>,
+}
+
+/// `[enroll]`
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawEnroll {
+    /// Where `certgate certs invite` stores invitations.
+    pub(super) dir: Spanned<String>,
 }
 
 /// `[upstream]`

@@ -55,8 +55,10 @@ fn readable_dirs(file: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Restricts the process to reading `files`' folders and the system files above.
-pub fn restrict(enabled: bool, files: &[PathBuf]) -> Outcome {
+/// Restricts the process to reading `files`' folders and the system files above, and to
+/// reading and deleting files in `consumable` (the enroll folder: an invitation's bundle is
+/// deleted when it is downloaded; nothing may be written there or anywhere).
+pub fn restrict(enabled: bool, files: &[PathBuf], consumable: &[PathBuf]) -> Outcome {
     if !enabled {
         tracing::info!("sandbox: landlock off ([sandbox] landlock = false)");
         return Outcome::Off;
@@ -78,6 +80,14 @@ pub fn restrict(enabled: bool, files: &[PathBuf]) -> Outcome {
                 ruleset = ruleset.add_rule(PathBeneath::new(fd, AccessFs::from_read(abi)))?;
             }
         }
+        for path in consumable {
+            if let Ok(fd) = PathFd::new(path) {
+                ruleset = ruleset.add_rule(PathBeneath::new(
+                    fd,
+                    AccessFs::from_read(abi) | AccessFs::RemoveFile,
+                ))?;
+            }
+        }
         ruleset.restrict_self()
     })();
     match result {
@@ -87,7 +97,11 @@ pub fn restrict(enabled: bool, files: &[PathBuf]) -> Outcome {
                 RulesetStatus::PartiallyEnforced => Outcome::Partial,
                 RulesetStatus::NotEnforced => Outcome::Unsupported,
             };
-            let readable: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+            let readable: Vec<String> = dirs
+                .iter()
+                .chain(consumable)
+                .map(|d| d.display().to_string())
+                .collect();
             match outcome {
                 Outcome::Unsupported => tracing::warn!(
                     "sandbox: this kernel has no Landlock; file-system access is not restricted"

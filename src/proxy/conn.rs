@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 use super::keepalive::{self, ClientIo};
 use super::readahead::ReadAhead;
 use super::runtime::{Runtime, Shared};
+use crate::onboarding::{Presented, Problem};
 use crate::policy::access::ConnGuard;
 use crate::response::in_flight::InFlight;
 use crate::response::reply::{Check, Reject, Rule};
@@ -29,8 +30,12 @@ use crate::upstream::Origin;
 pub(super) struct Conn {
     /// Who the client is.
     pub peer: Peer,
-    /// The chain the client presented (leaf first), to re-check after a reload.
+    /// The chain the client presented (leaf first), to re-check after a reload; empty when it
+    /// was refused.
     chain: Vec<CertificateDer<'static>>,
+    /// `on_failure = "help"`: why the certificate was missing or refused. Every request on
+    /// the connection is then answered by the help page.
+    pub problem: Option<Problem>,
     /// The runtime generation this connection's certificate was last checked against.
     generation: AtomicU64,
     /// Cancelled to close this connection gracefully (after a failed re-check, or idle).
@@ -101,12 +106,30 @@ pub(super) async fn serve(
             return;
         }
     };
-    let chain: Vec<_> = tls
+    let mut chain: Vec<_> = tls
         .get_ref()
         .1
         .peer_certificates()
         .map(|c| c.iter().map(|d| d.clone().into_owned()).collect())
         .unwrap_or_default();
+    let problem = if rt.help_on_failure {
+        judge(&rt, &chain)
+    } else {
+        None
+    };
+    if let Some(p) = &problem {
+        // As a refused handshake would be: logged, counted, throttled. The certificate is
+        // dropped so that nothing on this connection can ever be taken for an identity.
+        shared.metrics.handshake_failure(p.reason);
+        tracing::warn!(
+            %peer,
+            reason = p.reason,
+            subject_dn = p.presented.as_ref().map_or("-", |c| c.subject.as_str()),
+            "client certificate refused; answering with the help page (on_failure = \"help\")"
+        );
+        throttle(&rt, peer);
+        chain.clear();
+    }
     let identity = match chain.first() {
         None => None,
         Some(der) => match ClientIdentity::from_der(der) {
@@ -140,6 +163,7 @@ pub(super) async fn serve(
             identity,
         },
         chain,
+        problem,
         generation: AtomicU64::new(rt.generation),
         close: close.clone(),
         requests: requests.clone(),
@@ -193,9 +217,29 @@ fn ack_the_handshake(tcp: &TcpStream) {
     let _ = tcp;
 }
 
-/// Counts a failed handshake against its address; logs once when the address goes over
+/// The strict verifier's judgement of a help-mode handshake's certificate (the handshake's own
+/// verifier let everything through that proved its key).
+fn judge(rt: &Runtime, chain: &[CertificateDer<'static>]) -> Option<Problem> {
+    match chain.split_first() {
+        None => rt.client_auth_required.then_some(Problem {
+            reason: "no certificate",
+            presented: None,
+        }),
+        Some((leaf, intermediates)) => rt
+            .verifier
+            .verify_client_cert(leaf, intermediates, UnixTime::now())
+            .err()
+            .map(|e| Problem {
+                reason: tls::rustls_reason(&e),
+                presented: Presented::from_der(leaf),
+            }),
+    }
+}
+
+/// Counts a failed handshake (or, with `on_failure = "help"`, a refused certificate, or a
+/// guessed invitation token) against its address; logs once when the address goes over
 /// `handshake_failures_per_ip`.
-fn throttle(rt: &Runtime, peer: SocketAddr) {
+pub(super) fn throttle(rt: &Runtime, peer: SocketAddr) {
     let blocked = move |wait: std::time::Duration, scope: &'static str| {
         tracing::warn!(
             %peer,

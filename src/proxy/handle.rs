@@ -11,6 +11,7 @@ use hyper::body::Incoming;
 
 use super::conn::Conn;
 use super::runtime::{Runtime, Shared};
+use crate::onboarding::Enrolled;
 use crate::response::access_log::AccessRecord;
 use crate::response::body::ProxyBody;
 use crate::response::reply::{Check, Reject};
@@ -44,7 +45,7 @@ pub(super) async fn handle(
         start: Instant::now(),
         method: req.method().clone(),
         version: req.version(),
-        path: rt.access_log.then(|| req.uri().path().to_owned()),
+        path: rt.access_log.then(|| loggable_path(&rt, req.uri().path())),
         refused_path: None,
         route: None,
         closing: false,
@@ -112,9 +113,31 @@ async fn inner(
     // Only a refusal needs the path when the access log is off: taken then, not per request.
     let refused = |cx: &mut Context, req: &Request<Incoming>| {
         if cx.path.is_none() {
-            cx.refused_path = Some(req.uri().path().to_owned());
+            cx.refused_path = Some(loggable_path(rt, req.uri().path()));
         }
     };
+    // Certgate's own: invitation links answer any connection, and a connection whose
+    // certificate was refused gets the help page whatever it asks for.
+    if rt.onboarding.claims(req.uri().path()) {
+        return match rt
+            .onboarding
+            .enroll(req.method(), req.uri().path(), req.headers())
+            .await
+        {
+            Enrolled::Served(resp) => Ok(resp),
+            Enrolled::Refused { reject, guessed } => {
+                if guessed {
+                    super::conn::throttle(rt, conn.peer.addr);
+                }
+                refused(cx, &req);
+                Err(reject)
+            }
+        };
+    }
+    if let Some(problem) = &conn.problem {
+        refused(cx, &req);
+        return Err(rt.onboarding.help(problem, req.headers()));
+    }
     if let Err(reject) = conn.recheck(rt) {
         cx.closing = true;
         refused(cx, &req);
@@ -128,6 +151,16 @@ async fn inner(
         }
     };
     rt.forwarder.forward(req, out, conn.origin()).await
+}
+
+/// The path as the logs may show it: an invitation link's token is a credential until it is
+/// used, so it never reaches a log line.
+fn loggable_path(rt: &Runtime, path: &str) -> String {
+    if rt.onboarding.claims(path) {
+        format!("{}…", crate::onboarding::invites::LINK_PREFIX)
+    } else {
+        path.to_owned()
+    }
 }
 
 /// `[response_headers]` on every response, certgate's own included; a header the backend set

@@ -164,6 +164,10 @@ pub struct Runtime {
     pub(crate) acceptor: TlsAcceptor,
     pub(crate) verifier: Arc<dyn ClientCertVerifier>,
     pub(crate) client_auth_required: bool,
+    /// `on_failure = "help"`: the handshake admits any client that proves its key, and the
+    /// strict verifier judges the certificate afterwards.
+    pub(crate) help_on_failure: bool,
+    pub(crate) onboarding: crate::onboarding::Onboarding,
     pub(crate) handshake_timeout: Duration,
     /// HTTP/1 settings; connections that negotiated `h2` use `http2`.
     pub(crate) http1: hyper::server::conn::http1::Builder,
@@ -219,6 +223,11 @@ impl Runtime {
             acceptor: TlsAcceptor::from(tls.server_config),
             verifier: tls.verifier,
             client_auth_required: config.tls.client_auth == crate::tls::ClientAuth::Required,
+            help_on_failure: config.tls.on_failure == crate::tls::OnFailure::Help,
+            onboarding: crate::onboarding::Onboarding::new(
+                config.tls.help_contact.clone(),
+                config.enroll.clone(),
+            ),
             handshake_timeout: config.tls.handshake_timeout,
             http1,
             http2,

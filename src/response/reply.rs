@@ -35,6 +35,10 @@ pub enum Check {
     MaxBody,
     /// The re-check of an open connection's certificate after a reload (why it failed).
     Recheck(&'static str),
+    /// `on_failure = "help"`: the connection's certificate was missing or refused (why).
+    Certificate(&'static str),
+    /// An invitation link that gives nothing (unknown, used, expired).
+    Invitation,
 }
 
 /// Which check refused a request, and on which route.
@@ -81,6 +85,8 @@ impl fmt::Display for Rule {
             Check::RateLimit(zone) => write!(f, "rate_limit {zone}"),
             Check::MaxBody => f.write_str("max_body"),
             Check::Recheck(why) => write!(f, "recheck {why}"),
+            Check::Certificate(why) => write!(f, "certificate {why}"),
+            Check::Invitation => f.write_str("invitation"),
         }
     }
 }
@@ -99,6 +105,8 @@ pub struct Reject {
     pub rule: Option<Box<Rule>>,
     /// Extra response headers (`WWW-Authenticate`, `Allow`, `Retry-After`).
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// An HTML page for a person, answered instead of the JSON (the help page).
+    pub page: Option<Box<str>>,
 }
 
 impl Reject {
@@ -235,11 +243,35 @@ impl Reject {
             message: message.into(),
             rule: None,
             headers: Vec::new(),
+            page: None,
         }
     }
 
-    /// Renders the JSON response.
+    /// A refusal with its code and message (the JSON), and an optional HTML page for
+    /// browsers.
+    pub fn with_page(
+        status: StatusCode,
+        code: &'static str,
+        message: impl Into<String>,
+        rule: Rule,
+        page: Option<String>,
+    ) -> Reject {
+        Reject {
+            rule: Some(Box::new(rule)),
+            page: page.map(String::into_boxed_str),
+            ..Reject::new(status, code, message)
+        }
+    }
+
+    /// Renders the response: the page when there is one, else the JSON.
     pub fn to_response(&self) -> Response<ProxyBody> {
+        if let Some(page) = &self.page {
+            let mut resp = html_response(self.status, page.to_string());
+            for (name, value) in &self.headers {
+                resp.headers_mut().append(name.clone(), value.clone());
+            }
+            return resp;
+        }
         let body = serde_json::json!({ "error": self.code, "message": self.message }).to_string();
         let mut resp = Response::new(ProxyBody::full(body));
         *resp.status_mut() = self.status;
@@ -254,6 +286,28 @@ impl Reject {
         }
         resp
     }
+}
+
+/// A page certgate makes for a person: HTML, never cached or sniffed, and no `Referer` leaves
+/// it (an invitation page's address is a secret). The caller adds its Content-Security-Policy.
+pub fn html_response(status: StatusCode, body: String) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::full(body));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    resp
 }
 
 #[cfg(test)]

@@ -213,12 +213,69 @@ fn key_usage_can_sign(der: &CertificateDer<'_>) -> bool {
     }
 }
 
-/// The rustls server configuration and the client-certificate verifier inside it (kept to
-/// re-check open connections after a reload).
+/// `on_failure = "help"`: the handshake's verifier. It asks for a certificate and demands proof
+/// of possession exactly as the strict verifier does (the signature checks are the strict
+/// verifier's own, so a client that cannot sign with the certificate's key still fails the
+/// handshake), but a missing or refused certificate no longer ends the handshake. Which it was
+/// is decided after the handshake by the strict verifier ([`TlsSetup::verifier`]), from the
+/// chain the connection holds: nothing here can mark a connection as verified.
+#[derive(Debug)]
+struct HelpVerifier {
+    strict: Arc<dyn ClientCertVerifier>,
+}
+
+impl ClientCertVerifier for HelpVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.strict.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        // Judged after the handshake (the connection's `Conn` runs the strict verifier).
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.strict.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.strict.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.strict.supported_verify_schemes()
+    }
+}
+
+/// The rustls server configuration and the client-certificate verifier (kept to judge a
+/// certificate after a help-mode handshake and to re-check open connections after a reload).
 pub(crate) struct TlsSetup {
     /// For the acceptor.
     pub server_config: Arc<ServerConfig>,
-    /// The same verifier the handshakes use.
+    /// The strict verifier: the one the handshakes use in `close` mode.
     pub verifier: Arc<dyn ClientCertVerifier>,
 }
 
@@ -236,6 +293,12 @@ pub(crate) fn server_config(tls: &Tls) -> Result<Arc<ServerConfig>, TlsError> {
 /// A [`TlsError`] naming the file at fault.
 pub(crate) fn build(tls: &Tls) -> Result<TlsSetup, TlsError> {
     let verifier = client_verifier(tls)?;
+    let handshake_verifier: Arc<dyn ClientCertVerifier> = match tls.on_failure {
+        OnFailure::Close => verifier.clone(),
+        OnFailure::Help => Arc::new(HelpVerifier {
+            strict: verifier.clone(),
+        }),
+    };
     let versions: &[&rustls::SupportedProtocolVersion] = match tls.min_version {
         TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
         TlsVersion::Tls13 => &[&rustls::version::TLS13],
@@ -247,7 +310,7 @@ pub(crate) fn build(tls: &Tls) -> Result<TlsSetup, TlsError> {
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(versions)
         .map_err(|e| server_cert(e.to_string()))?
-        .with_client_cert_verifier(verifier.clone())
+        .with_client_cert_verifier(handshake_verifier)
         .with_single_cert(tls.cert_chain.clone(), tls.key.clone_key())
         .map_err(|e| server_cert(e.to_string()))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -348,6 +411,17 @@ pub enum ClientAuth {
     Optional,
 }
 
+/// What a client without a valid certificate meets (spec §13).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFailure {
+    /// The handshake is refused with a TLS alert.
+    #[default]
+    Close,
+    /// The handshake completes and every request is answered by the help page.
+    Help,
+}
+
 /// What a CRL past its next-update date means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -395,4 +469,8 @@ pub struct Tls {
     pub handshake_timeout: Duration,
     /// What an expired CRL means.
     pub crl_expired: CrlExpired,
+    /// What a client without a valid certificate meets.
+    pub on_failure: OnFailure,
+    /// `help_contact`: one line on the help page.
+    pub help_contact: Option<String>,
 }

@@ -13,6 +13,7 @@ mod groups;
 mod hardening;
 mod identity;
 mod keepalive;
+mod onboarding;
 mod ops;
 mod paths;
 mod policy;

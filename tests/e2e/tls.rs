@@ -3,9 +3,6 @@
 
 use std::sync::Arc;
 
-use rustls::client::ResolvesClientCert;
-use rustls::sign::CertifiedKey;
-
 use crate::common::*;
 
 /// Starts a backend and a proxy, runs `client`, and asserts it was refused with `reason` in the
@@ -80,19 +77,6 @@ async fn server_only_certificate_is_refused_as_client() {
     .await;
 }
 
-/// Presents alice's certificate with someone else's key: no proof of possession.
-#[derive(Debug)]
-struct StolenCert(Arc<CertifiedKey>);
-
-impl ResolvesClientCert for StolenCert {
-    fn resolve(&self, _: &[&[u8]], _: &[rustls::SignatureScheme]) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.clone())
-    }
-    fn has_certs(&self) -> bool {
-        true
-    }
-}
-
 /// A client certificate whose keyUsage has keyEncipherment but not digitalSignature cannot
 /// authenticate (it is not a signing key; OpenSSL's `ssl_client` purpose refuses it too), while
 /// the same CA's certificate with digitalSignature passes.
@@ -110,20 +94,7 @@ async fn key_usage_without_digital_signature_is_refused() {
 
 #[tokio::test]
 async fn certificate_without_its_key_is_refused() {
-    let pki = test_pki();
-    let wrong_key = certgate::tls::provider()
-        .key_provider
-        .load_private_key(pki.revoked.key.clone_key())
-        .unwrap();
-    let stolen = CertifiedKey::new(pki.alice.chain.clone(), wrong_key);
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(pki.ca.cert.clone()).unwrap();
-    let cfg = rustls::ClientConfig::builder_with_provider(certgate::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_client_cert_resolver(Arc::new(StolenCert(Arc::new(stolen))));
-    assert_refused_with(Arc::new(cfg), "bad signature").await;
+    assert_refused_with(without_its_key(), "bad signature").await;
 }
 
 /// A leaf issued by an intermediate is accepted when the client sends the intermediate, and

@@ -30,6 +30,8 @@ pub enum CertsCommand {
     Renew(RenewArgs),
     /// List every certificate issued, with its status.
     List(ListArgs),
+    /// Issue a client certificate and a one-time link to its .p12 (served by the daemon).
+    Invite(InviteArgs),
 }
 
 /// Key algorithm on the command line.
@@ -104,14 +106,9 @@ pub struct ServerArgs {
     pub key: KeyArg,
 }
 
-/// `client`
+/// The subject of a client certificate beyond its CN.
 #[derive(Debug, Args)]
-pub struct ClientArgs {
-    #[command(flatten)]
-    pub ca: CaDir,
-    /// File name and common name (e.g. admin@face.analyze).
-    #[arg(long)]
-    pub name: String,
+pub struct SubjectArgs {
     /// Organizational unit (OU).
     #[arg(long)]
     pub ou: Option<String>,
@@ -130,6 +127,18 @@ pub struct ClientArgs {
     /// Locality (L).
     #[arg(long)]
     pub l: Option<String>,
+}
+
+/// `client`
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    #[command(flatten)]
+    pub ca: CaDir,
+    /// File name and common name (e.g. admin@face.analyze).
+    #[arg(long)]
+    pub name: String,
+    #[command(flatten)]
+    pub subject: SubjectArgs,
     /// Validity in days.
     #[arg(long, default_value_t = DEFAULT_CLIENT_DAYS)]
     pub days: i64,
@@ -145,6 +154,33 @@ pub struct ClientArgs {
     /// 3DES/SHA-1 encryption for old importers (macOS Keychain before 14, Windows before 10).
     #[arg(long, requires = "p12")]
     pub legacy: bool,
+}
+
+/// `invite`
+#[derive(Debug, Args)]
+pub struct InviteArgs {
+    #[command(flatten)]
+    pub ca: CaDir,
+    /// File name and common name (e.g. alice@example.com).
+    #[arg(long)]
+    pub name: String,
+    #[command(flatten)]
+    pub subject: SubjectArgs,
+    /// Validity of the certificate in days.
+    #[arg(long, default_value_t = DEFAULT_CLIENT_DAYS)]
+    pub days: i64,
+    /// Key algorithm.
+    #[arg(long, value_enum, default_value_t)]
+    pub key: KeyArg,
+    /// The daemon's `[enroll] dir` (created 0700 when missing).
+    #[arg(long, value_name = "DIR")]
+    pub enroll_dir: PathBuf,
+    /// How long the link works (at most 30 days).
+    #[arg(long, default_value = "24h")]
+    pub expires: String,
+    /// The site's address, for the printed link.
+    #[arg(long, value_name = "https://HOST")]
+    pub url: Option<String>,
 }
 
 /// `revoke`

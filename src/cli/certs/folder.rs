@@ -170,6 +170,7 @@ impl CaFolder {
             revoked_at: None,
             reason: None,
             replaced_by: None,
+            invite: None,
         }
     }
 }

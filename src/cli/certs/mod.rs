@@ -7,6 +7,8 @@
 //! `ca.crl`, `certgate-ca.json` (every certificate issued: serial, name, kind, subject, SANs,
 //! validity, revocation) and, per name, `NAME.crt` (servers: leaf then CA, ready for
 //! `[tls] cert`), `NAME.key` (0600), and for clients optionally `NAME.p12` and `NAME.p12.pass`.
+//! An invited client (`invite`) has only `NAME.crt` here: its key leaves in the bundle that
+//! waits in the enroll folder ([`crate::onboarding::invites`]).
 //! Every file is written through a temporary file and a rename; keys are never printed.
 
 mod args;
@@ -133,6 +135,7 @@ pub fn run(cmd: CertsCommand) -> Result<(), CliError> {
         CertsCommand::Crl(a) => crl(&a),
         CertsCommand::Renew(a) => renew(&a),
         CertsCommand::List(a) => list(&a),
+        CertsCommand::Invite(a) => invite(&a),
     }
 }
 
@@ -367,20 +370,9 @@ fn write_p12(
 
 fn client(a: &ClientArgs) -> Result<(), CliError> {
     check_days(a.days)?;
-    if let Some(e) = &a.email {
-        check_email(e)?;
-    }
+    let fields = subject_fields(&a.name, &a.subject)?;
     let mut folder = CaFolder::open(&a.ca)?;
     folder.ensure_new_name(&a.name)?;
-    let fields = SubjectFields {
-        cn: a.name.clone(),
-        ou: a.ou.clone(),
-        o: a.o.clone(),
-        email: a.email.clone(),
-        c: a.c.clone(),
-        st: a.st.clone(),
-        l: a.l.clone(),
-    };
     // Read the password before anything is written, so a bad file leaves nothing behind.
     let given_password = a.password_file.as_deref().map(read_password).transpose()?;
     let (issued, record) = issue_leaf(
@@ -460,6 +452,150 @@ fn client(a: &ClientArgs) -> Result<(), CliError> {
     Ok(())
 }
 
+fn subject_fields(name: &str, s: &SubjectArgs) -> Result<SubjectFields, CliError> {
+    if let Some(e) = &s.email {
+        check_email(e)?;
+    }
+    Ok(SubjectFields {
+        cn: name.to_string(),
+        ou: s.ou.clone(),
+        o: s.o.clone(),
+        email: s.email.clone(),
+        c: s.c.clone(),
+        st: s.st.clone(),
+        l: s.l.clone(),
+    })
+}
+
+/// The longest an invitation link may work: a link is a credential in someone's mailbox.
+const MAX_INVITE: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
+
+fn invite(a: &InviteArgs) -> Result<(), CliError> {
+    use crate::onboarding::invites::{Invitation, LINK_PREFIX, Store, Token};
+    check_days(a.days)?;
+    let fields = subject_fields(&a.name, &a.subject)?;
+    let expires_in = match humantime::parse_duration(a.expires.trim()) {
+        Ok(d) if !d.is_zero() && d <= MAX_INVITE => d,
+        Ok(_) => {
+            return Err(invalid(format!(
+                "--expires {:?}: between 1 s and 30 days",
+                a.expires
+            )));
+        }
+        Err(e) => {
+            return Err(invalid(format!(
+                "--expires {:?}: {e}; write it like \"24h\" or \"7d\"",
+                a.expires
+            )));
+        }
+    };
+    let url = match &a.url {
+        Some(u) => {
+            let u = u.trim().trim_end_matches('/');
+            let ok = u.parse::<http::Uri>().is_ok_and(|p| {
+                p.scheme_str() == Some("https")
+                    && p.host().is_some()
+                    && p.path() == "/"
+                    && p.query().is_none()
+            });
+            if !ok {
+                return Err(invalid(format!(
+                    "--url {u:?}: the site's address, like https://ai.example.com or https://ai.example.com:8443"
+                )));
+            }
+            u.to_string()
+        }
+        None => "https://HOST".to_string(),
+    };
+    let mut folder = CaFolder::open(&a.ca)?;
+    folder.ensure_new_name(&a.name)?;
+    let enroll_dir = std::path::absolute(&a.enroll_dir).map_err(CliError::other)?;
+    if !enroll_dir.exists() {
+        use std::os::unix::fs::DirBuilderExt as _;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&enroll_dir)
+            .map_err(|e| {
+                invalid(format!(
+                    "{}: cannot create the enroll folder: {e}",
+                    enroll_dir.display()
+                ))
+            })?;
+    }
+    let (issued, mut record) = issue_leaf(
+        &folder,
+        &a.name,
+        Kind::Client,
+        fields,
+        Vec::new(),
+        a.days,
+        a.key.into(),
+    )?;
+    let token = Token::generate().map_err(CliError::other)?;
+    // Legacy 3DES/SHA-1 encryption: macOS Keychain and Windows import it everywhere, and the
+    // password (from the token) is long enough that the old cipher is not the weak part.
+    let p12 = pki::pkcs12(
+        &issued,
+        &[&folder.ca.cert],
+        &a.name,
+        &token.password(),
+        true,
+    )
+    .map_err(CliError::invalid)?;
+    let now = OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .unwrap_or(OffsetDateTime::now_utc());
+    let expires = now + expires_in;
+    let invitation = Invitation {
+        name: a.name.clone(),
+        subject: record.subject.clone(),
+        serial: record.serial.clone(),
+        not_after: record.not_after.clone(),
+        created: now.unix_timestamp(),
+        expires: expires.unix_timestamp(),
+    };
+    Store::new(&enroll_dir)
+        .put(&token, &invitation, &p12)
+        .map_err(|e| {
+            invalid(format!(
+                "{}: cannot store the invitation: {e}",
+                enroll_dir.display()
+            ))
+        })?;
+    // The certificate stays on record (for `list`, `revoke`, the CRL); its key leaves only in
+    // the bundle.
+    write(
+        &folder.dir.join(format!("{}.crt", a.name)),
+        issued.cert_pem.as_bytes(),
+        0o644,
+    )?;
+    record.invite = Some(InviteRecord {
+        enroll_dir: enroll_dir.clone(),
+        id: token.id(),
+        expires: rfc3339(expires),
+    });
+    folder.state.certs.push(record.clone());
+    folder.save_state()?;
+    println!(
+        "client certificate {} issued (serial {}, valid until {})\n  subject {}\n\n\
+         One-time link (works until {}; send it to the person, it is shown nowhere else):\n\n  {url}{LINK_PREFIX}{}\n\n\
+         It opens a page with the .p12 password and a download that works once. The daemon serves it when its\n\
+         config has [enroll] dir = \"{}\" and [tls] on_failure = \"help\" (or client_auth = \"optional\").\n\
+         Cancel it with `certgate certs revoke --dir {} --name {}`.",
+        a.name,
+        record.serial,
+        record.not_after,
+        record.subject,
+        rfc3339(expires),
+        token.as_str(),
+        enroll_dir.display(),
+        folder.dir.display(),
+        a.name,
+    );
+    Ok(())
+}
+
 fn reload_hint(crl: &Path) -> String {
     format!(
         "A running certgate that names {} picks it up within its [reload] watch interval (10 s by default), \
@@ -500,13 +636,34 @@ fn revoke(a: &RevokeArgs) -> Result<(), CliError> {
         )));
     }
     let mut newly = Vec::new();
+    let mut cancelled = Vec::new();
     for i in targets {
         let r = &mut folder.state.certs[i];
+        if let Some(inv) = &r.invite {
+            let store = crate::onboarding::invites::Store::new(&inv.enroll_dir);
+            match store.cancel(&inv.id) {
+                Ok(true) => cancelled.push(format!(
+                    "invitation for {} cancelled (its link now answers 410)",
+                    r.name
+                )),
+                Ok(false) => {}
+                Err(e) => {
+                    return Err(invalid(format!(
+                        "{}: cannot cancel the invitation for {}: {e}",
+                        inv.enroll_dir.display(),
+                        r.name
+                    )));
+                }
+            }
+        }
         if r.revoked_at.is_none() {
             r.revoked_at = Some(now.clone());
             r.reason = Some(a.reason);
             newly.push(format!("{} (serial {})", r.name, r.serial));
         }
+    }
+    for line in &cancelled {
+        println!("{line}");
     }
     if newly.is_empty() {
         println!(

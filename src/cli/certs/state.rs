@@ -71,6 +71,20 @@ pub struct Record {
     /// Serial of the certificate that replaced this one (`renew`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replaced_by: Option<String>,
+    /// The invitation that hands it out (`invite`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invite: Option<InviteRecord>,
+}
+
+/// Where an invitation waits: what `list` shows and `revoke` cancels. The token is not kept.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InviteRecord {
+    /// The enroll folder.
+    pub enroll_dir: PathBuf,
+    /// The token's hash (the file names in the enroll folder).
+    pub id: String,
+    /// When the link stops working, RFC 3339.
+    pub expires: String,
 }
 
 /// `certgate-ca.json`
@@ -154,6 +168,14 @@ pub(super) fn same_serial(a: &str, b: &str) -> bool {
 pub fn status(r: &Record, now: OffsetDateTime) -> String {
     if r.revoked_at.is_some() {
         return "revoked".into();
+    }
+    if let Some(inv) = &r.invite {
+        use crate::onboarding::invites::{Status, Store};
+        match Store::new(&inv.enroll_dir).status(&inv.id, now.unix_timestamp()) {
+            Status::Pending => return "invited".into(),
+            Status::Expired => return "invite expired".into(),
+            Status::Used | Status::Missing => {}
+        }
     }
     if r.replaced_by.is_some() {
         return "replaced".into();

@@ -49,6 +49,41 @@ pub fn client_config_versions(
     Arc::new(cfg)
 }
 
+/// Presents alice's certificate with someone else's key: no proof of possession.
+#[derive(Debug)]
+struct StolenCert(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for StolenCert {
+    fn resolve(
+        &self,
+        _: &[&[u8]],
+        _: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// A client that presents alice's certificate but signs with another key.
+pub fn without_its_key() -> Arc<ClientConfig> {
+    let pki = test_pki();
+    let wrong_key = certgate::tls::provider()
+        .key_provider
+        .load_private_key(pki.revoked.key.clone_key())
+        .unwrap();
+    let stolen = rustls::sign::CertifiedKey::new(pki.alice.chain.clone(), wrong_key);
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki.ca.cert.clone()).unwrap();
+    let cfg = ClientConfig::builder_with_provider(certgate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_cert_resolver(Arc::new(StolenCert(Arc::new(stolen))));
+    Arc::new(cfg)
+}
+
 /// The valid client `alice`, HTTP/1.1.
 pub fn alice() -> Arc<ClientConfig> {
     client_config(Some(&test_pki().alice), &["http/1.1"])

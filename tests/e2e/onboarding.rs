@@ -1,0 +1,649 @@
+//! People without a working certificate (spec §13): `on_failure = "help"` answers a missing or
+//! refused certificate with a page (HTML for browsers, JSON for the rest) and never forwards,
+//! and `certs invite` links hand out a `.p12` once. Over real TLS, with rustls + hyper, curl,
+//! openssl and NSS's pk12util as the other side.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use http::Request;
+use rustls::ClientConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::common::*;
+
+const HELP: &str =
+    "on_failure = \"help\"\nhelp_contact = \"Ask <it@example.com> for a \\\"certificate\\\".\"";
+
+/// One request on a fresh connection: method, path, and whether it asks for HTML.
+async fn ask(
+    addr: SocketAddr,
+    cfg: Arc<ClientConfig>,
+    method: &str,
+    path: &str,
+    html: bool,
+) -> Got {
+    let mut send = h1(addr, cfg).await;
+    let mut b = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "localhost");
+    if html {
+        b = b.header(
+            "accept",
+            "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+        );
+    }
+    let resp = send
+        .send_request(b.body(empty()).unwrap())
+        .await
+        .expect("response");
+    read(resp).await
+}
+
+/// The security headers every page of certgate's own carries.
+fn assert_page_headers(got: &Got) {
+    assert_eq!(got.headers["content-type"], "text/html; charset=utf-8");
+    let csp = got.headers["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.starts_with("default-src 'none'; style-src 'sha256-"),
+        "{csp}"
+    );
+    assert!(!csp.contains("unsafe"), "{csp}");
+    assert_eq!(got.headers["cache-control"], "no-store");
+    assert_eq!(got.headers["referrer-policy"], "no-referrer");
+    for tag in ["<script", "<img", "<link", "<iframe", "<object", "<embed"] {
+        assert!(!got.body.contains(tag), "{tag} on the page");
+    }
+}
+
+/// Every reason a certificate is missing or refused gets its own page and JSON, the log line
+/// and metric of a refused handshake, and nothing reaches the backend.
+#[tokio::test]
+async fn help_mode_names_each_reason_and_forwards_nothing() {
+    let (logs, _guard) = LogCapture::start();
+    let pki = test_pki();
+    let backend = Backend::start().await;
+    let proxy = Proxy::start_with(&test_config(
+        backend.addr,
+        HELP,
+        "[limits]\nhandshake_failures_per_ip = \"1000/m\"\n",
+    ))
+    .await;
+    let no_sign = client_with_key_usage(
+        "encipher-only",
+        vec![rcgen::KeyUsagePurpose::KeyEncipherment],
+    );
+    let cases: Vec<(Arc<ClientConfig>, &str, &str, &str)> = vec![
+        (
+            client_config(None, &["http/1.1"]),
+            "no certificate",
+            "client_certificate_required",
+            "did not present a client certificate",
+        ),
+        (
+            client_config(Some(&pki.expired), &[]),
+            "expired",
+            "client_certificate_invalid",
+            "Your certificate expired on ",
+        ),
+        (
+            client_config(Some(&pki.not_yet_valid), &[]),
+            "not yet valid",
+            "client_certificate_invalid",
+            "Your certificate is valid only from ",
+        ),
+        (
+            client_config(Some(&pki.revoked), &[]),
+            "revoked",
+            "client_certificate_invalid",
+            "has been revoked",
+        ),
+        (
+            client_config(Some(&pki.impostor), &[]),
+            "unknown issuer",
+            "client_certificate_invalid",
+            "a certificate authority this site does not trust",
+        ),
+        (
+            client_config(Some(&no_sign), &[]),
+            "wrong key usage",
+            "client_certificate_invalid",
+            "not made for signing in",
+        ),
+    ];
+    for (cfg, reason, code, sentence) in cases {
+        let page = ask(proxy.addr, cfg.clone(), "GET", "/app?x=1", true).await;
+        assert_eq!(page.status, 403, "{reason}");
+        assert_page_headers(&page);
+        assert!(page.body.contains(sentence), "{reason}: {}", page.body);
+        assert!(
+            page.body.contains(&format!("data-reason=\"{reason}\"")),
+            "{reason}"
+        );
+        // The contact line, escaped.
+        assert!(
+            page.body
+                .contains("Ask &lt;it@example.com&gt; for a &quot;certificate&quot;."),
+            "{reason}"
+        );
+        for platform in [
+            "Windows",
+            "macOS",
+            "Firefox",
+            "iPhone",
+            "Android",
+            "Make the browser ask again",
+        ] {
+            assert!(page.body.contains(platform), "{reason}: no {platform}");
+        }
+        // The presented certificate, when there was one.
+        assert_eq!(
+            page.body.contains("id=\"fingerprint\""),
+            reason != "no certificate",
+            "{reason}"
+        );
+        let json = ask(proxy.addr, cfg, "GET", "/api/predict", false).await;
+        assert_eq!(json.status, 403);
+        assert_eq!(json.headers["content-type"], "application/json");
+        let v = json.json();
+        assert_eq!(v["error"], code, "{reason}");
+        let message = v["message"].as_str().unwrap();
+        assert!(message.contains(sentence), "{reason}: {message}");
+        assert!(message.ends_with("for a \"certificate\"."), "{message}");
+        logs.wait_for(&[
+            "client certificate refused",
+            &format!("reason=\"{reason}\""),
+        ])
+        .await;
+    }
+    // The expired certificate's page names its subject and its end date.
+    let expired = ask(
+        proxy.addr,
+        client_config(Some(&pki.expired), &[]),
+        "GET",
+        "/",
+        true,
+    )
+    .await;
+    assert!(
+        expired.body.contains("CN=expired-client"),
+        "{}",
+        expired.body
+    );
+    assert!(logs.text().contains("peer=127.0.0.1:"));
+    assert!(
+        backend.seen().is_empty(),
+        "backend saw {:?}",
+        backend.seen()
+    );
+    // A valid client is served as before.
+    let got = get_once(proxy.addr, alice(), "/hello").await;
+    assert_eq!(got.status, 200);
+    assert_eq!(backend.only().headers["x-ssl-client-verify"], "SUCCESS");
+}
+
+/// Help mode never admits a client that cannot prove it holds the certificate's key: the
+/// handshake fails as in close mode.
+#[tokio::test]
+async fn help_mode_still_demands_proof_of_possession() {
+    let (logs, _guard) = LogCapture::start();
+    let backend = Backend::start().await;
+    let proxy = Proxy::start_with(&test_config(backend.addr, HELP, "")).await;
+    assert_refused(proxy.addr, without_its_key()).await;
+    logs.wait_for(&["TLS handshake failed", "reason=\"bad signature\""])
+        .await;
+    assert!(backend.seen().is_empty());
+}
+
+/// Over HTTP/2, and for a WebSocket upgrade, a refused certificate gets the same answer, and
+/// close mode is unchanged (the handshake is refused).
+#[tokio::test]
+async fn help_mode_over_http2_and_for_websockets() {
+    let backend = Backend::start().await;
+    let proxy = Proxy::start_with(&test_config(backend.addr, HELP, "")).await;
+    let mut send = h2(
+        proxy.addr,
+        client_config(Some(&test_pki().revoked), &["h2"]),
+    )
+    .await;
+    let req = Request::get("https://localhost/queue/join")
+        .header("accept", "text/html")
+        .body(empty())
+        .unwrap();
+    let got = read(send.send_request(req).await.unwrap()).await;
+    assert_eq!(got.status, 403);
+    assert!(got.body.contains("has been revoked"));
+    // A WebSocket upgrade without a certificate: refused, not upgraded.
+    let mut send = h1(proxy.addr, client_config(None, &["http/1.1"])).await;
+    let req = Request::get("/queue/ws")
+        .header("host", "localhost")
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .body(empty())
+        .unwrap();
+    let got = read(send.send_request(req).await.unwrap()).await;
+    assert_eq!(got.status, 403);
+    assert_eq!(got.json()["error"], "client_certificate_required");
+    assert!(
+        backend.seen().is_empty(),
+        "backend saw {:?}",
+        backend.seen()
+    );
+
+    let close = Proxy::start(backend.addr, "").await;
+    assert_refused(close.addr, client_config(Some(&test_pki().revoked), &[])).await;
+    assert_refused(close.addr, client_config(None, &["http/1.1"])).await;
+}
+
+/// Whatever a certificate's fields hold, the page shows it as text.
+#[tokio::test]
+async fn certificate_fields_cannot_inject_markup() {
+    let backend = Backend::start().await;
+    let proxy = Proxy::start_with(&test_config(backend.addr, HELP, "")).await;
+    let evil = custom_client(|p| {
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, "<script>alert(\"cn\")</script>");
+        p.distinguished_name.push(
+            rcgen::DnType::OrganizationName,
+            "\"><img src=x onerror=alert(1)>",
+        );
+        let now = time::OffsetDateTime::now_utc();
+        p.not_before = now - time::Duration::days(10);
+        p.not_after = now - time::Duration::days(1);
+    });
+    let got = ask(
+        proxy.addr,
+        client_config(Some(&evil), &[]),
+        "GET",
+        "/",
+        true,
+    )
+    .await;
+    assert_eq!(got.status, 403);
+    assert!(got.body.contains("expired on"));
+    assert!(!got.body.contains("<script"), "{}", got.body);
+    assert!(!got.body.contains("<img"), "{}", got.body);
+    // Shown as text (RFC 2253 puts its own backslashes before the DN's specials).
+    assert!(got.body.contains("&lt;script"), "{}", got.body);
+    assert!(got.body.contains("&lt;img src=x"), "{}", got.body);
+    assert_page_headers(&got);
+}
+
+/// With `client_auth = "optional"`, a client without a certificate is as before (routes that
+/// need none serve it); an invalid certificate gets the help page instead of a failed handshake.
+#[tokio::test]
+async fn optional_mode_with_help() {
+    let backend = Backend::start().await;
+    let proxy = Proxy::start_with(&test_config(
+        backend.addr,
+        "client_auth = \"optional\"\non_failure = \"help\"",
+        "[[route]]\npath = \"/public\"\naction = \"allow\"\n\n[[route]]\npath = \"/\"\naction = \"allow\"\nclient_cert = \"required\"\n",
+    ))
+    .await;
+    let anon = client_config(None, &["http/1.1"]);
+    assert_eq!(
+        get_once(proxy.addr, anon.clone(), "/public/x").await.status,
+        200
+    );
+    assert_eq!(get_once(proxy.addr, anon, "/private").await.status, 403);
+    let expired = client_config(Some(&test_pki().expired), &[]);
+    let got = get_once(proxy.addr, expired, "/public/x").await;
+    assert_eq!(got.status, 403);
+    assert_eq!(got.json()["error"], "client_certificate_invalid");
+    assert_eq!(backend.seen().len(), 1);
+}
+
+/// Refused certificates in help mode count towards `handshake_failures_per_ip` as refused
+/// handshakes do: past the limit the address is cut off before the handshake.
+#[tokio::test]
+async fn help_mode_failures_are_throttled() {
+    let (logs, _guard) = LogCapture::start();
+    let backend = Backend::start().await;
+    let proxy = Proxy::start_with(&test_config(
+        backend.addr,
+        HELP,
+        "[limits]\nhandshake_failures_per_ip = \"3/m\"\n",
+    ))
+    .await;
+    for _ in 0..4 {
+        let got = get_once(
+            proxy.addr,
+            client_config(Some(&test_pki().impostor), &[]),
+            "/",
+        )
+        .await;
+        assert_eq!(got.status, 403);
+    }
+    logs.wait_for(&["too many failed handshakes"]).await;
+    assert!(tls_connect(proxy.addr, alice()).await.is_err());
+}
+
+// ---- invitations ----
+
+fn certgate(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_certgate"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = certgate(args);
+    assert!(
+        out.status.success(),
+        "certgate {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A CA made by `certs init-ca`, an enroll folder, and a help-mode proxy (the test PKI's server
+/// certificate) that trusts that CA and serves the folder.
+struct Site {
+    dir: PathBuf,
+    ca: PathBuf,
+    enroll: PathBuf,
+    config: PathBuf,
+}
+
+fn make_site(name: &str, tls_extra: &str, extra: &str) -> Site {
+    let dir = scratch_dir(name);
+    let ca = dir.join("ca");
+    let enroll = dir.join("invites");
+    ok(&["certs", "init-ca", "--dir", ca.to_str().unwrap()]);
+    std::fs::create_dir(&enroll).unwrap();
+    let pki = test_pki();
+    let config = dir.join("certgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[listen]\nhttps = \"127.0.0.1:0\"\n\n[tls]\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\n{tls_extra}\n\n\
+             [upstream]\nurl = \"http://127.0.0.1:9\"\n\n[enroll]\ndir = \"{}\"\n\n{extra}\n",
+            pki.dir.join("server.crt").display(),
+            pki.dir.join("server.key").display(),
+            ca.join("ca.crt").display(),
+            enroll.display(),
+        ),
+    )
+    .unwrap();
+    Site {
+        dir,
+        ca,
+        enroll,
+        config,
+    }
+}
+
+impl Site {
+    /// `certs invite` for `name`: the link's path.
+    fn invite(&self, name: &str, extra: &[&str]) -> String {
+        let mut args = vec![
+            "certs",
+            "invite",
+            "--dir",
+            self.ca.to_str().unwrap(),
+            "--name",
+            name,
+            "--enroll-dir",
+            self.enroll.to_str().unwrap(),
+            "--url",
+            "https://localhost:8443",
+        ];
+        args.extend_from_slice(extra);
+        let out = ok(&args);
+        let link = out
+            .split_whitespace()
+            .find(|w| w.starts_with("https://localhost:8443/.well-known/certgate/enroll/"))
+            .unwrap_or_else(|| panic!("no link in {out}"));
+        link.trim_start_matches("https://localhost:8443")
+            .to_string()
+    }
+}
+
+fn password_on(page: &str) -> String {
+    let start = page.find("id=\"password\">").expect("password on the page") + 14;
+    page[start..][..page[start..].find('<').unwrap()].to_string()
+}
+
+/// The `.p12` opened with openssl: the client identity inside it.
+fn identity_from_p12(p12: &Path, password: &str) -> Identity {
+    let out = Command::new("openssl")
+        .args(["pkcs12", "-in", p12.to_str().unwrap(), "-nodes", "-passin"])
+        .arg(format!("pass:{password}"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openssl pkcs12: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pem = out.stdout;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(&pem).unwrap();
+    // The leaf only: the bundle carries the CA too, which a client does not send.
+    Identity {
+        chain: chain.into_iter().take(1).collect(),
+        key,
+    }
+}
+
+/// The whole invitation: `certs invite` prints a link; the page shows the password and works
+/// until the bundle is downloaded; the download works once; the bundle opens with openssl and
+/// NSS's pk12util; its certificate is admitted; `certs list` follows along.
+#[tokio::test]
+async fn an_invitation_link_hands_out_its_bundle_once() {
+    let (logs, _guard) = LogCapture::start();
+    let site = make_site("invite-once", "on_failure = \"help\"", "");
+    let backend = Backend::start().await;
+    std::fs::write(
+        &site.config,
+        std::fs::read_to_string(&site.config)
+            .unwrap()
+            .replace("http://127.0.0.1:9", &format!("http://{}", backend.addr)),
+    )
+    .unwrap();
+    let check = certgate(&["check", "-c", site.config.to_str().unwrap()]);
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let proxy = Proxy::start_file(&site.config).await;
+    let link = site.invite("bob@example.com", &["--o", "Example"]);
+    let ca = site.ca.to_str().unwrap();
+    assert!(ok(&["certs", "list", "--dir", ca]).contains("invited"));
+    // Only a hash of the token names the files; the folder holds no link.
+    let token = link.rsplit('/').next().unwrap();
+    for entry in std::fs::read_dir(&site.enroll).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().into_string().unwrap();
+        assert!(!name.contains(token));
+        let content = std::fs::read(entry.path()).unwrap();
+        assert!(!String::from_utf8_lossy(&content).contains(token));
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(
+            entry.metadata().unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    // No certificate at all: the page, twice (it does not use the link up).
+    let anon = client_config(None, &["http/1.1"]);
+    let page = ask(proxy.addr, anon.clone(), "GET", &link, true).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert_page_headers(&page);
+    assert!(page.body.contains("bob@example.com"));
+    assert!(page.body.contains("method=\"post\""));
+    let password = password_on(&page.body);
+    assert_eq!(password.len(), 23, "{password}");
+    let again = ask(proxy.addr, anon.clone(), "GET", &link, true).await;
+    assert_eq!(password_on(&again.body), password);
+    // The download.
+    let got = {
+        let mut send = h1(proxy.addr, anon.clone()).await;
+        let req = Request::post(&link)
+            .header("host", "localhost")
+            .body(empty())
+            .unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["content-type"], "application/x-pkcs12");
+        assert_eq!(
+            resp.headers()["content-disposition"],
+            "attachment; filename=\"bob@example.com.p12\""
+        );
+        use http_body_util::BodyExt as _;
+        resp.into_body().collect().await.unwrap().to_bytes()
+    };
+    let p12 = site.dir.join("bob.p12");
+    std::fs::write(&p12, &got).unwrap();
+    // Once: the second download, and the page, say it is used.
+    let second = ask(proxy.addr, anon.clone(), "POST", &link, false).await;
+    assert_eq!(second.status, 410);
+    assert_eq!(second.json()["error"], "gone");
+    let used = ask(proxy.addr, anon.clone(), "GET", &link, true).await;
+    assert_eq!(used.status, 410);
+    assert!(used.body.contains("has been used"));
+    assert!(!used.body.contains(&password));
+    // NSS (the certificate store of Chrome and Firefox on Linux) imports it.
+    let nss = site.dir.join("nssdb");
+    std::fs::create_dir(&nss).unwrap();
+    let db = format!("sql:{}", nss.display());
+    assert!(
+        Command::new("certutil")
+            .args(["-N", "-d", &db, "--empty-password"])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let import = Command::new("pk12util")
+        .args(["-i", p12.to_str().unwrap(), "-d", &db, "-W", &password])
+        .output()
+        .unwrap();
+    assert!(
+        import.status.success(),
+        "pk12util: {}",
+        String::from_utf8_lossy(&import.stderr)
+    );
+    let listed = Command::new("certutil")
+        .args(["-L", "-d", &db])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("bob@example.com"));
+    // openssl opens it, and its certificate is admitted.
+    let bob = identity_from_p12(&p12, &password);
+    let got = get_once(proxy.addr, client_config(Some(&bob), &[]), "/after-invite").await;
+    assert_eq!(got.status, 200, "{}", got.body);
+    assert_eq!(
+        backend.only().headers["x-ssl-client-dn"],
+        "CN=bob@example.com,O=Example"
+    );
+    assert!(!ok(&["certs", "list", "--dir", ca]).contains("invited"));
+    // The token never reached a log line.
+    assert!(logs.text().contains("invitation bundle downloaded"));
+    assert!(!logs.text().contains(token), "the token was logged");
+    // The daemon kept no key of the CA, and the CA folder keeps no key of bob's.
+    assert!(!site.ca.join("bob@example.com.key").exists());
+}
+
+/// Expired, cancelled and unknown links give nothing; guessing counts towards the address's
+/// handshake-failure throttle; `check` refuses `[enroll]` where no browser without a
+/// certificate could reach it.
+#[tokio::test]
+async fn expired_cancelled_and_guessed_links() {
+    let (logs, _guard) = LogCapture::start();
+    let site = make_site(
+        "invite-refused",
+        "client_auth = \"optional\"",
+        "[limits]\nhandshake_failures_per_ip = \"3/m\"\n",
+    );
+    let proxy = Proxy::start_file(&site.config).await;
+    let anon = client_config(None, &["http/1.1"]);
+    let ca = site.ca.to_str().unwrap();
+
+    // Expired: the record says so (the test moves its expiry into the past rather than wait).
+    let expired = site.invite("late", &["--expires", "1h"]);
+    for entry in std::fs::read_dir(&site.enroll).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "json") {
+            let mut v: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+            v["expires"] = serde_json::json!(time::OffsetDateTime::now_utc().unix_timestamp() - 1);
+            std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+        }
+    }
+    let got = ask(proxy.addr, anon.clone(), "GET", &expired, true).await;
+    assert_eq!(got.status, 410);
+    assert!(got.body.contains("has expired"));
+    assert_eq!(
+        ask(proxy.addr, anon.clone(), "POST", &expired, false)
+            .await
+            .status,
+        410
+    );
+    // The daemon deleted the expired bundle.
+    assert_eq!(
+        std::fs::read_dir(&site.enroll)
+            .unwrap()
+            .filter(|e| e
+                .as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "p12"))
+            .count(),
+        0
+    );
+
+    // Cancelled with `certs revoke`: the link answers 410 at once.
+    let cancelled = site.invite("carol", &[]);
+    let out = ok(&["certs", "revoke", "--dir", ca, "--name", "carol"]);
+    assert!(out.contains("invitation for carol cancelled"), "{out}");
+    assert_eq!(
+        ask(proxy.addr, anon.clone(), "GET", &cancelled, false)
+            .await
+            .status,
+        410
+    );
+
+    // Other methods.
+    let got = ask(proxy.addr, anon.clone(), "DELETE", &cancelled, false).await;
+    assert_eq!(got.status, 405);
+    assert_eq!(got.headers["allow"], "GET, HEAD, POST");
+
+    // Guessing: unknown tokens are 404s, and the fourth in a minute blocks the address.
+    for guess in [
+        "AAAAAAAAAAAAAAAAAAAAAA",
+        "not-a-token",
+        "AAAAAAAAAAAAAAAAAAAAAB/../x",
+        "BBBBBBBBBBBBBBBBBBBBBA",
+    ] {
+        let got = ask(
+            proxy.addr,
+            anon.clone(),
+            "GET",
+            &format!("/.well-known/certgate/enroll/{guess}"),
+            true,
+        )
+        .await;
+        assert_eq!(got.status, 404, "{guess}");
+        assert!(got.body.contains("not valid"));
+    }
+    logs.wait_for(&["too many failed handshakes"]).await;
+    assert!(tls_connect(proxy.addr, anon).await.is_err());
+
+    // [enroll] with close mode and required certificates: no browser could open the link.
+    let strict = make_site("invite-unreachable", "", "");
+    let out = certgate(&["check", "-c", strict.config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("enroll.dir"), "{err}");
+    assert!(err.contains("on_failure = \"help\""), "{err}");
+}
