@@ -126,7 +126,7 @@ impl Problem {
     pub fn advice(&self) -> &'static str {
         match self.reason {
             "no certificate" => {
-                "If you have one, your browser may not have offered it: see \u{201c}Make the browser ask again\u{201d} below. If you have none, ask for one."
+                "Browsers offer only certificates that are valid today and come from this site's authority: if yours has expired, ask for a new one. If it is valid, your browser may have remembered an earlier choice: see \u{201c}Make the browser ask again\u{201d} below. If you have none, ask for one."
             }
             "expired" | "revoked" => {
                 "Ask for a new certificate, import it, and remove the old one from your browser."

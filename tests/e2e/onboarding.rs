@@ -647,3 +647,275 @@ async fn expired_cancelled_and_guessed_links() {
     assert!(err.contains("enroll.dir"), "{err}");
     assert!(err.contains("on_failure = \"help\""), "{err}");
 }
+
+// ---- in a real browser ----
+
+/// Chromium's `AutoSelectCertificateForUrls` policy for the loopback origins of this test:
+/// Chromium then presents whatever client certificate its NSS database holds, as a person
+/// choosing it would. Removed when dropped.
+struct AutoSelectPolicy(PathBuf);
+
+impl AutoSelectPolicy {
+    fn install() -> AutoSelectPolicy {
+        let dir = Path::new("/etc/chromium/policies/managed");
+        std::fs::create_dir_all(dir).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (the browser test runs as root, as CI does)",
+                dir.display()
+            )
+        });
+        let path = dir.join(format!("certgate-e2e-{}.json", std::process::id()));
+        std::fs::write(
+            &path,
+            r#"{"AutoSelectCertificateForUrls": ["{\"pattern\":\"https://127.0.0.1:*\",\"filter\":{}}"]}"#,
+        )
+        .unwrap();
+        AutoSelectPolicy(path)
+    }
+}
+
+impl Drop for AutoSelectPolicy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A browser profile home whose NSS database trusts the test CA (for the server) and holds
+/// `p12` (a bundle and its password) when given.
+fn browser_home(dir: &Path, name: &str, p12: Option<(&Path, &str)>) -> PathBuf {
+    let home = dir.join(name);
+    let nss = home.join(".pki/nssdb");
+    std::fs::create_dir_all(&nss).unwrap();
+    let db = format!("sql:{}", nss.display());
+    let run = |args: &[&str]| {
+        let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&["certutil", "-N", "-d", &db, "--empty-password"]);
+    let ca = test_pki().dir.join("ca.crt");
+    run(&[
+        "certutil",
+        "-A",
+        "-d",
+        &db,
+        "-t",
+        "C,,",
+        "-n",
+        "test-ca",
+        "-i",
+        ca.to_str().unwrap(),
+    ]);
+    if let Some((p12, password)) = p12 {
+        run(&[
+            "pk12util",
+            "-d",
+            &db,
+            "-i",
+            p12.to_str().unwrap(),
+            "-W",
+            password,
+        ]);
+    }
+    home
+}
+
+/// A test identity as a `.p12` (made by openssl), for a browser to import.
+fn p12_of(dir: &Path, name: &str, id: &Identity) -> PathBuf {
+    let cert = dir.join(format!("{name}.crt"));
+    let key = dir.join(format!("{name}.key"));
+    std::fs::write(
+        &cert,
+        pem::encode(&pem::Pem::new("CERTIFICATE", id.chain[0].to_vec())),
+    )
+    .unwrap();
+    std::fs::write(
+        &key,
+        pem::encode(&pem::Pem::new("PRIVATE KEY", id.key.secret_der().to_vec())),
+    )
+    .unwrap();
+    let p12 = dir.join(format!("{name}.p12"));
+    let out = Command::new("openssl")
+        .args(["pkcs12", "-export", "-passout", "pass:test", "-in"])
+        .args([
+            &cert,
+            &Path::new("-inkey").to_path_buf(),
+            &key,
+            &Path::new("-out").to_path_buf(),
+            &p12,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    p12
+}
+
+/// Runs `steps` in one Chromium with profile `home`; one JSON result per step. (Off the
+/// test's runtime thread: the proxy under test serves on it.)
+async fn browse(home: &Path, steps: serde_json::Value) -> Vec<serde_json::Value> {
+    let home = home.to_path_buf();
+    tokio::task::spawn_blocking(move || browse_blocking(&home, steps))
+        .await
+        .unwrap()
+}
+
+fn browse_blocking(home: &Path, steps: serde_json::Value) -> Vec<serde_json::Value> {
+    let chromium = std::env::var("CERTGATE_TEST_CHROMIUM").unwrap_or("/usr/bin/chromium".into());
+    assert!(
+        Path::new(&chromium).exists(),
+        "{chromium} is missing: scripts/test installs Debian's chromium"
+    );
+    let out = Command::new(python())
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/e2e/tools/browser.py"
+        ))
+        .arg(home)
+        .arg(steps.to_string())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "browser.py: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Where screenshots go: `CERTGATE_SCREENSHOTS` (the README's pictures are made this way),
+/// else this test's scratch folder.
+fn screenshot(dir: &Path, name: &str) -> String {
+    let base = std::env::var_os("CERTGATE_SCREENSHOTS").map_or(dir.to_path_buf(), PathBuf::from);
+    base.join(name).display().to_string()
+}
+
+/// What a person at Chromium sees: with no certificate, an expired, a revoked and a foreign
+/// one, the page naming exactly that (nothing reaches the backend); then an invitation link,
+/// its password on the page, the one download, the bundle imported with NSS's pk12util, and
+/// the site letting the browser in with it; the link used up afterwards.
+#[tokio::test]
+async fn a_browser_meets_the_help_page_and_redeems_an_invitation() {
+    let pki = test_pki();
+    let dir = scratch_dir("browser");
+    let _policy = AutoSelectPolicy::install();
+    let backend = Backend::start().await;
+    let proxy = Proxy::start_with(&test_config(
+        backend.addr,
+        "on_failure = \"help\"\nhelp_contact = \"Ask it@example.com (ext. 4242) for a certificate.\"",
+        "[limits]\nhandshake_failures_per_ip = \"1000/m\"\n",
+    ))
+    .await;
+    let url = format!("https://127.0.0.1:{}/", proxy.addr.port());
+    let cases: [(&str, Option<&Identity>, &str, &str); 4] = [
+        (
+            "no-certificate",
+            None,
+            "no certificate",
+            "did not present a client certificate",
+        ),
+        // Chromium never offers an expired certificate: to the server it is a browser without
+        // one, and the page says that an expired certificate is the likely cause.
+        (
+            "expired",
+            Some(&pki.expired),
+            "no certificate",
+            "if yours has expired, ask for a new one",
+        ),
+        ("revoked", Some(&pki.revoked), "revoked", "has been revoked"),
+        (
+            "unknown-issuer",
+            Some(&pki.impostor),
+            "unknown issuer",
+            "does not trust",
+        ),
+    ];
+    for (name, id, reason, sentence) in cases {
+        let p12 = id.map(|id| p12_of(&dir, name, id));
+        let home = browser_home(&dir, name, p12.as_deref().map(|p| (p, "test")));
+        // (The expired case looks exactly like the first: no picture of its own.)
+        let picture = (name != "expired").then(|| screenshot(&dir, &format!("help-{name}.png")));
+        let mut steps = vec![serde_json::json!({ "url": url, "screenshot": picture })];
+        if name == "no-certificate" {
+            steps.push(serde_json::json!({
+                "url": url,
+                "width": 390,
+                "screenshot": screenshot(&dir, "help-phone.png"),
+            }));
+        }
+        let seen = browse(&home, serde_json::json!(steps)).await;
+        assert_eq!(seen[0]["status"], 403, "{name}: {}", seen[0]);
+        assert_eq!(seen[0]["reason"], reason, "{name}");
+        let text = seen[0]["text"].as_str().unwrap();
+        assert!(text.contains(sentence), "{name}: {text}");
+        assert!(text.contains("Ask it@example.com (ext. 4242)"), "{name}");
+        if reason != "no certificate" {
+            assert!(text.contains("SHA-256 fingerprint"), "{name}: {text}");
+        }
+    }
+    assert!(
+        backend.seen().is_empty(),
+        "backend saw {:?}",
+        backend.seen()
+    );
+
+    // The invitation, on a site whose CA `certs invite` manages.
+    let site = make_site("browser-invite", "on_failure = \"help\"", "");
+    std::fs::write(
+        &site.config,
+        std::fs::read_to_string(&site.config)
+            .unwrap()
+            .replace("http://127.0.0.1:9", &format!("http://{}", backend.addr)),
+    )
+    .unwrap();
+    let invited = Proxy::start_file(&site.config).await;
+    let origin = format!("https://127.0.0.1:{}", invited.addr.port());
+    let link = format!(
+        "{origin}{}",
+        site.invite("dana@example.com", &["--o", "Colorizers"])
+    );
+    let bundle = dir.join("dana.p12");
+    let fresh = browser_home(&dir, "invitee", None);
+    let seen = browse(
+        &fresh,
+        serde_json::json!([
+            {"url": link, "screenshot": screenshot(&dir, "invite-page.png"), "download": bundle},
+            {"url": link, "screenshot": screenshot(&dir, "invite-used.png")},
+        ]),
+    )
+    .await;
+    assert_eq!(seen[0]["status"], 200, "{}", seen[0]);
+    assert_eq!(seen[0]["downloaded"], "dana@example.com.p12");
+    let password = seen[0]["password"].as_str().unwrap().to_string();
+    assert_eq!(seen[1]["status"], 410, "{}", seen[1]);
+    assert!(seen[1]["text"].as_str().unwrap().contains("has been used"));
+    assert!(!seen[1]["text"].as_str().unwrap().contains(&password));
+    // Imported as a person would, and let in.
+    let enrolled = browser_home(&dir, "enrolled", Some((&bundle, &password)));
+    let seen = browse(
+        &enrolled,
+        serde_json::json!([{ "url": format!("{origin}/app") }]),
+    )
+    .await;
+    assert_eq!(seen[0]["status"], 200, "{}", seen[0]);
+    assert_eq!(seen[0]["text"], "backend saw /app");
+    let dana = backend
+        .seen()
+        .into_iter()
+        .find(|s| s.target == "/app")
+        .unwrap();
+    assert_eq!(
+        dana.headers["x-ssl-client-dn"],
+        "CN=dana@example.com,O=Colorizers"
+    );
+    assert_eq!(dana.headers["x-ssl-client-verify"], "SUCCESS");
+}
