@@ -270,6 +270,14 @@ pub(super) fn throttle(rt: &Runtime, peer: SocketAddr) {
 }
 
 impl Conn {
+    /// The connection's certificate as refused by a re-check for `reason` (help mode).
+    pub(super) fn problem_now(&self, reason: &'static str) -> Problem {
+        Problem {
+            reason,
+            presented: self.chain.first().and_then(|d| Presented::from_der(d)),
+        }
+    }
+
     /// After a reload, a connection's certificate is checked again against the new CAs and CRLs
     /// before its next request; a certificate the new state refuses ends the connection.
     pub(super) fn recheck(&self, rt: &Runtime) -> Result<(), Reject> {

@@ -138,9 +138,18 @@ async fn inner(
         refused(cx, &req);
         return Err(rt.onboarding.help(problem, req.headers()));
     }
-    if let Err(reject) = conn.recheck(rt) {
+    if let Err(mut reject) = conn.recheck(rt) {
         cx.closing = true;
         refused(cx, &req);
+        // In help mode a certificate that a reload refuses (revoked while connected) gets the
+        // page too, under the re-check's rule.
+        if rt.help_on_failure
+            && let Some(Check::Recheck(reason)) = reject.rule.as_ref().map(|r| r.check.clone())
+        {
+            let mut help = rt.onboarding.help(&conn.problem_now(reason), req.headers());
+            help.rule = reject.rule.take();
+            return Err(help);
+        }
         return Err(reject);
     }
     let out = match rt.policy.check(&req, &conn.peer, &mut cx.route).await {

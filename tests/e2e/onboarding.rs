@@ -241,6 +241,30 @@ async fn help_mode_over_http2_and_for_websockets() {
     assert_refused(close.addr, client_config(None, &["http/1.1"])).await;
 }
 
+/// A browser whose certificate is revoked while it is connected gets the revoked page on its
+/// next request (and the connection closes), then on every new connection.
+#[tokio::test]
+async fn revoked_while_connected_gets_the_page() {
+    let backend = Backend::start().await;
+    let path = own_config("help-revoke-live", backend.addr, HELP, "");
+    let proxy = Proxy::start_file(&path).await;
+    let pki = test_pki();
+    let mut conn = h1(proxy.addr, alice()).await;
+    let html = [("accept", "text/html")];
+    assert_eq!(get1(&mut conn, "/before", &html).await.status, 200);
+    crate::ops::write_crl(path.parent().unwrap(), &[&pki.alice.chain[0]], 30);
+    proxy.shared.reload("test").await.expect("reload");
+    let got = get1(&mut conn, "/after", &html).await;
+    assert_eq!(got.status, 403);
+    assert!(got.body.contains("data-reason=\"revoked\""), "{}", got.body);
+    assert!(got.body.contains("CN=admin@face.analyze"));
+    assert_eq!(got.headers["connection"], "close");
+    let again = ask(proxy.addr, alice(), "GET", "/", true).await;
+    assert!(again.body.contains("has been revoked"));
+    let seen: Vec<String> = backend.seen().into_iter().map(|s| s.target).collect();
+    assert_eq!(seen, ["/before"]);
+}
+
 /// Whatever a certificate's fields hold, the page shows it as text.
 #[tokio::test]
 async fn certificate_fields_cannot_inject_markup() {
@@ -308,7 +332,7 @@ async fn help_mode_failures_are_throttled() {
     let proxy = Proxy::start_with(&test_config(
         backend.addr,
         HELP,
-        "[limits]\nhandshake_failures_per_ip = \"3/m\"\n",
+        "[limits]\nhandshake_failures_per_ip = \"3/m\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n",
     ))
     .await;
     for _ in 0..4 {
@@ -322,6 +346,12 @@ async fn help_mode_failures_are_throttled() {
     }
     logs.wait_for(&["too many failed handshakes"]).await;
     assert!(tls_connect(proxy.addr, alice()).await.is_err());
+    // Counted in the handshake-failure metric under its reason, as a refused handshake is.
+    let (_, metrics) = admin_get(proxy.admin.unwrap(), "/metrics").await;
+    assert!(
+        metrics.contains("certgate_tls_handshake_failures_total{reason=\"unknown issuer\"} 4"),
+        "{metrics}"
+    );
 }
 
 // ---- invitations ----

@@ -19,7 +19,7 @@ fn serial_of(der: &[u8]) -> rcgen::SerialNumber {
 }
 
 /// Writes a CRL revoking `revoked` (DER certificates) into `dir/ca.crl`, valid for `days`.
-fn write_crl(dir: &Path, revoked: &[&[u8]], days: i64) {
+pub(crate) fn write_crl(dir: &Path, revoked: &[&[u8]], days: i64) {
     let now = time::OffsetDateTime::now_utc();
     let list: Vec<Revoked> = revoked
         .iter()
