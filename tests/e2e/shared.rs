@@ -34,11 +34,15 @@ async fn status(addr: SocketAddr, path: &str) -> (u16, Option<String>) {
 /// zone's rate explains (one a minute: up to 60 s); a `scope = "local"` zone is per replica.
 #[tokio::test]
 async fn two_replicas_admit_exactly_burst_together() {
+    let (logs, _guard) = LogCapture::start();
     let redis = Redis::start(None, None).await;
     let backend = Backend::start().await;
     let toml = shared_config(backend.addr, &redis.url(), "timeout = \"1s\"", 3);
     let one = Proxy::start_with(&toml).await;
     let two = Proxy::start_with(&toml).await;
+    // Both replicas on Redis before the first request: one still connecting counts locally
+    // (on_unavailable = "local"), which on a loaded machine let a fourth request through.
+    logs.wait_count("shared limits connected to Redis", 2).await;
     let mut admitted = 0;
     let mut last = None;
     for i in 0..8 {
