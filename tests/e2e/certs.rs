@@ -7,22 +7,18 @@ use std::process::{Command, Output};
 
 use crate::common::*;
 
+fn certs_args<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    std::iter::once("certs")
+        .chain(args.iter().copied())
+        .collect()
+}
+
 fn certgate(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_certgate"))
-        .arg("certs")
-        .args(args)
-        .output()
-        .unwrap()
+    certgate_cli(&certs_args(args))
 }
 
 fn ok(args: &[&str]) -> String {
-    let out = certgate(args);
-    assert!(
-        out.status.success(),
-        "certgate certs {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    certgate_ok(&certs_args(args))
 }
 
 /// Runs a command that must fail with exit 2 and a one-line message containing `want`.

@@ -356,23 +356,6 @@ async fn help_mode_failures_are_throttled() {
 
 // ---- invitations ----
 
-fn certgate(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_certgate"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = certgate(args);
-    assert!(
-        out.status.success(),
-        "certgate {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// A CA made by `certs init-ca`, an enroll folder, and a help-mode proxy (the test PKI's server
 /// certificate) that trusts that CA and serves the folder.
 struct Site {
@@ -386,7 +369,7 @@ fn make_site(name: &str, tls_extra: &str, extra: &str) -> Site {
     let dir = scratch_dir(name);
     let ca = dir.join("ca");
     let enroll = dir.join("invites");
-    ok(&["certs", "init-ca", "--dir", ca.to_str().unwrap()]);
+    certgate_ok(&["certs", "init-ca", "--dir", ca.to_str().unwrap()]);
     std::fs::create_dir(&enroll).unwrap();
     let pki = test_pki();
     let config = dir.join("certgate.toml");
@@ -426,7 +409,7 @@ impl Site {
             "https://localhost:8443",
         ];
         args.extend_from_slice(extra);
-        let out = ok(&args);
+        let out = certgate_ok(&args);
         let link = out
             .split_whitespace()
             .find(|w| w.starts_with("https://localhost:8443/.well-known/certgate/enroll/"))
@@ -480,7 +463,7 @@ async fn an_invitation_link_hands_out_its_bundle_once() {
             .replace("http://127.0.0.1:9", &format!("http://{}", backend.addr)),
     )
     .unwrap();
-    let check = certgate(&["check", "-c", site.config.to_str().unwrap()]);
+    let check = certgate_cli(&["check", "-c", site.config.to_str().unwrap()]);
     assert!(
         check.status.success(),
         "{}",
@@ -489,7 +472,7 @@ async fn an_invitation_link_hands_out_its_bundle_once() {
     let proxy = Proxy::start_file(&site.config).await;
     let link = site.invite("bob@example.com", &["--o", "Example"]);
     let ca = site.ca.to_str().unwrap();
-    assert!(ok(&["certs", "list", "--dir", ca]).contains("invited"));
+    assert!(certgate_ok(&["certs", "list", "--dir", ca]).contains("invited"));
     // Only a hash of the token names the files; the folder holds no link.
     let token = link.rsplit('/').next().unwrap();
     for entry in std::fs::read_dir(&site.enroll).unwrap() {
@@ -575,7 +558,7 @@ async fn an_invitation_link_hands_out_its_bundle_once() {
         backend.only().headers["x-ssl-client-dn"],
         "CN=bob@example.com,O=Example"
     );
-    assert!(!ok(&["certs", "list", "--dir", ca]).contains("invited"));
+    assert!(!certgate_ok(&["certs", "list", "--dir", ca]).contains("invited"));
     // The token never reached a log line.
     assert!(logs.text().contains("invitation bundle downloaded"));
     assert!(!logs.text().contains(token), "the token was logged");
@@ -634,7 +617,7 @@ async fn expired_cancelled_and_guessed_links() {
 
     // Cancelled with `certs revoke`: the link answers 410 at once.
     let cancelled = site.invite("carol", &[]);
-    let out = ok(&["certs", "revoke", "--dir", ca, "--name", "carol"]);
+    let out = certgate_ok(&["certs", "revoke", "--dir", ca, "--name", "carol"]);
     assert!(out.contains("invitation for carol cancelled"), "{out}");
     assert_eq!(
         ask(proxy.addr, anon.clone(), "GET", &cancelled, false)
@@ -671,7 +654,7 @@ async fn expired_cancelled_and_guessed_links() {
 
     // [enroll] with close mode and required certificates: no browser could open the link.
     let strict = make_site("invite-unreachable", "", "");
-    let out = certgate(&["check", "-c", strict.config.to_str().unwrap()]);
+    let out = certgate_cli(&["check", "-c", strict.config.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("enroll.dir"), "{err}");

@@ -150,6 +150,25 @@ pub fn python() -> String {
     std::env::var("CERTGATE_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
 }
 
+/// Runs the certgate binary with `args`.
+pub fn certgate_cli(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_certgate"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Runs the certgate binary with `args`, which must succeed; its standard output.
+pub fn certgate_ok(args: &[&str]) -> String {
+    let out = certgate_cli(args);
+    assert!(
+        out.status.success(),
+        "certgate {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// A fresh folder for one test's files, under cargo's per-target temp dir.
 pub fn scratch_dir(name: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
