@@ -118,7 +118,10 @@ pub(crate) fn client_verifier(tls: &Tls) -> Result<Arc<dyn ClientCertVerifier>, 
             reason: e.to_string(),
         }
     })?;
-    Ok(Arc::new(ClientVerifier { inner }))
+    Ok(Arc::new(ClientVerifier {
+        inner,
+        defer_judgement: false,
+    }))
 }
 
 /// The certificate names one of our CAs as issuer but was signed by another key: a CA that
@@ -131,9 +134,16 @@ pub struct ForgedIssuer;
 /// signature does not verify" (an impostor CA with our CA's name) and "the client cannot prove
 /// it holds the key" as `BadSignature`. The first is an unknown issuer to an operator, so it is
 /// reported as [`ForgedIssuer`]; the second stays "bad signature".
+///
+/// With `defer_judgement` (`on_failure = "help"`, the handshake's verifier only) it still asks
+/// for a certificate and still checks the CertificateVerify signature, so a client that cannot
+/// sign with the certificate's key fails the handshake, but a missing or refused certificate
+/// no longer ends it: the strict verifier ([`TlsSetup::verifier`]) judges the chain after the
+/// handshake, so nothing here can mark a connection as verified.
 #[derive(Debug)]
 struct ClientVerifier {
     inner: Arc<dyn ClientCertVerifier>,
+    defer_judgement: bool,
 }
 
 impl ClientCertVerifier for ClientVerifier {
@@ -142,7 +152,7 @@ impl ClientCertVerifier for ClientVerifier {
     }
 
     fn client_auth_mandatory(&self) -> bool {
-        self.inner.client_auth_mandatory()
+        !self.defer_judgement && self.inner.client_auth_mandatory()
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
@@ -155,6 +165,10 @@ impl ClientCertVerifier for ClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
+        if self.defer_judgement {
+            // Judged after the handshake (the connection's `Conn` runs the strict verifier).
+            return Ok(ClientCertVerified::assertion());
+        }
         let verified = self
             .inner
             .verify_client_cert(end_entity, intermediates, now)
@@ -213,63 +227,6 @@ fn key_usage_can_sign(der: &CertificateDer<'_>) -> bool {
     }
 }
 
-/// `on_failure = "help"`: the handshake's verifier. It asks for a certificate and demands proof
-/// of possession exactly as the strict verifier does (the signature checks are the strict
-/// verifier's own, so a client that cannot sign with the certificate's key still fails the
-/// handshake), but a missing or refused certificate no longer ends the handshake. Which it was
-/// is decided after the handshake by the strict verifier ([`TlsSetup::verifier`]), from the
-/// chain the connection holds: nothing here can mark a connection as verified.
-#[derive(Debug)]
-struct HelpVerifier {
-    strict: Arc<dyn ClientCertVerifier>,
-}
-
-impl ClientCertVerifier for HelpVerifier {
-    fn offer_client_auth(&self) -> bool {
-        true
-    }
-
-    fn client_auth_mandatory(&self) -> bool {
-        false
-    }
-
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.strict.root_hint_subjects()
-    }
-
-    fn verify_client_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        // Judged after the handshake (the connection's `Conn` runs the strict verifier).
-        Ok(ClientCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.strict.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.strict.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.strict.supported_verify_schemes()
-    }
-}
-
 /// The rustls server configuration and the client-certificate verifier (kept to judge a
 /// certificate after a help-mode handshake and to re-check open connections after a reload).
 pub(crate) struct TlsSetup {
@@ -295,8 +252,9 @@ pub(crate) fn build(tls: &Tls) -> Result<TlsSetup, TlsError> {
     let verifier = client_verifier(tls)?;
     let handshake_verifier: Arc<dyn ClientCertVerifier> = match tls.on_failure {
         OnFailure::Close => verifier.clone(),
-        OnFailure::Help => Arc::new(HelpVerifier {
-            strict: verifier.clone(),
+        OnFailure::Help => Arc::new(ClientVerifier {
+            inner: verifier.clone(),
+            defer_judgement: true,
         }),
     };
     let versions: &[&rustls::SupportedProtocolVersion] = match tls.min_version {

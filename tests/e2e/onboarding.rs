@@ -219,15 +219,12 @@ async fn help_mode_over_http2_and_for_websockets() {
     assert!(got.body.contains("has been revoked"));
     // A WebSocket upgrade without a certificate: refused, not upgraded.
     let mut send = h1(proxy.addr, client_config(None, &["http/1.1"])).await;
-    let req = Request::get("/queue/ws")
-        .header("host", "localhost")
-        .header("connection", "Upgrade")
-        .header("upgrade", "websocket")
-        .header("sec-websocket-version", "13")
-        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
-        .body(empty())
-        .unwrap();
-    let got = read(send.send_request(req).await.unwrap()).await;
+    let got = read(
+        send.send_request(websocket_request("/queue/ws"))
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(got.status, 403);
     assert_eq!(got.json()["error"], "client_certificate_required");
     assert!(

@@ -679,12 +679,7 @@ fn revoke(a: &RevokeArgs) -> Result<(), CliError> {
         newly.join(", "),
         crl.display(),
         folder.state.crl_number,
-        folder
-            .state
-            .certs
-            .iter()
-            .filter(|r| r.revoked_at.is_some())
-            .count(),
+        folder.state.revoked_count(),
         reload_hint(&crl)
     );
     Ok(())
@@ -699,12 +694,7 @@ fn crl(a: &CrlArgs) -> Result<(), CliError> {
         "{} re-signed (CRL #{}, {} revoked, next update {next}).\n{}",
         path.display(),
         folder.state.crl_number,
-        folder
-            .state
-            .certs
-            .iter()
-            .filter(|r| r.revoked_at.is_some())
-            .count(),
+        folder.state.revoked_count(),
         reload_hint(&path)
     );
     Ok(())

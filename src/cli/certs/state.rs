@@ -98,6 +98,13 @@ pub struct State {
     pub certs: Vec<Record>,
 }
 
+impl State {
+    /// How many certificates the CRL lists.
+    pub fn revoked_count(&self) -> usize {
+        self.certs.iter().filter(|r| r.revoked_at.is_some()).count()
+    }
+}
+
 pub(super) fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_else(|_| t.to_string())
 }

@@ -238,19 +238,26 @@ pub async fn assert_refused(addr: SocketAddr, cfg: Arc<ClientConfig>) -> String 
     }
 }
 
-/// Opens a WebSocket to `/ws` through the proxy over HTTP/1.1 (as a browser does) and returns
-/// the 101 response's headers and the upgraded stream. Panics unless the answer is 101.
-pub async fn open_websocket(addr: SocketAddr) -> (HeaderMap, TokioIo<hyper::upgrade::Upgraded>) {
-    let mut send = h1(addr, alice()).await;
-    let req = Request::get("/ws")
+/// A browser's WebSocket upgrade request for `path` (HTTP/1.1).
+pub fn websocket_request(path: &str) -> Request<ReqBody> {
+    Request::get(path)
         .header("host", "localhost")
         .header("connection", "Upgrade")
         .header("upgrade", "websocket")
         .header("sec-websocket-version", "13")
         .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
         .body(empty())
-        .unwrap();
-    let mut resp = send.send_request(req).await.expect("upgrade response");
+        .unwrap()
+}
+
+/// Opens a WebSocket to `/ws` through the proxy over HTTP/1.1 (as a browser does) and returns
+/// the 101 response's headers and the upgraded stream. Panics unless the answer is 101.
+pub async fn open_websocket(addr: SocketAddr) -> (HeaderMap, TokioIo<hyper::upgrade::Upgraded>) {
+    let mut send = h1(addr, alice()).await;
+    let mut resp = send
+        .send_request(websocket_request("/ws"))
+        .await
+        .expect("upgrade response");
     assert_eq!(resp.status(), 101);
     let upgraded = hyper::upgrade::on(&mut resp).await.expect("upgrade");
     (resp.headers().clone(), TokioIo::new(upgraded))
