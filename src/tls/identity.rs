@@ -265,6 +265,16 @@ impl IdentityHeaders {
     pub fn iter(&self) -> impl Iterator<Item = &(HeaderName, HeaderValue)> {
         self.0.iter()
     }
+
+    /// How many headers there are.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// No headers (a client without a certificate, in a profile other than nginx's).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 /// An XFCC value, quoted when it holds a character that separates XFCC keys or elements.

@@ -47,6 +47,23 @@ const SPOOFABLE_PREFIXES: &[&str] = &[
     "x-ssl-client-",
 ];
 
+// Built at compile time: `from_static` at run time validates the name on every request.
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1, RFC 9112 §7), besides `Upgrade` and those that
+/// `Connection` names.
+static HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
 /// What is removed from and set on every request that leaves certgate (to the backend, or to
 /// the forward-auth service): strip before inject.
 #[derive(Debug, Clone)]
@@ -80,14 +97,14 @@ impl HeaderPolicy {
         remove_hop_by_hop(headers, websocket);
         join_cookies(headers);
         self.strip_spoofable(headers);
-        headers.insert(HeaderName::from_static("x-real-ip"), peer.ip.clone());
-        headers.insert(HeaderName::from_static("x-forwarded-for"), peer.ip.clone());
-        headers.insert(
-            HeaderName::from_static("x-forwarded-proto"),
-            HeaderValue::from_static("https"),
-        );
+        // Room for what follows at once: growing the map rehashes it, twice per request when
+        // left to `insert`.
+        headers.reserve(4 + peer.headers.len());
+        headers.insert(X_REAL_IP.clone(), peer.ip.clone());
+        headers.insert(X_FORWARDED_FOR.clone(), peer.ip.clone());
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("https"));
         if let Some(host) = host {
-            headers.insert(HeaderName::from_static("x-forwarded-host"), host);
+            headers.insert(X_FORWARDED_HOST.clone(), host);
         }
         for (name, value) in peer.headers.iter() {
             headers.insert(name.clone(), value.clone());
@@ -170,32 +187,32 @@ fn protected(name: &HeaderName) -> bool {
 /// Content-Length, see [`protected`]); for a WebSocket upgrade keeps `Upgrade` and sends
 /// `Connection: upgrade` on.
 pub(super) fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .filter(|n| !protected(n))
-        .collect();
-    for name in listed {
-        if !(keep_upgrade && name == header::UPGRADE) {
+    // Most requests and responses carry none of them (never over HTTP/2): one pass over the
+    // names is cheaper than looking each one up to remove it.
+    let any = headers
+        .keys()
+        .any(|n| n == header::UPGRADE || HOP_BY_HOP.contains(n));
+    if any {
+        let listed: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .filter(|n| !protected(n))
+            .collect();
+        for name in listed {
+            if !(keep_upgrade && name == header::UPGRADE) {
+                headers.remove(name);
+            }
+        }
+        for name in HOP_BY_HOP.iter() {
             headers.remove(name);
         }
     }
-    for name in [
-        header::CONNECTION,
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-    ] {
-        headers.remove(name);
-    }
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
+    } else if any {
         headers.remove(header::UPGRADE);
     }
 }
