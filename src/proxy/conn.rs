@@ -170,11 +170,11 @@ pub(super) async fn serve(
         tunnels: shared.tunnels.clone(),
     });
     let svc_shared = shared.clone();
-    let service = service_fn(move |req| {
+    let answer = move |req| {
         let shared = svc_shared.clone();
         let conn = conn.clone();
         async move { Ok::<_, Infallible>(super::handle::handle(&shared, &conn, req).await) }
-    });
+    };
     // ALPN decides the protocol, as RFC 9113 requires over TLS; without it, HTTP/1.1.
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let deadlines = keepalive::Deadlines {
@@ -184,6 +184,10 @@ pub(super) async fn serve(
     let result = if h2 {
         let state = Arc::new(keepalive::IoState::default());
         let io = ClientIo::new(tls, state.clone());
+        // hyper spawns a task per HTTP/2 stream and moves the request's future into it, several
+        // kilobytes copied each time; boxed, a pointer moves instead (callgrind: ~4k
+        // instructions per request fewer). HTTP/1.1 polls it in place, so it stays unboxed.
+        let service = service_fn(move |req| Box::pin(answer(req)));
         let connection = Box::pin(rt.http2.serve_connection(io, service));
         drop(rt);
         let watch = keepalive::Watch {
@@ -196,7 +200,16 @@ pub(super) async fn serve(
         // parked connection must not keep an old runtime alive.
         drop(rt);
         let settings = move || shared.current().http1.clone();
-        keepalive::serve(peer, tls, service, settings, &close, &requests, deadlines).await
+        keepalive::serve(
+            peer,
+            tls,
+            service_fn(answer),
+            settings,
+            &close,
+            &requests,
+            deadlines,
+        )
+        .await
     };
     if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
