@@ -6,7 +6,6 @@
 
 use std::future::Future as _;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -40,14 +39,9 @@ pub struct ProxyBody {
     kind: Kind,
     sent: u64,
     log: Option<Box<AccessRecord>>,
-    /// Told when the body is done with (a server's count of requests in flight).
-    done: Option<Arc<dyn Done>>,
-}
-
-/// Something to tell when a response body is done with: sent, failed or dropped.
-pub trait Done: Send + Sync {
-    /// The body is done with.
-    fn done(&self);
+    /// Dropped when the body is done with: the server's count of the request in flight, the
+    /// lease that gives the backend connection back.
+    done: Option<Box<dyn Send + Sync>>,
 }
 
 impl ProxyBody {
@@ -86,8 +80,8 @@ impl ProxyBody {
         self.log = Some(Box::new(record));
     }
 
-    /// Tells `done` when the body is done with.
-    pub fn on_done(&mut self, done: Arc<dyn Done>) {
+    /// Keeps `done` until the body is done with (sent, failed or dropped), then drops it.
+    pub fn on_done(&mut self, done: Box<dyn Send + Sync>) {
         self.done = Some(done);
     }
 }
@@ -157,9 +151,7 @@ impl Drop for ProxyBody {
         if let Some(log) = self.log.take() {
             log.finish(self.sent);
         }
-        if let Some(done) = self.done.take() {
-            done.done();
-        }
+        drop(self.done.take());
     }
 }
 

@@ -12,15 +12,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::uri::{Authority, PathAndQuery};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::balance::{Balance, ClientKey, rendezvous_order, two_choices};
+use super::pool::Pool;
 use super::{POOL_IDLE_TIMEOUT, Upstream};
 use crate::ops::metrics::{Metrics, ServerStats};
-use crate::response::body::{Done, LimitedBody};
+use crate::response::body::LimitedBody;
 
 /// Most clients a group remembers bindings for; beyond it new clients are placed by the hash
 /// alone (which every replica agrees on) until stale bindings are evicted.
@@ -80,7 +78,7 @@ pub(super) struct Health {
 #[derive(Debug)]
 pub(super) struct Server {
     pub(super) settings: ServerSettings,
-    pub(super) client: Client<HttpConnector, LimitedBody>,
+    pub(super) pool: Arc<Pool>,
     /// The group's response-header limit.
     pub(super) response_timeout: Duration,
     /// The group's longest silence inside a body.
@@ -119,26 +117,12 @@ impl InFlightGuard {
     pub(super) fn idle_timeout(&self) -> Duration {
         self.0.idle_timeout
     }
-
-    /// The request stays in flight until the response body is done: handed to the body as
-    /// the server itself (no allocation per request), which counts it out then.
-    pub(super) fn until_body_ends(self) -> Arc<dyn Done> {
-        let server = self.0.clone();
-        std::mem::forget(self);
-        server
-    }
 }
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        self.0.done();
-    }
-}
-
-impl Done for Server {
-    fn done(&self) {
-        self.health.in_flight.fetch_sub(1, Ordering::AcqRel);
-        self.stats.in_flight.dec();
+        self.0.health.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.stats.in_flight.dec();
     }
 }
 
@@ -189,7 +173,12 @@ impl Group {
                     .set(i64::from(!health.reported_down.load(Ordering::Acquire)));
                 Arc::new(Server {
                     settings: s.clone(),
-                    client: pool(settings),
+                    pool: Arc::new(Pool::new(
+                        s.authority.clone(),
+                        settings.connect_timeout,
+                        settings.max_idle_connections,
+                        POOL_IDLE_TIMEOUT,
+                    )),
                     response_timeout: settings.response_timeout,
                     idle_timeout: settings.idle_timeout,
                     health,
@@ -471,26 +460,18 @@ async fn check_loop(
 
 /// One health check.
 async fn probe(server: &Server, health: &HealthSettings) -> Result<(), String> {
-    let uri = http::Uri::builder()
-        .scheme("http")
-        .authority(server.settings.authority.clone())
-        .path_and_query(health.path.clone())
-        .build()
-        .map_err(|e| e.to_string())?;
-    let req = http::Request::get(uri)
+    let req = http::Request::get(http::Uri::from(health.path.clone()))
         .header(http::header::HOST, server.settings.authority.as_str())
         .header(http::header::USER_AGENT, "certgate-health-check")
         .body(LimitedBody::empty())
         .map_err(|e| e.to_string())?;
-    match tokio::time::timeout(health.timeout, server.client.request(req)).await {
+    match tokio::time::timeout(health.timeout, server.pool.send(req)).await {
         Err(_) => Err(format!(
             "no answer within {}",
             humantime::format_duration(health.timeout)
         )),
-        Ok(Err(e)) => {
-            Err(std::error::Error::source(&e).map_or_else(|| e.to_string(), ToString::to_string))
-        }
-        Ok(Ok(resp)) => {
+        Ok(Err(e)) => Err(e.cause()),
+        Ok(Ok((resp, _lease))) => {
             let status = resp.status();
             // Read the body so the connection can go back to the pool.
             let _ = tokio::time::timeout(
@@ -505,20 +486,6 @@ async fn probe(server: &Server, health: &HealthSettings) -> Result<(), String> {
             }
         }
     }
-}
-
-/// A server's keep-alive pool.
-fn pool(settings: &Upstream) -> Client<HttpConnector, LimitedBody> {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(settings.connect_timeout));
-    connector.set_nodelay(true);
-    connector.enforce_http(true);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-        .pool_max_idle_per_host(settings.max_idle_connections)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .build(connector)
 }
 
 /// Randomness for the power of two choices; quality matters little, cost does.

@@ -1,13 +1,14 @@
-//! Forwarding a request that passed the policy to the backend: the pooled HTTP/1.1 client,
-//! streaming in both directions, the one retry a keep-alive race deserves, WebSocket tunnels
-//! ([`websocket`]), and the mapping of backend failures to 502 / 504. What the request carries
-//! is decided in [`headers`]. Upstream groups and balancing will live here.
+//! Forwarding a request that passed the policy to the backend: each server's keep-alive
+//! connections ([`pool`]), streaming in both directions, the one retry a keep-alive race
+//! deserves, WebSocket tunnels ([`websocket`]), and the mapping of backend failures to 502 /
+//! 504. What the request carries is decided in [`headers`]; groups of servers and their
+//! balancing in [`group`] and [`balance`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::{Authority, PathAndQuery};
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode, Uri, Version, header};
 use hyper::body::Body as _;
 use hyper::body::Incoming;
@@ -22,6 +23,7 @@ use crate::tls::identity::Peer;
 mod balance;
 mod group;
 mod headers;
+mod pool;
 mod websocket;
 
 pub use balance::Balance;
@@ -31,6 +33,7 @@ pub use group::{HealthSettings, ServerSettings};
 pub use headers::HeaderPolicy;
 #[doc(hidden)]
 pub use headers::fuzz_sanitize;
+use pool::{Lease, SendError};
 
 /// uvicorn (Gradio) closes idle keep-alive connections after 5 s; closing ours first means the
 /// pool never hands out a connection the backend is about to close.
@@ -186,13 +189,9 @@ impl Forwarder {
         let last = candidates.len() - 1;
         for (n, server) in candidates.iter().enumerate() {
             let Some(this_body) = body.take() else { break };
-            let mut parts = http::uri::Parts::default();
-            parts.scheme = Some(Scheme::HTTP);
-            parts.authority = Some(server.settings.authority.clone());
-            parts.path_and_query = Some(target.clone());
             let mut attempt = Request::new(this_body);
-            *attempt.uri_mut() = Uri::from_parts(parts)
-                .map_err(|e| Reject::bad_request(format!("cannot build the backend URI: {e}")))?;
+            // Origin form: the connection is the server's, the target only the path and query.
+            *attempt.uri_mut() = Uri::from(target.clone());
             *attempt.method_mut() = method.clone();
             *attempt.version_mut() = Version::HTTP_11;
             *attempt.headers_mut() = if n == last {
@@ -202,11 +201,16 @@ impl Forwarder {
             };
             let in_flight = server.begin();
             match self.send(server, attempt, websocket, peer).await {
-                Sent::Answered(resp) => {
+                Sent::Answered(resp, lease) => {
                     if let Some(key) = &key {
                         group.served(key, server);
                     }
-                    return Ok(self.respond(resp, client_upgrade, in_flight, peer, origin));
+                    let answer = Answer {
+                        resp,
+                        lease,
+                        in_flight,
+                    };
+                    return Ok(self.respond(answer, client_upgrade, peer, origin));
                 }
                 Sent::Refused(e) => {
                     group.failed(server, "connect");
@@ -219,7 +223,7 @@ impl Forwarder {
                             %peer,
                             upstream = &*group.name,
                             server = %server.settings.url,
-                            error = %cause(&e),
+                            error = %e.cause(),
                             "backend refused the connection; trying the next server"
                         );
                         self.metrics.upstream_error("failover");
@@ -284,18 +288,18 @@ impl Forwarder {
             });
         let timeout = server.response_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut sent = tokio::time::timeout_at(deadline, server.client.request(req)).await;
+        let mut sent = tokio::time::timeout_at(deadline, server.pool.send(req)).await;
         if let (Ok(Err(e)), Some(replay)) = (&sent, replay)
-            && is_retryable(e)
+            && e.is_stale_connection()
         {
             tracing::debug!(%peer, error = %e, "backend closed a pooled connection; retrying once");
             self.metrics.upstream_error("retried");
             if let Ok(again) = replay.body(LimitedBody::empty()) {
-                sent = tokio::time::timeout_at(deadline, server.client.request(again)).await;
+                sent = tokio::time::timeout_at(deadline, server.pool.send(again)).await;
             }
         }
         match sent {
-            Ok(Ok(resp)) => Sent::Answered(resp),
+            Ok(Ok((resp, lease))) => Sent::Answered(resp, lease),
             Ok(Err(e)) if e.is_connect() => Sent::Refused(e),
             Ok(Err(e)) => Sent::Failed(e),
             Err(_) => Sent::TimedOut(timeout),
@@ -306,34 +310,36 @@ impl Forwarder {
     /// with the server's request counted in flight until it ends, or a WebSocket tunnel.
     fn respond(
         &self,
-        resp: Response<Incoming>,
+        answer: Answer,
         client_upgrade: Option<hyper::upgrade::OnUpgrade>,
-        in_flight: InFlightGuard,
         peer: SocketAddr,
         origin: Origin<'_>,
     ) -> Response<ProxyBody> {
+        let Answer {
+            resp,
+            lease,
+            in_flight,
+        } = answer;
         let (mut parts, body) = resp.into_parts();
         parts.version = Version::HTTP_11;
         if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) =
             (client_upgrade, parts.status)
         {
+            // The connection becomes the tunnel; it never goes back to the pool.
+            lease.forget();
             let upstream_resp = Response::from_parts(parts.clone(), body);
             websocket::tunnel(client_upgrade, upstream_resp, peer, origin.tunnels);
             return Response::from_parts(parts, ProxyBody::empty());
         }
         headers::remove_hop_by_hop(&mut parts.headers, false);
         let mut body = ProxyBody::stream(body, in_flight.idle_timeout());
-        body.on_done(in_flight.until_body_ends());
+        // One allocation per request holds both until the body is done with.
+        body.on_done(Box::new((in_flight, lease)));
         Response::from_parts(parts, body)
     }
 
-    fn upstream_error(
-        &self,
-        e: &hyper_util::client::legacy::Error,
-        server: &Server,
-        peer: SocketAddr,
-    ) -> Reject {
-        let cause = cause(e);
+    fn upstream_error(&self, e: &SendError, server: &Server, peer: SocketAddr) -> Reject {
+        let cause = e.cause();
         tracing::warn!(
             %peer,
             upstream = %server.settings.authority,
@@ -366,20 +372,22 @@ impl Forwarder {
 /// How one attempt on one server ended.
 enum Sent {
     /// Response headers came back.
-    Answered(Response<Incoming>),
+    Answered(Response<Incoming>, Lease),
     /// No connection: nothing of the request was sent.
-    Refused(hyper_util::client::legacy::Error),
+    Refused(SendError),
     /// The connection broke or the answer was not HTTP.
-    Failed(hyper_util::client::legacy::Error),
+    Failed(SendError),
     /// No response headers within `response_timeout`.
     TimedOut(Duration),
 }
 
-/// The innermost cause of a client error, which is what says what happened.
-fn cause(e: &hyper_util::client::legacy::Error) -> String {
-    std::error::Error::source(e)
-        .map(ToString::to_string)
-        .unwrap_or_else(|| e.to_string())
+/// A response and what it holds until its body is done with.
+struct Answer {
+    resp: Response<Incoming>,
+    /// The backend connection, back to the pool afterwards.
+    lease: Lease,
+    /// The server's count of this request in flight.
+    in_flight: InFlightGuard,
 }
 
 /// Safe to send twice (RFC 9110 §9.2.2).
@@ -393,16 +401,6 @@ fn is_idempotent(m: &http::Method) -> bool {
             | http::Method::DELETE
             | http::Method::TRACE
     )
-}
-
-/// The pooled connection died before the backend answered anything.
-fn is_retryable(e: &hyper_util::client::legacy::Error) -> bool {
-    if e.is_connect() {
-        return false;
-    }
-    std::error::Error::source(e)
-        .and_then(|s| s.downcast_ref::<hyper::Error>())
-        .is_some_and(|h| h.is_incomplete_message() || h.is_canceled() || h.is_closed())
 }
 
 /// `[upstream]` or `[upstreams.NAME]`, validated: one group of servers.

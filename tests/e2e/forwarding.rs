@@ -295,3 +295,132 @@ async fn shutdown_waits_for_open_websockets() {
         .expect("shutdown hangs")
         .unwrap();
 }
+
+/// A backend that holds every response until `parties` requests are waiting, so each round of
+/// `parties` concurrent requests needs that many backend connections at once; it counts the
+/// connections opened and those closed.
+struct BarrierBackend {
+    addr: std::net::SocketAddr,
+    opened: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    closed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    closes: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl BarrierBackend {
+    async fn start(parties: usize) -> BarrierBackend {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let opened = Arc::new(AtomicUsize::new(0));
+        let closed = Arc::new(AtomicUsize::new(0));
+        let closes = Arc::new(tokio::sync::Notify::new());
+        let barrier = Arc::new(tokio::sync::Barrier::new(parties));
+        let (o, c, n) = (opened.clone(), closed.clone(), closes.clone());
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                o.fetch_add(1, Ordering::SeqCst);
+                let (barrier, c, n) = (barrier.clone(), c.clone(), n.clone());
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |_req| {
+                        let barrier = barrier.clone();
+                        async move {
+                            barrier.wait().await;
+                            Ok::<_, std::convert::Infallible>(http::Response::new(
+                                http_body_util::Full::new(Bytes::from_static(b"ok")),
+                            ))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                        .await;
+                    c.fetch_add(1, Ordering::SeqCst);
+                    n.notify_one();
+                });
+            }
+        });
+        BarrierBackend {
+            addr,
+            opened,
+            closed,
+            closes,
+        }
+    }
+
+    fn opened(&self) -> usize {
+        self.opened.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits up to `limit` until `n` connections have been closed (by the proxy: this backend
+    /// never closes).
+    async fn wait_closed(&self, n: usize, limit: Duration) {
+        tokio::time::timeout(limit, async {
+            while self.closed.load(std::sync::atomic::Ordering::SeqCst) < n {
+                self.closes.notified().await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{n} backend connections were not closed"));
+    }
+}
+
+/// Rounds of 6 concurrent requests against `max_idle_connections = 2`: the pool keeps the 6
+/// connections a steady load needs (nginx's `keepalive 2` would close 4 after every round and
+/// open them again: 22 connections over 5 rounds), and once the load is over the idle ones
+/// close with the idle timeout.
+#[tokio::test]
+async fn pool_keeps_what_a_steady_burst_needs() {
+    const PARALLEL: usize = 6;
+    let backend = BarrierBackend::start(PARALLEL).await;
+    let proxy = Proxy::start_with(&test_config_upstream(
+        backend.addr,
+        "",
+        "max_idle_connections = 2",
+        "",
+    ))
+    .await;
+    let send = h2(proxy.addr, client_config(Some(&test_pki().alice), &["h2"])).await;
+    for round in 0..5 {
+        let mut all = tokio::task::JoinSet::new();
+        for i in 0..PARALLEL {
+            let mut send = send.clone();
+            all.spawn(async move {
+                let req = Request::get(format!("/r{round}/{i}"))
+                    .header("host", "localhost")
+                    .body(empty())
+                    .unwrap();
+                read(send.send_request(req).await.unwrap()).await.status
+            });
+        }
+        let statuses = tokio::time::timeout(LIMIT, all.join_all())
+            .await
+            .expect("a round did not finish");
+        assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    }
+    assert_eq!(
+        backend.opened(),
+        PARALLEL,
+        "connections were closed and opened again"
+    );
+    backend.wait_closed(PARALLEL, LIMIT).await;
+}
+
+/// `max_idle_connections = 0` keeps nothing: every request gets its own connection, closed
+/// after its response — at once, not after the 4 s an idle connection may wait.
+#[tokio::test]
+async fn pool_of_zero_keeps_no_connection() {
+    let backend = BarrierBackend::start(1).await;
+    let proxy = Proxy::start_with(&test_config_upstream(
+        backend.addr,
+        "",
+        "max_idle_connections = 0",
+        "",
+    ))
+    .await;
+    let mut send = h1(proxy.addr, alice()).await;
+    for n in 1..=3 {
+        assert_eq!(get1(&mut send, "/once", &[]).await.status, 200);
+        backend.wait_closed(n, Duration::from_secs(2)).await;
+        assert_eq!(backend.opened(), n);
+    }
+}
