@@ -193,12 +193,16 @@ pub(super) fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         .keys()
         .any(|n| n == header::UPGRADE || HOP_BY_HOP.contains(n));
     if any {
+        // Usually `Connection` lists only `keep-alive`, removed below anyway: then nothing is
+        // collected (and nothing allocated).
         let listed: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .map(str::trim)
+            .filter(|t| !t.eq_ignore_ascii_case("keep-alive"))
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .filter(|n| !protected(n))
             .collect();
         for name in listed {
