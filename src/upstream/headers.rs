@@ -187,14 +187,21 @@ fn protected(name: &HeaderName) -> bool {
 /// Content-Length, see [`protected`]); for a WebSocket upgrade keeps `Upgrade` and sends
 /// `Connection: upgrade` on.
 pub(super) fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Most requests and responses carry none of them (never over HTTP/2): one pass over the
-    // names is cheaper than looking each one up to remove it.
-    let any = headers
-        .keys()
-        .any(|n| n == header::UPGRADE || HOP_BY_HOP.contains(n));
-    if any {
-        // Usually `Connection` lists only `keep-alive`, removed below anyway: then nothing is
-        // collected (and nothing allocated).
+    // One pass over the names finds which are there (HTTP/2 requests carry none, responses
+    // from nginx or uvicorn only `Connection: keep-alive`); only those are looked up to be
+    // removed, each lookup being a hash and a probe.
+    let mut present = 0u8;
+    let mut upgrade = false;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present |= 1 << i;
+        } else if name == header::UPGRADE {
+            upgrade = true;
+        }
+    }
+    if present & 1 != 0 {
+        // `Connection` (first in the list) names more. Usually only `keep-alive`, removed
+        // below anyway: then nothing is collected (and nothing allocated).
         let listed: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
@@ -210,13 +217,15 @@ pub(super) fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
                 headers.remove(name);
             }
         }
-        for name in HOP_BY_HOP.iter() {
+    }
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
             headers.remove(name);
         }
     }
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else if any {
+    } else if upgrade {
         headers.remove(header::UPGRADE);
     }
 }
