@@ -400,7 +400,9 @@ fn request_host<B>(req: &Request<B>) -> Result<HeaderValue, Reject> {
                     "The request's Host header differs from its :authority.",
                 ));
             }
-            value
+            // Already parsed as an authority by the HTTP/2 layer: checked here, not parsed
+            // again.
+            return checked_authority(authority).map(|()| value);
         }
         (_, _, Some(host)) => host.clone(),
         (_, _, None) => {
@@ -413,14 +415,23 @@ fn request_host<B>(req: &Request<B>) -> Result<HeaderValue, Reject> {
         .to_str()
         .ok()
         .and_then(|v| v.parse::<http::uri::Authority>().ok())
-        .filter(|a| !a.host().is_empty())
         .ok_or_else(|| Reject::bad_request("The request's Host is not a valid host name."))?;
+    checked_authority(&authority).map(|()| value)
+}
+
+/// A host name is there, and no user information (`user@host`).
+fn checked_authority(authority: &http::uri::Authority) -> Result<(), Reject> {
+    if authority.host().is_empty() {
+        return Err(Reject::bad_request(
+            "The request's Host is not a valid host name.",
+        ));
+    }
     if authority.as_str().contains('@') {
         return Err(Reject::bad_request(
             "The request's Host carries user information (user@host), which is not accepted.",
         ));
     }
-    Ok(value)
+    Ok(())
 }
 
 /// The path and query to send: `path` (normalized, prefix stripped) and the query as the
