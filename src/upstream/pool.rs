@@ -341,3 +341,57 @@ async fn reap(pool: Weak<Pool>, every: Duration) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Lends `n` at `now` and gives them all back, as a burst does.
+    fn burst(state: &mut State, n: usize, now: Instant) {
+        for _ in 0..n {
+            state.lend(now);
+        }
+        state.lent = 0;
+    }
+
+    #[test]
+    fn a_burst_keeps_its_connections_for_the_window_then_the_cap_returns() {
+        let start = Instant::now();
+        let mut state = State::default();
+        assert_eq!(state.room(2, start), 2);
+        burst(&mut state, 6, start);
+        assert_eq!(state.room(2, start), 6);
+        assert_eq!(state.room(2, start + PEAK_WINDOW / 2), 6);
+        assert_eq!(state.room(2, start + PEAK_WINDOW), 2);
+    }
+
+    #[test]
+    fn a_steady_load_renews_its_peak() {
+        let start = Instant::now();
+        let mut state = State::default();
+        burst(&mut state, 6, start);
+        // The same six again before the window ends: the peak is still needed.
+        let later = start + PEAK_WINDOW - Duration::from_secs(1);
+        burst(&mut state, 6, later);
+        assert_eq!(
+            state.room(2, start + PEAK_WINDOW + Duration::from_secs(1)),
+            6
+        );
+        // A smaller load after a quiet window starts a smaller peak.
+        let quiet = later + PEAK_WINDOW;
+        burst(&mut state, 3, quiet);
+        assert_eq!(state.room(2, quiet), 3);
+    }
+
+    #[test]
+    fn connections_still_lent_need_no_idle_room() {
+        let now = Instant::now();
+        let mut state = State::default();
+        for _ in 0..6 {
+            state.lend(now);
+        }
+        // Four of six back: the two still out will come back into room of their own.
+        state.lent = 2;
+        assert_eq!(state.room(0, now), 4);
+    }
+}
