@@ -23,7 +23,8 @@
 //!   ([`policy::routes`]), methods, IP lists, identities, JWT, forward auth, rate limits (kept
 //!   in Redis for all replicas with `[shared]`).
 //! - `upstream`: backend groups (balancing, identity affinity, health, failover), each
-//!   server's pooled client, header hygiene, WebSocket tunnels.
+//!   server's keep-alive pool (hyper's HTTP/1.1 connections, burst-tolerant), header hygiene,
+//!   WebSocket tunnels.
 //! - `response`: the response body, certgate's own JSON answers and typed refusals, the
 //!   access-log record, the in-flight ledger whose guard ends a request.
 //! - [`onboarding`]: people without a working certificate — the help page answered on a
