@@ -129,22 +129,30 @@ pub struct SubjectArgs {
     pub l: Option<String>,
 }
 
-/// `client`
+/// What `client` and `invite` both take: the CA, who the certificate is for, how long it lasts
+/// and its key.
 #[derive(Debug, Args)]
-pub struct ClientArgs {
+pub struct PersonArgs {
     #[command(flatten)]
     pub ca: CaDir,
-    /// File name and common name (e.g. admin@face.analyze).
+    /// File name and common name (e.g. alice@example.com).
     #[arg(long)]
     pub name: String,
     #[command(flatten)]
     pub subject: SubjectArgs,
-    /// Validity in days.
+    /// Validity of the certificate in days.
     #[arg(long, default_value_t = DEFAULT_CLIENT_DAYS)]
     pub days: i64,
     /// Key algorithm.
     #[arg(long, value_enum, default_value_t)]
     pub key: KeyArg,
+}
+
+/// `client`
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    #[command(flatten)]
+    pub person: PersonArgs,
     /// Also write NAME.p12 (key, certificate and CA) for browsers and keychains.
     #[arg(long)]
     pub p12: bool,
@@ -160,18 +168,7 @@ pub struct ClientArgs {
 #[derive(Debug, Args)]
 pub struct InviteArgs {
     #[command(flatten)]
-    pub ca: CaDir,
-    /// File name and common name (e.g. alice@example.com).
-    #[arg(long)]
-    pub name: String,
-    #[command(flatten)]
-    pub subject: SubjectArgs,
-    /// Validity of the certificate in days.
-    #[arg(long, default_value_t = DEFAULT_CLIENT_DAYS)]
-    pub days: i64,
-    /// Key algorithm.
-    #[arg(long, value_enum, default_value_t)]
-    pub key: KeyArg,
+    pub person: PersonArgs,
     /// The daemon's `[enroll] dir` (created 0700 when missing).
     #[arg(long, value_name = "DIR")]
     pub enroll_dir: PathBuf,

@@ -368,25 +368,42 @@ fn write_p12(
     Ok(path)
 }
 
-fn client(a: &ClientArgs) -> Result<(), CliError> {
-    check_days(a.days)?;
-    let fields = subject_fields(&a.name, &a.subject)?;
-    let mut folder = CaFolder::open(&a.ca)?;
-    folder.ensure_new_name(&a.name)?;
-    // Read the password before anything is written, so a bad file leaves nothing behind.
-    let given_password = a.password_file.as_deref().map(read_password).transpose()?;
-    let (issued, record) = issue_leaf(
-        &folder,
-        &a.name,
+/// What `client` and `invite` do first: the options checked and the CA folder opened, with
+/// the name still free. Nothing is written.
+fn open_for_person(p: &PersonArgs) -> Result<(CaFolder, SubjectFields), CliError> {
+    check_days(p.days)?;
+    let fields = subject_fields(&p.name, &p.subject)?;
+    let folder = CaFolder::open(&p.ca)?;
+    folder.ensure_new_name(&p.name)?;
+    Ok((folder, fields))
+}
+
+/// A person's client certificate, issued but not yet written.
+fn issue_person(
+    folder: &CaFolder,
+    p: &PersonArgs,
+    fields: SubjectFields,
+) -> Result<(Issued, Record), CliError> {
+    issue_leaf(
+        folder,
+        &p.name,
         Kind::Client,
         fields,
         Vec::new(),
-        a.days,
-        a.key.into(),
-    )?;
+        p.days,
+        p.key.into(),
+    )
+}
+
+fn client(c: &ClientArgs) -> Result<(), CliError> {
+    let a = &c.person;
+    let (mut folder, fields) = open_for_person(a)?;
+    // Read the password before anything is written, so a bad file leaves nothing behind.
+    let given_password = c.password_file.as_deref().map(read_password).transpose()?;
+    let (issued, record) = issue_person(&folder, a, fields)?;
     write_leaf(&folder, &a.name, Kind::Client, &issued)?;
     let mut p12_lines = String::new();
-    if a.p12 {
+    if c.p12 {
         let (password, generated) = match given_password {
             Some(p) => (p, false),
             None => (generate_password(), true),
@@ -398,12 +415,12 @@ fn client(a: &ClientArgs) -> Result<(), CliError> {
                 0o600,
             )?;
         }
-        let p12 = write_p12(&folder, &a.name, &issued, &password, a.legacy)?;
+        let p12 = write_p12(&folder, &a.name, &issued, &password, c.legacy)?;
         let p = p12.display();
         let _ = write!(
             p12_lines,
             "\nPKCS#12 bundle: {p} ({} encryption)\n",
-            if a.legacy {
+            if c.legacy {
                 "legacy 3DES/SHA-1"
             } else {
                 "AES-256/PBKDF2/HMAC-SHA256"
@@ -440,7 +457,7 @@ fn client(a: &ClientArgs) -> Result<(), CliError> {
         record.subject,
         a.name,
         a.name,
-        if a.p12 {
+        if c.p12 {
             format!(", {d}/{}.p12", a.name)
         } else {
             String::new()
@@ -470,26 +487,26 @@ fn subject_fields(name: &str, s: &SubjectArgs) -> Result<SubjectFields, CliError
 /// The longest an invitation link may work: a link is a credential in someone's mailbox.
 const MAX_INVITE: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
 
-fn invite(a: &InviteArgs) -> Result<(), CliError> {
+fn invite(i: &InviteArgs) -> Result<(), CliError> {
     use crate::onboarding::invites::{Invitation, LINK_PREFIX, Store, Token};
-    check_days(a.days)?;
-    let fields = subject_fields(&a.name, &a.subject)?;
-    let expires_in = match humantime::parse_duration(a.expires.trim()) {
+    let a = &i.person;
+    let (mut folder, fields) = open_for_person(a)?;
+    let expires_in = match humantime::parse_duration(i.expires.trim()) {
         Ok(d) if !d.is_zero() && d <= MAX_INVITE => d,
         Ok(_) => {
             return Err(invalid(format!(
                 "--expires {:?}: between 1 s and 30 days",
-                a.expires
+                i.expires
             )));
         }
         Err(e) => {
             return Err(invalid(format!(
                 "--expires {:?}: {e}; write it like \"24h\" or \"7d\"",
-                a.expires
+                i.expires
             )));
         }
     };
-    let url = match &a.url {
+    let url = match &i.url {
         Some(u) => {
             let u = u.trim().trim_end_matches('/');
             let ok = u.parse::<http::Uri>().is_ok_and(|p| {
@@ -507,9 +524,7 @@ fn invite(a: &InviteArgs) -> Result<(), CliError> {
         }
         None => "https://HOST".to_string(),
     };
-    let mut folder = CaFolder::open(&a.ca)?;
-    folder.ensure_new_name(&a.name)?;
-    let enroll_dir = std::path::absolute(&a.enroll_dir).map_err(CliError::other)?;
+    let enroll_dir = std::path::absolute(&i.enroll_dir).map_err(CliError::other)?;
     if !enroll_dir.exists() {
         use std::os::unix::fs::DirBuilderExt as _;
         std::fs::DirBuilder::new()
@@ -523,15 +538,7 @@ fn invite(a: &InviteArgs) -> Result<(), CliError> {
                 ))
             })?;
     }
-    let (issued, mut record) = issue_leaf(
-        &folder,
-        &a.name,
-        Kind::Client,
-        fields,
-        Vec::new(),
-        a.days,
-        a.key.into(),
-    )?;
+    let (issued, mut record) = issue_person(&folder, a, fields)?;
     let token = Token::generate().map_err(CliError::other)?;
     // Legacy 3DES/SHA-1 encryption: macOS Keychain and Windows import it everywhere, and the
     // password (from the token) is long enough that the old cipher is not the weak part.
