@@ -4,25 +4,9 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 
-/// A servlet container's view of a path: `;parameters` dropped per segment, then decoded,
-/// empty and `.` segments dropped, `..` resolved, lower-cased (rules ignore case).
-fn parameter_stripping_backend(forwarded: &str) -> String {
-    let mut segments: Vec<String> = Vec::new();
-    for seg in forwarded.split('/') {
-        let name = seg.split(';').next().unwrap_or_default();
-        let name = percent_encoding::percent_decode_str(name)
-            .decode_utf8_lossy()
-            .to_ascii_lowercase();
-        match name.as_str() {
-            "" | "." => {}
-            ".." => {
-                segments.pop();
-            }
-            other => segments.push(other.to_string()),
-        }
-    }
-    format!("/{}", segments.join("/"))
-}
+#[path = "../../tests/e2e/servlet_view.rs"]
+mod servlet_view;
+use servlet_view::parameter_stripping_backend;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(s) = std::str::from_utf8(data) else { return };

@@ -19,5 +19,6 @@ mod paths;
 mod policy;
 mod profiles;
 mod properties;
+mod servlet_view;
 mod shared;
 mod tls;

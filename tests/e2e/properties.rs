@@ -4,6 +4,8 @@
 use certgate::policy::routes::{Action, Route, first_match, normalize};
 use proptest::prelude::*;
 
+use crate::servlet_view::parameter_stripping_backend;
+
 /// Path-ish strings: letters, separators, dots, escapes (valid and not), backslashes.
 fn pathish() -> impl Strategy<Value = String> {
     proptest::collection::vec(
@@ -146,25 +148,4 @@ proptest! {
         }
         prop_assert_eq!(out, value.as_bytes().to_vec());
     }
-}
-
-/// How a servlet container routes a path: each segment's `;parameters` dropped, then
-/// percent-decoded, empty and `.` segments dropped, `..` resolved; lower-cased here because the
-/// rule is matched without case.
-fn parameter_stripping_backend(forwarded: &str) -> String {
-    let mut segments: Vec<String> = Vec::new();
-    for seg in forwarded.split('/') {
-        let name = seg.split(';').next().unwrap_or_default();
-        let name = percent_encoding::percent_decode_str(name)
-            .decode_utf8_lossy()
-            .to_ascii_lowercase();
-        match name.as_str() {
-            "" | "." => {}
-            ".." => {
-                segments.pop();
-            }
-            other => segments.push(other.to_string()),
-        }
-    }
-    format!("/{}", segments.join("/"))
 }
