@@ -103,18 +103,7 @@ fn person(dir: &Path, i: usize) -> (String, String) {
         p.distinguished_name
             .push(rcgen::DnType::CommonName, format!("painter-{i}@studio"));
     });
-    let cert = dir.join(format!("painter-{i}.crt"));
-    let key = dir.join(format!("painter-{i}.key"));
-    std::fs::write(
-        &cert,
-        pem::encode(&pem::Pem::new("CERTIFICATE", id.chain[0].to_vec())),
-    )
-    .unwrap();
-    std::fs::write(
-        &key,
-        pem::encode(&pem::Pem::new("PRIVATE KEY", id.key.secret_der().to_vec())),
-    )
-    .unwrap();
+    let (cert, key) = id.write_pem(dir, &format!("painter-{i}"));
     (cert.display().to_string(), key.display().to_string())
 }
 

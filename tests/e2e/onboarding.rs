@@ -735,18 +735,7 @@ fn browser_home(dir: &Path, name: &str, p12: Option<(&Path, &str)>) -> PathBuf {
 
 /// A test identity as a `.p12` (made by openssl), for a browser to import.
 fn p12_of(dir: &Path, name: &str, id: &Identity) -> PathBuf {
-    let cert = dir.join(format!("{name}.crt"));
-    let key = dir.join(format!("{name}.key"));
-    std::fs::write(
-        &cert,
-        pem::encode(&pem::Pem::new("CERTIFICATE", id.chain[0].to_vec())),
-    )
-    .unwrap();
-    std::fs::write(
-        &key,
-        pem::encode(&pem::Pem::new("PRIVATE KEY", id.key.secret_der().to_vec())),
-    )
-    .unwrap();
+    let (cert, key) = id.write_pem(dir, name);
     let p12 = dir.join(format!("{name}.p12"));
     let out = Command::new("openssl")
         .args(["pkcs12", "-export", "-passout", "pass:test", "-in"])

@@ -25,6 +25,27 @@ impl Identity {
             key: issued.key_der(),
         }
     }
+
+    /// Writes the leaf certificate and the key as `dir/NAME.crt` and `dir/NAME.key` (PEM), for
+    /// clients that read files (Python, openssl); returns their paths.
+    pub fn write_pem(&self, dir: &std::path::Path, name: &str) -> (PathBuf, PathBuf) {
+        let cert = dir.join(format!("{name}.crt"));
+        let key = dir.join(format!("{name}.key"));
+        std::fs::write(
+            &cert,
+            pem::encode(&pem::Pem::new("CERTIFICATE", self.chain[0].to_vec())),
+        )
+        .unwrap();
+        std::fs::write(
+            &key,
+            pem::encode(&pem::Pem::new(
+                "PRIVATE KEY",
+                self.key.secret_der().to_vec(),
+            )),
+        )
+        .unwrap();
+        (cert, key)
+    }
 }
 
 pub struct TestPki {
