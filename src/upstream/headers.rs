@@ -193,15 +193,19 @@ pub(super) fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     let mut present = 0u8;
     let mut upgrade = false;
     for name in headers.keys() {
+        // Every hop-by-hop name is 2, 7, 10, 16 or 17 bytes long: most names are told apart
+        // by their length alone, without comparing them with each of the seven.
+        if !matches!(name.as_str().len(), 2 | 7 | 10 | 16 | 17) {
+            continue;
+        }
         if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
             present |= 1 << i;
         } else if name == header::UPGRADE {
             upgrade = true;
         }
     }
-    if present & 1 != 0 {
-        // `Connection` (first in the list) names more. Usually only `keep-alive`, removed
-        // below anyway: then nothing is collected (and nothing allocated).
+    if present & 1 != 0 && !only_persistence(headers) {
+        // `Connection` (first in the list) names more.
         let listed: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
@@ -227,6 +231,19 @@ pub(super) fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     } else if upgrade {
         headers.remove(header::UPGRADE);
+    }
+}
+
+/// `Connection` says only `keep-alive` or `close` (nearly every one does): it names no other
+/// header, and the token-by-token walk can be skipped.
+fn only_persistence(headers: &HeaderMap) -> bool {
+    let mut all = headers.get_all(header::CONNECTION).iter();
+    match (all.next(), all.next()) {
+        (Some(v), None) => {
+            let v = v.as_bytes();
+            v.eq_ignore_ascii_case(b"keep-alive") || v.eq_ignore_ascii_case(b"close")
+        }
+        _ => false,
     }
 }
 
@@ -302,6 +319,17 @@ mod tests {
         remove_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn the_length_filter_lets_every_hop_by_hop_name_through() {
+        for name in HOP_BY_HOP.iter().chain([&header::UPGRADE]) {
+            let mut h = HeaderMap::new();
+            h.insert(name, HeaderValue::from_static("x"));
+            h.insert("x-kept", HeaderValue::from_static("1"));
+            remove_hop_by_hop(&mut h, false);
+            assert_eq!(h.len(), 1, "{name} survived");
+        }
     }
 
     #[test]
