@@ -179,8 +179,9 @@ pub(super) fn add_response_headers(
     headers: &[(HeaderName, HeaderValue)],
 ) {
     for (name, value) in headers {
-        if !resp.headers().contains_key(name) {
-            resp.headers_mut().insert(name.clone(), value.clone());
+        // One lookup where `contains_key` and `insert` took two.
+        if let header::Entry::Vacant(slot) = resp.headers_mut().entry(name) {
+            slot.insert(value.clone());
         }
     }
 }
