@@ -216,8 +216,9 @@ def instructions(targets, names, pki, work, only, out, n=2000):
     """The `--instructions` report: (a) and (b) in instructions per request."""
     if not shutil.which("valgrind"):
         subprocess.run(["apt-get", "install", "-y", "-qq", "valgrind"], check=True)
-    lines = ["| scenario | " + " | ".join(names) + " | certgate / nginx | certgate / HAProxy |",
-             "| --- | " + " | ".join("---" for _ in names) + " | --- | --- |"]
+    lines = ["| scenario | " + " | ".join(names) + " | certgate / nginx | certgate / HAProxy | "
+             "certgate=peers / HAProxy |",
+             "| --- | " + " | ".join("---" for _ in names) + " | --- | --- | --- |"]
     for key in ("a", "b"):
         if only and key not in only:
             continue
@@ -229,7 +230,8 @@ def instructions(targets, names, pki, work, only, out, n=2000):
             print(f"{key} {name}: {per[name]:.0f} instructions per request", flush=True)
         cells = " | ".join(f"{per[x] / 1000:.1f} k" for x in names)
         lines.append(f"| {key}. {title} | {cells} | {ratio(per['certgate'], per['nginx'])} | "
-                     f"{ratio(per['certgate'], per['haproxy'])} |")
+                     f"{ratio(per['certgate'], per['haproxy'])} | "
+                     f"{ratio(per['certgate=peers'], per['haproxy'])} |")
     head = (f"Run: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; instructions per request "
             f"in user space (callgrind, {n} requests less {2 * n}), handshakes excluded.\n\n")
     report = head + "\n".join(lines) + "\n"
@@ -337,6 +339,15 @@ action = "deny"
 """
     with open(cg, "w") as f:
         f.write(common.format(port=ports["certgate"]) + "[log]\naccess = false\n")
+    # (a=, b=): the headers nginx and HAProxy are configured with below and nothing more:
+    # Verify and DN of the six identity headers, none of the three security response headers.
+    # The same work on all three, where certgate's defaults do more per request.
+    cg_same = os.path.join(work, "certgate-same.toml")
+    with open(cg_same, "w") as f:
+        f.write(common.format(port=ports["certgate=peers"]) + "[log]\naccess = false\n"
+                + '[headers]\nissuer_dn = ""\ncert = ""\nserial = ""\nfingerprint = ""\n'
+                + '[response_headers]\n"X-Frame-Options" = ""\n"X-Content-Type-Options" = ""\n'
+                + '"Referrer-Policy" = ""\n')
     cg_log = os.path.join(work, "certgate-log.toml")
     with open(cg_log, "w") as f:
         f.write(common.format(port=ports["certgate+log"]) + "[log]\nformat = \"json\"\naccess = true\n")
@@ -430,7 +441,7 @@ backend be
         f.write(common.format(port=ports["certgate+shared"]) + zone.format(scope="")
                 + f'[shared]\nredis = "redis://127.0.0.1:{REDIS_PORT}/0"\ntimeout = "25ms"\n'
                 + "[log]\naccess = false\n")
-    return cg, cg_log, cg_group, cg_zone, cg_shared, ng, hp
+    return cg, cg_same, cg_log, cg_group, cg_zone, cg_shared, ng, hp
 
 
 def make_pki(work, rsa):
@@ -511,14 +522,17 @@ def main():
         f.write(b"u" * (50 << 20))
     bport = backend(work)
     ports = {"certgate": 19443, "nginx": 19444, "haproxy": 19445, "certgate+log": 19446,
-             "certgate+group": 19440, "certgate+zone": 19441, "certgate+shared": 19442}
-    cg, cg_log, cg_group, cg_zone, cg_shared, ng, hp = configs(work, pki, bport, ports)
+             "certgate+group": 19440, "certgate+zone": 19441, "certgate+shared": 19442,
+             "certgate=peers": 19439}
+    cg, cg_same, cg_log, cg_group, cg_zone, cg_shared, ng, hp = configs(work, pki, bport, ports)
     redis(work)
     one_worker = {"TOKIO_WORKER_THREADS": "1"}
     targets = {
         "certgate": Target("certgate", [BIN, "run", "-c", cg], ports["certgate"], one_worker),
         "nginx": Target("nginx", ["nginx", "-c", ng, "-p", work], ports["nginx"], workers_are_children=True),
         "haproxy": Target("haproxy", ["haproxy", "-f", hp], ports["haproxy"]),
+        "certgate=peers": Target("certgate=peers", [BIN, "run", "-c", cg_same], ports["certgate=peers"],
+                                 one_worker),
         "certgate+log": Target("certgate+log", [BIN, "run", "-c", cg_log], ports["certgate+log"], one_worker),
         "certgate+group": Target("certgate+group", [BIN, "run", "-c", cg_group], ports["certgate+group"],
                                  one_worker),
@@ -537,7 +551,7 @@ def main():
                 dst.write(src.read().replace(f"127.0.0.1:{ports[base]}", f"127.0.0.1:{ports[variant]}"))
             targets[variant] = Target(variant, [path, "run", "-c", bcfg], ports[variant], one_worker)
     if a.instructions:
-        names = ["certgate", "nginx", "haproxy", *(n for n, _ in a.baselines)]
+        names = ["certgate", "certgate=peers", "nginx", "haproxy", *(n for n, _ in a.baselines)]
         instructions(targets, names, pki, work, {k for k in a.only.split(",") if k}, a.out)
         return
     results = {}
@@ -563,6 +577,8 @@ def main():
         if only and key not in only:
             continue
         names = list(PAIRED[key][:2]) if key in PAIRED else ["certgate", "nginx", "haproxy"]
+        if key in ("a", "b"):
+            names.append("certgate=peers")
         if key in ("a", "b", "c", "d1", "d2"):
             names += [n for n, _ in a.baselines]
         elif key == "g":
@@ -624,8 +640,8 @@ def render(results, a):
                  f"{a.reps} repetitions x {a.duration} s, keys {'RSA-2048' if a.rsa else 'ECDSA P-256'}.")
     lines.append("Versions: " + "; ".join(versions.values()) + ".")
     lines.append("")
-    lines.append("| scenario | figure | certgate | nginx | HAProxy | certgate / nginx |")
-    lines.append("| --- | --- | --- | --- | --- | --- |")
+    lines.append("| scenario | figure | certgate | nginx | HAProxy | certgate / nginx | certgate / HAProxy |")
+    lines.append("| --- | --- | --- | --- | --- | --- | --- |")
     fmt = lambda m, lo, hi: f"{m:.1f} ({lo:.1f}–{hi:.1f})"
     for key, (title, unit, _, _) in SCENARIOS.items():
         per = results.get(key)
@@ -635,13 +651,14 @@ def render(results, a):
             variant, base, tag, against = PAIRED[key]
             m_v, m_b = summarize(per[variant]), summarize(per[base])
             lines.append(f"| {key}. {title} | µs/req | {fmt(*m_v)} ({tag}) | | | "
-                         f"{ratio(m_v[0], m_b[0])} × {against} ({m_b[0]:.1f}) |")
+                         f"{ratio(m_v[0], m_b[0])} × {against} ({m_b[0]:.1f}) | |")
             continue
         if unit == "ttfb":
             ms = {n: summarize(per[n]) for n in ["certgate", "nginx", "haproxy"]}
             f2 = lambda m, lo, hi: f"{m:.1f} ({lo:.1f}–{hi:.1f})"
             lines.append(f"| {key}. {title} | ms (median) | {f2(*ms['certgate'])} | {f2(*ms['nginx'])} | "
-                         f"{f2(*ms['haproxy'])} | {ratio(ms['certgate'][0], ms['nginx'][0])} |")
+                         f"{f2(*ms['haproxy'])} | {ratio(ms['certgate'][0], ms['nginx'][0])} | "
+                         f"{ratio(ms['certgate'][0], ms['haproxy'][0])} |")
             continue
         if unit == "latency":
             cells = {}
@@ -650,18 +667,26 @@ def render(results, a):
                 p50 = [v["p50_ms"] for v in per[n]]
                 cells[n] = (statistics.median(p50), statistics.median(p99), min(p99), max(p99))
             c = lambda n: f"p50 {cells[n][0]:.2f} / p99 {cells[n][1]:.2f} ({cells[n][2]:.2f}–{cells[n][3]:.2f})"
-            lines.append(f"| {key}. {title} | ms | {c('certgate')} | {c('nginx')} | {c('haproxy')} | p99 {ratio(cells['certgate'][1], cells['nginx'][1])} |")
+            lines.append(f"| {key}. {title} | ms | {c('certgate')} | {c('nginx')} | {c('haproxy')} | "
+                         f"p99 {ratio(cells['certgate'][1], cells['nginx'][1])} | "
+                         f"p99 {ratio(cells['certgate'][1], cells['haproxy'][1])} |")
             continue
         ms = {n: summarize(per[n]) for n in ["certgate", "nginx", "haproxy"]}
         label = "µs/req (CPU)" if unit == "us_per_req" else "MB per CPU-s"
         if key == "c":
             label = "µs/handshake (CPU)"
-        lines.append(f"| {key}. {title} | {label} | {fmt(*ms['certgate'])} | {fmt(*ms['nginx'])} | {fmt(*ms['haproxy'])} | {ratio(ms['certgate'][0], ms['nginx'][0])} |")
+        lines.append(f"| {key}. {title} | {label} | {fmt(*ms['certgate'])} | {fmt(*ms['nginx'])} | {fmt(*ms['haproxy'])} | "
+                     f"{ratio(ms['certgate'][0], ms['nginx'][0])} | {ratio(ms['certgate'][0], ms['haproxy'][0])} |")
+        if "certgate=peers" in per:
+            same = summarize(per["certgate=peers"])
+            lines.append(f"| {key}=. as ({key}), certgate sending only the peers' headers | {label} | "
+                         f"{fmt(*same)} | {fmt(*ms['nginx'])} | {fmt(*ms['haproxy'])} | "
+                         f"{ratio(same[0], ms['nginx'][0])} | {ratio(same[0], ms['haproxy'][0])} |")
     e = results["e"]
     kib = {n: e[n]["kib_per_conn"] for n in e}
     rss = {n: e[n]["idle_rss_kib"] for n in e}
-    lines.append(f"| e. idle mTLS connection ({a.idle} held) | KiB/conn | {kib['certgate']:.1f} | {kib['nginx']:.1f} | {kib['haproxy']:.1f} | {kib['certgate'] / max(kib['nginx'], 1e-9):.2f} |")
-    lines.append(f"| e. idle RSS | KiB | {rss['certgate']} | {rss['nginx']} (master + worker) | {rss['haproxy']} | {ratio(rss['certgate'], rss['nginx'])} |")
+    lines.append(f"| e. idle mTLS connection ({a.idle} held) | KiB/conn | {kib['certgate']:.1f} | {kib['nginx']:.1f} | {kib['haproxy']:.1f} | {kib['certgate'] / max(kib['nginx'], 1e-9):.2f} | {kib['certgate'] / max(kib['haproxy'], 1e-9):.2f} |")
+    lines.append(f"| e. idle RSS | KiB | {rss['certgate']} | {rss['nginx']} (master + worker) | {rss['haproxy']} | {ratio(rss['certgate'], rss['nginx'])} | {ratio(rss['certgate'], rss['haproxy'])} |")
     for name, path in a.baselines:
         lines.append("")
         lines.append(f"Variant check, same run: certgate against `{name}` ({path}); "
