@@ -193,13 +193,7 @@ async fn backend_down_is_502_json() {
 #[tokio::test]
 async fn backend_too_slow_is_504_json() {
     let backend = Backend::start().await;
-    let proxy = Proxy::start_with(&test_config_upstream(
-        backend.addr,
-        "",
-        "response_timeout = \"300ms\"",
-        "",
-    ))
-    .await;
+    let proxy = Proxy::start_upstream(backend.addr, "response_timeout = \"300ms\"").await;
     let got = tokio::time::timeout(LIMIT, get_once(proxy.addr, alice(), "/never"))
         .await
         .unwrap();
@@ -248,13 +242,7 @@ async fn backend_dying_mid_response_is_an_error_not_a_hang() {
 #[tokio::test]
 async fn idle_backend_body_is_cut_off() {
     let backend = Backend::start().await;
-    let proxy = Proxy::start_with(&test_config_upstream(
-        backend.addr,
-        "",
-        "idle_timeout = \"300ms\"",
-        "",
-    ))
-    .await;
+    let proxy = Proxy::start_upstream(backend.addr, "idle_timeout = \"300ms\"").await;
     let mut send = h1(proxy.addr, alice()).await;
     let req = Request::get("/sse")
         .header("host", "localhost")
@@ -372,13 +360,7 @@ impl BarrierBackend {
 async fn pool_keeps_what_a_steady_burst_needs() {
     const PARALLEL: usize = 6;
     let backend = BarrierBackend::start(PARALLEL).await;
-    let proxy = Proxy::start_with(&test_config_upstream(
-        backend.addr,
-        "",
-        "max_idle_connections = 2",
-        "",
-    ))
-    .await;
+    let proxy = Proxy::start_upstream(backend.addr, "max_idle_connections = 2").await;
     let send = h2(proxy.addr, client_config(Some(&test_pki().alice), &["h2"])).await;
     for round in 0..5 {
         let mut all = tokio::task::JoinSet::new();
@@ -410,13 +392,7 @@ async fn pool_keeps_what_a_steady_burst_needs() {
 #[tokio::test]
 async fn pool_of_zero_keeps_no_connection() {
     let backend = BarrierBackend::start(1).await;
-    let proxy = Proxy::start_with(&test_config_upstream(
-        backend.addr,
-        "",
-        "max_idle_connections = 0",
-        "",
-    ))
-    .await;
+    let proxy = Proxy::start_upstream(backend.addr, "max_idle_connections = 0").await;
     let mut send = h1(proxy.addr, alice()).await;
     for n in 1..=3 {
         assert_eq!(get1(&mut send, "/once", &[]).await.status, 200);

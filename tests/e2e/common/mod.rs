@@ -47,6 +47,12 @@ impl Proxy {
         Self::start_with(&test_config(backend, "", extra)).await
     }
 
+    /// Starts the proxy like [`Proxy::start`], with `setting` (a line such as
+    /// `max_idle_connections = 0`) inside `[upstream]`.
+    pub async fn start_upstream(backend: SocketAddr, setting: &str) -> Proxy {
+        Self::start_with(&test_config_upstream(backend, "", setting, "")).await
+    }
+
     /// Starts the proxy from full config text (relative paths resolve in the PKI folder).
     pub async fn start_with(toml: &str) -> Proxy {
         let pki = test_pki();
