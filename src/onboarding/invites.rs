@@ -159,11 +159,6 @@ impl Store {
         Store { dir: dir.into() }
     }
 
-    /// The folder.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     fn json(&self, id: &str) -> PathBuf {
         self.dir.join(format!("{id}.json"))
     }

@@ -8,7 +8,7 @@
 //! validity, revocation) and, per name, `NAME.crt` (servers: leaf then CA, ready for
 //! `[tls] cert`), `NAME.key` (0600), and for clients optionally `NAME.p12` and `NAME.p12.pass`.
 //! An invited client (`invite`) has only `NAME.crt` here: its key leaves in the bundle that
-//! waits in the enroll folder ([`crate::onboarding::invites`]).
+//! waits in the enroll folder (`onboarding::invites`).
 //! Every file is written through a temporary file and a rename; keys are never printed.
 
 mod args;
