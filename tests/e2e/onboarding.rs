@@ -658,6 +658,93 @@ async fn expired_cancelled_and_guessed_links() {
     assert!(err.contains("on_failure = \"help\""), "{err}");
 }
 
+/// Guesses on a connection the guesser already holds are throttled too: with
+/// `handshake_failures_per_ip = "5/m"`, six wrong tokens on one HTTP/2 connection (and on one
+/// HTTP/1.1 keep-alive connection) are 404s, the sixth putting the address over its limit; from
+/// then on every invitation link on that connection, the right one included, answers 429 with
+/// `Retry-After` and the connection closes, new connections are refused at accept, and once the
+/// rate of failures drops the right link works again.
+#[tokio::test]
+async fn guesses_on_an_open_connection_are_locked_out() {
+    let site = make_site(
+        "invite-lockout",
+        // Not help mode, where the connection without a certificate would count as a failure
+        // too: here only the guesses count.
+        "client_auth = \"optional\"",
+        "[limits]\nhandshake_failures_per_ip = \"5/m\"\n",
+    );
+    let link = site.invite("dave", &[]);
+    let guess = |i: usize| format!("/.well-known/certgate/enroll/{:A>21}{}", i, "A");
+    let get = |path: &str, html: bool| {
+        let mut b = Request::get(path).header("host", "localhost");
+        if html {
+            b = b.header("accept", "text/html");
+        }
+        b.body(empty()).unwrap()
+    };
+
+    // HTTP/2: one connection, one stream after another.
+    let proxy = Proxy::start_file(&site.config).await;
+    let mut send = h2(proxy.addr, client_config(None, &["h2"])).await;
+    for i in 0..6 {
+        let got = read(send.send_request(get(&guess(i), false)).await.unwrap()).await;
+        assert_eq!(got.status, 404, "guess {i}: {}", got.body);
+    }
+    let got = read(send.send_request(get(&link, false)).await.unwrap()).await;
+    assert_eq!(got.status, 429, "the right link, locked out: {}", got.body);
+    assert_eq!(got.json()["error"], "too_many_requests");
+    let retry: u64 = got.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=12).contains(&retry), "Retry-After {retry}");
+    // The connection goes: a request that still makes it out is refused the same way.
+    if let Ok(resp) = send.send_request(get(&guess(7), false)).await {
+        assert_eq!(resp.status(), 429);
+    }
+    assert!(
+        tls_connect(proxy.addr, client_config(None, &["h2"]))
+            .await
+            .is_err()
+    );
+    // Until the rate drops (one failure's worth: 12 s at 5/m), then the link works again.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut send = loop {
+        if tls_connect(proxy.addr, client_config(None, &["h2"]))
+            .await
+            .is_ok()
+        {
+            break h2(proxy.addr, client_config(None, &["h2"])).await;
+        }
+        assert!(std::time::Instant::now() < deadline, "still refused");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    let got = read(send.send_request(get(&link, true)).await.unwrap()).await;
+    assert_eq!(got.status, 200, "{}", got.body);
+    assert!(got.body.contains("dave"));
+
+    // HTTP/1.1 keep-alive, against a proxy of its own (a throttle of its own): the same.
+    let proxy = Proxy::start_file(&site.config).await;
+    let mut send = h1(proxy.addr, client_config(None, &["http/1.1"])).await;
+    for i in 0..6 {
+        let got = read(send.send_request(get(&guess(i), false)).await.unwrap()).await;
+        assert_eq!(got.status, 404, "guess {i}: {}", got.body);
+        assert!(got.headers.get("connection").is_none(), "kept alive");
+    }
+    let got = read(send.send_request(get(&link, true)).await.unwrap()).await;
+    assert_eq!(got.status, 429, "the right link, locked out: {}", got.body);
+    assert_page_headers(&got);
+    assert!(got.body.contains("Too many attempts"), "{}", got.body);
+    assert!(!got.body.contains("id=\"password\""));
+    assert!(got.headers.contains_key("retry-after"));
+    assert_eq!(got.headers["connection"], "close");
+    assert!(
+        send.send_request(get(&link, false)).await.is_err(),
+        "closed"
+    );
+}
+
 // ---- in a real browser ----
 
 /// Chromium's `AutoSelectCertificateForUrls` policy for the loopback origins of this test:
