@@ -9,7 +9,9 @@
 //! `[tls] cert`), `NAME.key` (0600), and for clients optionally `NAME.p12` and `NAME.p12.pass`.
 //! An invited client (`invite`) has only `NAME.crt` here: its key leaves in the bundle that
 //! waits in the enroll folder (`onboarding::invites`).
-//! Every file is written through a temporary file and a rename; keys are never printed.
+//! Every file is written through a temporary file and a rename; keys are never printed. A
+//! command that changes the state holds an exclusive lock on `certgate-ca.json.lock` while it
+//! does (see `folder`).
 
 mod args;
 mod folder;
@@ -198,6 +200,7 @@ fn init_ca(a: &InitCa) -> Result<(), CliError> {
             .transpose()?;
     ensure_dir(dir)?;
     let dir = &dir.canonicalize().unwrap_or_else(|_| dir.clone());
+    let lock = StateLock::take(dir)?;
     let mut spec = Spec::new(Profile::Ca, &a.cn, a.days);
     spec.key = a.key.into();
     let ca = pki::issue(&spec, None).map_err(CliError::invalid)?;
@@ -216,6 +219,7 @@ fn init_ca(a: &InitCa) -> Result<(), CliError> {
             certs: Vec::new(),
         },
         ca,
+        _lock: lock,
     };
     let fields = SubjectFields {
         cn: a.cn.clone(),
