@@ -27,7 +27,7 @@
 //!   WebSocket tunnels.
 //! - `response`: the response body, certgate's own JSON answers and typed refusals, the
 //!   access-log record, the in-flight ledger whose guard ends a request.
-//! - [`onboarding`]: people without a working certificate — the help page answered on a
+//! - `onboarding`: people without a working certificate — the help page answered on a
 //!   connection whose certificate was missing or refused, and the one-time invitation links
 //!   (`certs invite` writes them, the daemon serves them).
 //! - [`ops`]: logs, metrics, systemd, the Landlock sandbox.
@@ -36,7 +36,7 @@
 
 pub mod cli;
 pub mod config;
-pub mod onboarding;
+mod onboarding;
 pub mod ops;
 pub mod pki;
 pub mod policy;

@@ -6,7 +6,9 @@
 //! gives nothing away: whoever can read it holds a `.p12` without its password and a list of
 //! hashes that lead to no link. The daemon, which never holds the CA key, only reads the folder
 //! and deletes a bundle when it is downloaded or found expired; `ID.json` stays, so a used or
-//! expired link answers 410 rather than 404.
+//! expired link answers 410 rather than 404. A third, empty file, `ID.unclaimed`, goes only
+//! with a download: the daemon may delete but never write in the folder, and without it an
+//! expired bundle the daemon deleted would look downloaded to `certs list`.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -139,9 +141,9 @@ pub enum Refusal {
 pub enum Status {
     /// The link works.
     Pending,
-    /// Downloaded, cancelled, or found expired by the daemon (which then deleted the bundle).
+    /// Downloaded, or cancelled.
     Used,
-    /// Not downloaded in time.
+    /// Not downloaded in time (whether or not the daemon has deleted its bundle yet).
     Expired,
     /// Its files are gone.
     Missing,
@@ -159,11 +161,6 @@ impl Store {
         Store { dir: dir.into() }
     }
 
-    /// The folder.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     fn json(&self, id: &str) -> PathBuf {
         self.dir.join(format!("{id}.json"))
     }
@@ -172,7 +169,12 @@ impl Store {
         self.dir.join(format!("{id}.p12"))
     }
 
-    /// Stores an invitation: the bundle first, then the record that makes the link live. The
+    fn unclaimed(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.unclaimed"))
+    }
+
+    /// Stores an invitation: the bundle and its unclaimed mark first, then the record that makes
+    /// the link live; what was written is removed again when a later file fails. The
     /// files belong to the folder's owner: the operator runs `certs invite` as root (it needs
     /// the CA key), the daemon reads them as its own user, who owns the folder.
     ///
@@ -183,18 +185,42 @@ impl Store {
         let meta = std::fs::metadata(&self.dir)?;
         let owner = (meta.uid(), meta.gid());
         let id = token.id();
-        write_private(&self.p12(&id), p12, owner)?;
         let json = serde_json::to_vec_pretty(invitation).map_err(io::Error::other)?;
-        write_private(&self.json(&id), &json, owner)
+        let files = [
+            (self.p12(&id), p12),
+            (self.unclaimed(&id), &[][..]),
+            (self.json(&id), &json[..]),
+        ];
+        for (i, (path, bytes)) in files.iter().enumerate() {
+            if let Err(e) = write_private(path, bytes, owner) {
+                for (written, _) in &files[..i] {
+                    let _ = std::fs::remove_file(written);
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     /// Where the invitation stored under `id` stands at `now` (Unix time).
     pub fn status(&self, id: &str, now: i64) -> Status {
-        match self.read(id) {
-            Err(_) => Status::Missing,
-            Ok(_) if !self.p12(id).exists() => Status::Used,
-            Ok(inv) if inv.expires <= now => Status::Expired,
-            Ok(_) => Status::Pending,
+        let Ok(inv) = self.read(id) else {
+            return Status::Missing;
+        };
+        let expired = inv.expires <= now;
+        if self.p12(id).exists() {
+            return if expired {
+                Status::Expired
+            } else {
+                Status::Pending
+            };
+        }
+        // No bundle: downloaded (the mark went with it), cancelled, or expired unclaimed. An
+        // invitation stored before the mark existed reads as downloaded, as it always did.
+        if expired && self.unclaimed(id).exists() {
+            Status::Expired
+        } else {
+            Status::Used
         }
     }
 
@@ -244,6 +270,8 @@ impl Store {
         let path = self.p12(&token.id());
         let bytes = std::fs::read(&path).map_err(|_| Refusal::Used)?;
         std::fs::remove_file(&path).map_err(|_| Refusal::Used)?;
+        // Claimed: only `certs list` reads the mark, so failing to delete it costs only that.
+        let _ = std::fs::remove_file(self.unclaimed(&token.id()));
         Ok((invitation, bytes))
     }
 }
@@ -327,6 +355,19 @@ mod tests {
         assert_eq!(store.status(&t.id(), 150), Status::Used);
         let other = Token::generate().unwrap();
         assert_eq!(store.open(&other, 150), Err(Refusal::Unknown));
+        // Downloaded, it stays downloaded after its expiry.
+        assert_eq!(store.status(&t.id(), 250), Status::Used);
+        // Expired unclaimed, it stays expired after the daemon deleted its bundle.
+        let late = Token::generate().unwrap();
+        let inv = Invitation {
+            name: "bob".into(),
+            ..store.read(&t.id()).unwrap()
+        };
+        store.put(&late, &inv, b"bundle").unwrap();
+        assert_eq!(store.status(&late.id(), 250), Status::Expired);
+        assert_eq!(store.open(&late, 250), Err(Refusal::Expired));
+        assert!(!store.p12(&late.id()).exists());
+        assert_eq!(store.status(&late.id(), 250), Status::Expired);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

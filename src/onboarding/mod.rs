@@ -156,6 +156,42 @@ impl Onboarding {
         }
     }
 
+    /// The answer to an invitation link from an address over `handshake_failures_per_ip`
+    /// (which wrong tokens count towards), for `wait` more: 429 with `Retry-After`, whatever
+    /// the token. A lockout, as after too many wrong passwords: the right token is refused
+    /// too until the address's rate of failures drops, or a guesser could go on guessing on
+    /// the connection it already holds, and a hit would tell it so.
+    pub fn locked_out(&self, wait: std::time::Duration, headers: &HeaderMap) -> Reject {
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        let secs = secs.max(1);
+        let sentence = format!(
+            "Too many invitation links that do not exist were tried from your address; try again in {secs} s. A valid link still works then."
+        );
+        let page = wants_html(headers).then(|| {
+            page::link_refused(
+                "Too many attempts from your address",
+                &sentence,
+                self.contact.as_deref(),
+            )
+        });
+        let mut reject = Reject::with_page(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_requests",
+            sentence,
+            Rule::bare(Check::Invitation),
+            page,
+        );
+        reject
+            .headers
+            .push((header::RETRY_AFTER, HeaderValue::from(secs)));
+        if reject.page.is_some() {
+            reject
+                .headers
+                .push((header::CONTENT_SECURITY_POLICY, page::csp()));
+        }
+        reject
+    }
+
     fn refuse(&self, refusal: Refusal, headers: &HeaderMap) -> Enrolled {
         let (status, code, headline, sentence) = match refusal {
             Refusal::Unknown => (

@@ -236,6 +236,16 @@ impl HandshakeThrottle {
             .is_some_and(|until| *until > std::time::Instant::now())
     }
 
+    /// How much longer `ip` is refused, when it is.
+    pub fn blocked_for(&self, ip: IpAddr) -> Option<std::time::Duration> {
+        let ip = ip.to_canonical();
+        let blocked = self.blocked.lock().unwrap_or_else(|e| e.into_inner());
+        let left = blocked
+            .get(&ip)?
+            .checked_duration_since(std::time::Instant::now())?;
+        (!left.is_zero()).then_some(left)
+    }
+
     /// Forgets addresses whose block ran out and idle counters.
     pub fn evict(&self) {
         let now = std::time::Instant::now();
@@ -306,6 +316,9 @@ mod tests {
             "mapped spelling"
         );
         assert!(t.failed(ip).is_none(), "blocked once, logged once");
+        let left = t.blocked_for(ip).expect("still refused");
+        assert!(left > std::time::Duration::ZERO && left <= wait, "{left:?}");
+        assert!(t.blocked_for("10.1.2.4".parse().unwrap()).is_none());
         assert!(!t.is_blocked("10.1.2.4".parse().unwrap()));
     }
 

@@ -119,6 +119,14 @@ async fn inner(
     // Certgate's own: invitation links answer any connection, and a connection whose
     // certificate was refused gets the help page whatever it asks for.
     if rt.onboarding.claims(req.uri().path()) {
+        // An address over its limit is refused at accept; one that went over on a connection
+        // it still holds (HTTP/2 streams, keep-alive) is refused here, before any lookup.
+        if let Some(wait) = rt.handshake_throttle.blocked_for(conn.peer.addr.ip()) {
+            // And the connection goes, as the address's next one would be refused.
+            cx.closing = true;
+            refused(cx, &req);
+            return Err(rt.onboarding.locked_out(wait, req.headers()));
+        }
         return match rt
             .onboarding
             .enroll(req.method(), req.uri().path(), req.headers())

@@ -660,3 +660,84 @@ fn list_and_renew() {
         "no certificate named \"ghost\"",
     );
 }
+
+/// `certgate-ca.json` is locked for each command's whole read-modify-write: `client`, `revoke`
+/// and `crl` run as twenty processes at once lose no certificate, no revocation and no CRL
+/// number, and the last CRL lists every revoked certificate.
+#[test]
+fn parallel_commands_lose_no_record() {
+    let dir = scratch_dir("certs-parallel");
+    let d = s(&dir);
+    ok(&["init-ca", "--dir", d]);
+    for i in 0..6 {
+        ok(&["client", "--dir", d, "--name", &format!("r{i}")]);
+    }
+    let mut jobs: Vec<Vec<String>> = Vec::new();
+    for i in 0..10 {
+        jobs.push(vec!["client".into(), "--name".into(), format!("n{i}")]);
+    }
+    for i in 0..6 {
+        jobs.push(vec!["revoke".into(), "--name".into(), format!("r{i}")]);
+    }
+    for _ in 0..4 {
+        jobs.push(vec!["crl".into()]);
+    }
+    let children: Vec<_> = jobs
+        .iter()
+        .map(|job| {
+            Command::new(env!("CARGO_BIN_EXE_certgate"))
+                .arg("certs")
+                .arg(&job[0])
+                .args(["--dir", d])
+                .args(&job[1..])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (child, job) in children.into_iter().zip(&jobs) {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{job:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("certgate-ca.json")).unwrap()).unwrap();
+    let certs = state["certs"].as_array().unwrap();
+    let named = |n: &str| certs.iter().filter(|r| r["name"] == n).collect::<Vec<_>>();
+    for i in 0..10 {
+        assert_eq!(named(&format!("n{i}")).len(), 1, "n{i} lost: {state:#}");
+    }
+    let mut revoked = Vec::new();
+    for i in 0..6 {
+        let r = named(&format!("r{i}"));
+        assert_eq!(r.len(), 1);
+        assert!(r[0]["revoked_at"].is_string(), "r{i}'s revocation lost");
+        revoked.push(r[0]["serial"].as_str().unwrap().to_string());
+    }
+    assert_eq!(certs.len(), 1 + 6 + 10);
+    // init-ca's CRL, then one per revoke and one per crl.
+    assert_eq!(state["crl_number"], 1 + 6 + 4);
+    let crl = openssl_ok(&["crl", "-noout", "-text", "-in", s(&dir.join("ca.crl"))]);
+    let number = crl
+        .lines()
+        .skip_while(|l| !l.contains("CRL Number"))
+        .nth(1)
+        .map(str::trim);
+    assert_eq!(number, Some("11"), "{crl}");
+    // openssl prints whole bytes; the state, the number: compared without leading zeros.
+    let mut listed: Vec<&str> = crl
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Serial Number: "))
+        .map(|s| s.trim_start_matches('0'))
+        .collect();
+    let mut revoked: Vec<&str> = revoked.iter().map(|s| s.trim_start_matches('0')).collect();
+    listed.sort_unstable();
+    revoked.sort_unstable();
+    assert_eq!(listed, revoked, "{crl}");
+    assert_eq!(mode(&dir.join("certgate-ca.json")), 0o600);
+    assert_eq!(mode(&dir.join("certgate-ca.json.lock")), 0o600);
+}

@@ -416,6 +416,39 @@ impl Site {
     }
 }
 
+/// Moves the expiry of every invitation in `enroll` into the past (rather than wait for it).
+fn age_invitations(enroll: &Path) {
+    for entry in std::fs::read_dir(enroll).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "json") {
+            let mut v: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+            v["expires"] = serde_json::json!(time::OffsetDateTime::now_utc().unix_timestamp() - 1);
+            std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+        }
+    }
+}
+
+/// `certs list`'s row for `name`.
+fn list_row(ca: &str, name: &str) -> String {
+    let table = certgate_ok(&["certs", "list", "--dir", ca]);
+    table
+        .lines()
+        .find(|l| l.starts_with(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no {name} in {table}"))
+        .to_string()
+}
+
+/// Files in `dir`, by name.
+fn files_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
 fn password_on(page: &str) -> String {
     let start = page.find("id=\"password\">").expect("password on the page") + 14;
     page[start..][..page[start..].find('<').unwrap()].to_string()
@@ -556,6 +589,10 @@ async fn an_invitation_link_hands_out_its_bundle_once() {
         "CN=bob@example.com,O=Example"
     );
     assert!(!certgate_ok(&["certs", "list", "--dir", ca]).contains("invited"));
+    // Downloaded, it stays a valid certificate after the link's expiry.
+    age_invitations(&site.enroll);
+    let row = list_row(ca, "bob@example.com");
+    assert!(row.contains(" valid "), "{row}");
     // The token never reached a log line.
     assert!(logs.text().contains("invitation bundle downloaded"));
     assert!(!logs.text().contains(token), "the token was logged");
@@ -580,15 +617,7 @@ async fn expired_cancelled_and_guessed_links() {
 
     // Expired: the record says so (the test moves its expiry into the past rather than wait).
     let expired = site.invite("late", &["--expires", "1h"]);
-    for entry in std::fs::read_dir(&site.enroll).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "json") {
-            let mut v: serde_json::Value =
-                serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-            v["expires"] = serde_json::json!(time::OffsetDateTime::now_utc().unix_timestamp() - 1);
-            std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
-        }
-    }
+    age_invitations(&site.enroll);
     let got = ask(proxy.addr, anon.clone(), "GET", &expired, true).await;
     assert_eq!(got.status, 410);
     assert!(got.body.contains("has expired"));
@@ -611,6 +640,9 @@ async fn expired_cancelled_and_guessed_links() {
             .count(),
         0
     );
+    // And `certs list` still calls it an expired invitation, not a valid certificate.
+    let row = list_row(ca, "late");
+    assert!(row.contains("invite expired"), "{row}");
 
     // Cancelled with `certs revoke`: the link answers 410 at once.
     let cancelled = site.invite("carol", &[]);
@@ -656,6 +688,179 @@ async fn expired_cancelled_and_guessed_links() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("enroll.dir"), "{err}");
     assert!(err.contains("on_failure = \"help\""), "{err}");
+}
+
+/// Guesses on a connection the guesser already holds are throttled too: with
+/// `handshake_failures_per_ip = "5/m"`, six wrong tokens on one HTTP/2 connection (and on one
+/// HTTP/1.1 keep-alive connection) are 404s, the sixth putting the address over its limit; from
+/// then on every invitation link on that connection, the right one included, answers 429 with
+/// `Retry-After` and the connection closes, new connections are refused at accept, and once the
+/// rate of failures drops the right link works again.
+#[tokio::test]
+async fn guesses_on_an_open_connection_are_locked_out() {
+    let site = make_site(
+        "invite-lockout",
+        // Not help mode, where the connection without a certificate would count as a failure
+        // too: here only the guesses count.
+        "client_auth = \"optional\"",
+        "[limits]\nhandshake_failures_per_ip = \"5/m\"\n",
+    );
+    let link = site.invite("dave", &[]);
+    let guess = |i: usize| format!("/.well-known/certgate/enroll/{:A>21}{}", i, "A");
+    let get = |path: &str, html: bool| {
+        let mut b = Request::get(path).header("host", "localhost");
+        if html {
+            b = b.header("accept", "text/html");
+        }
+        b.body(empty()).unwrap()
+    };
+
+    // HTTP/2: one connection, one stream after another.
+    let proxy = Proxy::start_file(&site.config).await;
+    let mut send = h2(proxy.addr, client_config(None, &["h2"])).await;
+    for i in 0..6 {
+        let got = read(send.send_request(get(&guess(i), false)).await.unwrap()).await;
+        assert_eq!(got.status, 404, "guess {i}: {}", got.body);
+    }
+    let got = read(send.send_request(get(&link, false)).await.unwrap()).await;
+    assert_eq!(got.status, 429, "the right link, locked out: {}", got.body);
+    assert_eq!(got.json()["error"], "too_many_requests");
+    let retry: u64 = got.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=12).contains(&retry), "Retry-After {retry}");
+    // The connection goes: a request that still makes it out is refused the same way.
+    if let Ok(resp) = send.send_request(get(&guess(7), false)).await {
+        assert_eq!(resp.status(), 429);
+    }
+    assert!(
+        tls_connect(proxy.addr, client_config(None, &["h2"]))
+            .await
+            .is_err()
+    );
+    // Until the rate drops (one failure's worth: 12 s at 5/m), then the link works again.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut send = loop {
+        if tls_connect(proxy.addr, client_config(None, &["h2"]))
+            .await
+            .is_ok()
+        {
+            break h2(proxy.addr, client_config(None, &["h2"])).await;
+        }
+        assert!(std::time::Instant::now() < deadline, "still refused");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    let got = read(send.send_request(get(&link, true)).await.unwrap()).await;
+    assert_eq!(got.status, 200, "{}", got.body);
+    assert!(got.body.contains("dave"));
+
+    // HTTP/1.1 keep-alive, against a proxy of its own (a throttle of its own): the same.
+    let proxy = Proxy::start_file(&site.config).await;
+    let mut send = h1(proxy.addr, client_config(None, &["http/1.1"])).await;
+    for i in 0..6 {
+        let got = read(send.send_request(get(&guess(i), false)).await.unwrap()).await;
+        assert_eq!(got.status, 404, "guess {i}: {}", got.body);
+        assert!(got.headers.get("connection").is_none(), "kept alive");
+    }
+    let got = read(send.send_request(get(&link, true)).await.unwrap()).await;
+    assert_eq!(got.status, 429, "the right link, locked out: {}", got.body);
+    assert_page_headers(&got);
+    assert!(got.body.contains("Too many attempts"), "{}", got.body);
+    assert!(!got.body.contains("id=\"password\""));
+    assert!(got.headers.contains_key("retry-after"));
+    assert_eq!(got.headers["connection"], "close");
+    assert!(
+        send.send_request(get(&link, false)).await.is_err(),
+        "closed"
+    );
+}
+
+/// `certs revoke` revokes first, always: when the invitation cannot be cancelled (its enroll
+/// folder unusable) the certificate is revoked and in the CRL all the same, the failure is
+/// reported after, with a non-zero exit, and running it again once the folder is back cancels
+/// the link.
+#[test]
+fn revoke_revokes_even_when_the_invitation_cannot_be_cancelled() {
+    let site = make_site("invite-revoke-first", "client_auth = \"optional\"", "");
+    let ca = site.ca.to_str().unwrap();
+    site.invite("erin", &[]);
+    // The folder replaced by a file: the bundle cannot be deleted, whoever runs the command.
+    let away = site.dir.join("invites-away");
+    std::fs::rename(&site.enroll, &away).unwrap();
+    std::fs::write(&site.enroll, b"not a folder").unwrap();
+    let out = certgate_cli(&["certs", "revoke", "--dir", ca, "--name", "erin"]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(stdout.contains("revoked erin"), "{stdout}");
+    assert!(
+        stderr.contains("cannot cancel the invitation for erin"),
+        "{stderr}"
+    );
+    assert!(list_row(ca, "erin").contains("revoked"));
+    let crl = Command::new("openssl")
+        .args(["crl", "-noout", "-text", "-in"])
+        .arg(site.ca.join("ca.crl"))
+        .output()
+        .unwrap();
+    let crl = String::from_utf8_lossy(&crl.stdout);
+    assert!(crl.contains("Revoked Certificates:"), "{crl}");
+    // The folder back: the same command cancels the link and leaves the CRL as it is.
+    std::fs::remove_file(&site.enroll).unwrap();
+    std::fs::rename(&away, &site.enroll).unwrap();
+    let out = certgate_ok(&["certs", "revoke", "--dir", ca, "--name", "erin"]);
+    assert!(out.contains("already revoked"), "{out}");
+    assert!(out.contains("invitation for erin cancelled"), "{out}");
+    assert!(!files_in(&site.enroll).iter().any(|f| f.ends_with(".p12")));
+}
+
+/// `certs invite` records the certificate in the CA state before it makes the link live: when
+/// the state cannot be written (here a file-size limit the state is over and the bundle under),
+/// no invitation is stored, nothing is left in the CA folder, and the name is free.
+#[test]
+fn invite_records_the_certificate_before_the_link_is_live() {
+    let site = make_site("invite-record-first", "client_auth = \"optional\"", "");
+    let ca = site.ca.to_str().unwrap();
+    let state = site.ca.join("certgate-ca.json");
+    let mut n = 0;
+    while std::fs::metadata(&state).unwrap().len() < 8 * 1024 {
+        certgate_ok(&["certs", "client", "--dir", ca, "--name", &format!("c{n}")]);
+        n += 1;
+    }
+    // `ulimit -f 6`: writes past 6 KiB fail with EFBIG (SIGXFSZ ignored, as the shell passes it
+    // on through exec). The bundle (~2 KiB), the record and the certificate fit; the state does not.
+    let out = Command::new("bash")
+        .args(["-c", "trap '' XFSZ; ulimit -f 6; exec \"$@\"", "bash"])
+        .arg(env!("CARGO_BIN_EXE_certgate"))
+        .args([
+            "certs",
+            "invite",
+            "--dir",
+            ca,
+            "--name",
+            "frank",
+            "--enroll-dir",
+        ])
+        .arg(&site.enroll)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("certgate-ca.json"), "{stderr}");
+    assert_eq!(
+        files_in(&site.enroll),
+        Vec::<String>::new(),
+        "a link went live"
+    );
+    assert!(!site.ca.join("frank.crt").exists());
+    assert!(!certgate_ok(&["certs", "list", "--dir", ca]).contains("frank"));
+    // Without the limit the same invitation goes through.
+    site.invite("frank", &[]);
+    assert!(list_row(ca, "frank").contains("invited"));
 }
 
 // ---- in a real browser ----

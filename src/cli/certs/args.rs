@@ -4,6 +4,12 @@ use super::*;
 
 /// The state file's name inside the CA folder.
 pub const STATE_FILE: &str = "certgate-ca.json";
+/// The lock file beside it: every command that changes the state holds an exclusive lock on it
+/// from reading the state to writing it back. It is never deleted (a lock file removed while
+/// another process waits on it would let a third lock a new one).
+pub(super) const LOCK_FILE: &str = "certgate-ca.json.lock";
+/// How long a command waits for another one to finish with the state before giving up.
+pub(super) const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 /// CA validity by default: 10 years (the seed's `-days 3650`).
 pub(super) const DEFAULT_CA_DAYS: i64 = 3650;
 /// Server validity by default: 3 years.

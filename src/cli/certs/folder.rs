@@ -1,5 +1,9 @@
 //! The CA folder on disk: opening it, loading and saving the CA and the state, writing
 //! certificates and keys (0600, through a temporary file and a rename), passwords.
+//!
+//! Opening the folder takes an exclusive lock on `certgate-ca.json.lock` and holds it until the
+//! command ends, so that two commands (a cron `certs crl` and a `revoke`, two `client`s) never
+//! read the same state and each write back their own change over the other's.
 
 use super::*;
 
@@ -8,6 +12,58 @@ pub(super) struct CaFolder {
     pub(super) dir: PathBuf,
     pub(super) state: State,
     pub(super) ca: Issued,
+    /// Held from reading the state to the end of the command.
+    pub(super) _lock: StateLock,
+}
+
+/// An exclusive lock on the folder's state (`flock` on [`LOCK_FILE`]), released when dropped.
+pub(super) struct StateLock {
+    _file: std::fs::File,
+}
+
+impl StateLock {
+    /// Waits up to [`LOCK_WAIT`] for the lock on `dir`'s state.
+    pub(super) fn take(dir: &Path) -> Result<StateLock, CliError> {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let path = dir.join(LOCK_FILE);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| {
+                invalid(format!(
+                    "{}: cannot open the CA state's lock file: {e}",
+                    path.display()
+                ))
+            })?;
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(StateLock { _file: file }),
+                Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                    // Another command is between reading and writing the state: a few
+                    // milliseconds, or the time to sign a CRL.
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(CliError::other(anyhow::anyhow!(
+                        "{}: another certgate certs command has held the CA state's lock for {} s; try again when it is done",
+                        path.display(),
+                        LOCK_WAIT.as_secs()
+                    )));
+                }
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(invalid(format!(
+                        "{}: cannot lock the CA state: {e}",
+                        path.display()
+                    )));
+                }
+            }
+        }
+    }
 }
 
 impl CaFolder {
@@ -31,6 +87,11 @@ impl CaFolder {
     pub(super) fn open(args: &CaDir) -> Result<CaFolder, CliError> {
         // Absolute, so the paths printed for certgate.toml work from wherever the config lives.
         let dir = args.dir.canonicalize().unwrap_or_else(|_| args.dir.clone());
+        // Only a CA folder gets a lock file: the state's absence is reported as before.
+        if !Self::state_path(&dir).exists() {
+            Self::read_state(&dir)?;
+        }
+        let lock = StateLock::take(&dir)?;
         let state = Self::read_state(&dir)?;
         let cert_path = dir.join("ca.crt");
         let key_path = dir.join("ca.key");
@@ -78,7 +139,12 @@ impl CaFolder {
         };
         let ca = Issued::load_ca(&cert_pem, &key_der)
             .map_err(|e| invalid(format!("{}: {e}", dir.display())))?;
-        Ok(CaFolder { dir, state, ca })
+        Ok(CaFolder {
+            dir,
+            state,
+            ca,
+            _lock: lock,
+        })
     }
 
     pub(super) fn save_state(&self) -> Result<(), CliError> {

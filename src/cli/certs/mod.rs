@@ -8,8 +8,10 @@
 //! validity, revocation) and, per name, `NAME.crt` (servers: leaf then CA, ready for
 //! `[tls] cert`), `NAME.key` (0600), and for clients optionally `NAME.p12` and `NAME.p12.pass`.
 //! An invited client (`invite`) has only `NAME.crt` here: its key leaves in the bundle that
-//! waits in the enroll folder ([`crate::onboarding::invites`]).
-//! Every file is written through a temporary file and a rename; keys are never printed.
+//! waits in the enroll folder (`onboarding::invites`).
+//! Every file is written through a temporary file and a rename; keys are never printed. A
+//! command that changes the state holds an exclusive lock on `certgate-ca.json.lock` while it
+//! does (see `folder`).
 
 mod args;
 mod folder;
@@ -198,6 +200,7 @@ fn init_ca(a: &InitCa) -> Result<(), CliError> {
             .transpose()?;
     ensure_dir(dir)?;
     let dir = &dir.canonicalize().unwrap_or_else(|_| dir.clone());
+    let lock = StateLock::take(dir)?;
     let mut spec = Spec::new(Profile::Ca, &a.cn, a.days);
     spec.key = a.key.into();
     let ca = pki::issue(&spec, None).map_err(CliError::invalid)?;
@@ -216,6 +219,7 @@ fn init_ca(a: &InitCa) -> Result<(), CliError> {
             certs: Vec::new(),
         },
         ca,
+        _lock: lock,
     };
     let fields = SubjectFields {
         cn: a.cn.clone(),
@@ -562,28 +566,40 @@ fn invite(i: &InviteArgs) -> Result<(), CliError> {
         created: now.unix_timestamp(),
         expires: expires.unix_timestamp(),
     };
-    Store::new(&enroll_dir)
-        .put(&token, &invitation, &p12)
-        .map_err(|e| {
-            invalid(format!(
-                "{}: cannot store the invitation: {e}",
-                enroll_dir.display()
-            ))
-        })?;
-    // The certificate stays on record (for `list`, `revoke`, the CRL); its key leaves only in
-    // the bundle.
-    write(
-        &folder.dir.join(format!("{}.crt", a.name)),
-        issued.cert_pem.as_bytes(),
-        0o644,
-    )?;
     record.invite = Some(InviteRecord {
         enroll_dir: enroll_dir.clone(),
         id: token.id(),
         expires: rfc3339(expires),
     });
+    // On record first (for `list`, `revoke` and the CRL), then published: a link is never live
+    // for a certificate the CA state does not know. The certificate stays in the CA folder; its
+    // key leaves only in the bundle.
+    let crt = folder.dir.join(format!("{}.crt", a.name));
+    write(&crt, issued.cert_pem.as_bytes(), 0o644)?;
     folder.state.certs.push(record.clone());
-    folder.save_state()?;
+    if let Err(e) = folder.save_state() {
+        let _ = std::fs::remove_file(&crt);
+        return Err(e);
+    }
+    if let Err(e) = Store::new(&enroll_dir).put(&token, &invitation, &p12) {
+        // The key was only in the bundle, so no one can ever use this certificate: it is taken
+        // off the record again, and the name is free for the next attempt.
+        folder.state.certs.pop();
+        let undo = folder.save_state();
+        let _ = std::fs::remove_file(&crt);
+        let mut message = format!("{}: cannot store the invitation: {e}", enroll_dir.display());
+        if let Err(u) = undo {
+            let _ = write!(
+                message,
+                "; and the CA state still lists {} ({:#}): revoke it with `certgate certs revoke --dir {} --name {}`",
+                a.name,
+                u.error,
+                folder.dir.display(),
+                a.name
+            );
+        }
+        return Err(invalid(message));
+    }
     println!(
         "client certificate {} issued (serial {}, valid until {})\n  subject {}\n\n\
          One-time link (works until {}; send it to the person, it is shown nowhere else):\n\n  {url}{LINK_PREFIX}{}\n\n\
@@ -643,25 +659,11 @@ fn revoke(a: &RevokeArgs) -> Result<(), CliError> {
         )));
     }
     let mut newly = Vec::new();
-    let mut cancelled = Vec::new();
+    let mut invites = Vec::new();
     for i in targets {
         let r = &mut folder.state.certs[i];
         if let Some(inv) = &r.invite {
-            let store = crate::onboarding::invites::Store::new(&inv.enroll_dir);
-            match store.cancel(&inv.id) {
-                Ok(true) => cancelled.push(format!(
-                    "invitation for {} cancelled (its link now answers 410)",
-                    r.name
-                )),
-                Ok(false) => {}
-                Err(e) => {
-                    return Err(invalid(format!(
-                        "{}: cannot cancel the invitation for {}: {e}",
-                        inv.enroll_dir.display(),
-                        r.name
-                    )));
-                }
-            }
+            invites.push((r.name.clone(), inv.clone()));
         }
         if r.revoked_at.is_none() {
             r.revoked_at = Some(now.clone());
@@ -669,27 +671,44 @@ fn revoke(a: &RevokeArgs) -> Result<(), CliError> {
             newly.push(format!("{} (serial {})", r.name, r.serial));
         }
     }
-    for line in &cancelled {
-        println!("{line}");
-    }
+    // Revoked and in the CRL before anything else is tried: a pending invitation that cannot
+    // be cancelled (its folder unreadable) must not keep the certificate valid.
     if newly.is_empty() {
         println!(
             "already revoked; {} unchanged",
             folder.dir.join("ca.crl").display()
         );
-        return Ok(());
+    } else {
+        let crl = folder.write_crl(a.crl_days)?;
+        folder.save_state()?;
+        println!(
+            "revoked {}; {} rewritten (CRL #{}, {} revoked).\n{}",
+            newly.join(", "),
+            crl.display(),
+            folder.state.crl_number,
+            folder.state.revoked_count(),
+            reload_hint(&crl)
+        );
     }
-    let crl = folder.write_crl(a.crl_days)?;
-    folder.save_state()?;
-    println!(
-        "revoked {}; {} rewritten (CRL #{}, {} revoked).\n{}",
-        newly.join(", "),
-        crl.display(),
-        folder.state.crl_number,
-        folder.state.revoked_count(),
-        reload_hint(&crl)
-    );
-    Ok(())
+    let mut failed = Vec::new();
+    for (name, inv) in invites {
+        match crate::onboarding::invites::Store::new(&inv.enroll_dir).cancel(&inv.id) {
+            Ok(true) => {
+                println!("invitation for {name} cancelled (its link now answers 410)");
+            }
+            Ok(false) => {}
+            Err(e) => failed.push(format!(
+                "{}: cannot cancel the invitation for {name}: {e}; the certificate is revoked, but until {}.p12 there is deleted its link still hands out the revoked certificate's bundle (run this command again once the folder is readable)",
+                inv.enroll_dir.display(),
+                inv.id
+            )),
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(CliError::other(anyhow::anyhow!(failed.join("\n"))))
+    }
 }
 
 fn crl(a: &CrlArgs) -> Result<(), CliError> {
