@@ -485,28 +485,77 @@ fn shipped_gpu_example_loads() {
     }
 }
 
-/// After `strip_prefix`, the deny rules that re-check the forwarded path are those of the same
-/// group: `/internal` denied on the UI's group does not refuse `/api/internal` that goes to the
-/// workers as `/internal`, while a deny rule naming the workers' group does.
+/// After `strip_prefix`, the deny rules that re-check the forwarded path are those of the
+/// target group and those naming no group: `/internal` denied for the `other` group does not
+/// refuse `/api/internal` that goes to the workers as `/internal`, while a deny rule naming the
+/// workers' group does, and so does one naming no group (it may mean every backend's path).
 #[tokio::test]
 async fn strip_prefix_recheck_counts_deny_rules_of_the_same_group() {
     let ui = Backend::start().await;
     let worker = Backend::start().await;
+    let other = Backend::start().await;
     let toml = test_config_servers(
         &[server(ui.addr)],
         "",
         &format!(
-            "[upstreams.workers]\nservers = [{}]\n\n[[route]]\npath = \"/internal\"\naction = \"deny\"\n\n[[route]]\npath = \"/secret\"\naction = \"deny\"\nupstream = \"workers\"\n\n[[route]]\npath = \"/api\"\naction = \"allow\"\nstrip_prefix = \"/api\"\nupstream = \"workers\"\n",
-            server(worker.addr)
+            "[upstreams.workers]\nservers = [{}]\n\n[upstreams.other]\nservers = [{}]\n\n[[route]]\npath = \"/internal\"\naction = \"deny\"\nupstream = \"other\"\n\n[[route]]\npath = \"/secret\"\naction = \"deny\"\nupstream = \"workers\"\n\n[[route]]\npath = \"/everywhere\"\naction = \"deny\"\n\n[[route]]\npath = \"/api\"\naction = \"allow\"\nstrip_prefix = \"/api\"\nupstream = \"workers\"\n",
+            server(worker.addr),
+            server(other.addr)
         ),
     );
     let proxy = Proxy::start_with(&toml).await;
     assert_eq!(
-        who(proxy.addr, alice(), "/api/internal", &[&ui, &worker]).await,
+        who(
+            proxy.addr,
+            alice(),
+            "/api/internal",
+            &[&ui, &worker, &other]
+        )
+        .await,
         1
     );
     assert_eq!(worker.seen()[0].target, "/internal");
-    let got = get_once(proxy.addr, alice(), "/api/secret").await;
-    assert_eq!(got.status, 403, "{}", got.body);
+    for path in ["/api/secret", "/api/everywhere/x"] {
+        let got = get_once(proxy.addr, alice(), path).await;
+        assert_eq!(got.status, 403, "{path}: {}", got.body);
+        assert!(got.body.contains("after strip_prefix"), "{}", got.body);
+    }
     assert_eq!(get_once(proxy.addr, alice(), "/internal").await.status, 403);
+    assert_eq!(served(&worker), 1);
+}
+
+/// The re-check after `strip_prefix` counts every deny rule, not the first that matches: with
+/// `/internal` denied for another group first and for the default group after it, and `/api`
+/// stripped to the default group, `/api/internal/secret` is refused like `/internal/secret`
+/// and never reaches the default backend.
+#[tokio::test]
+async fn strip_prefix_recheck_is_not_hidden_by_another_groups_deny() {
+    let ui = Backend::start().await;
+    let other = Backend::start().await;
+    let toml = test_config_servers(
+        &[server(ui.addr)],
+        "",
+        &format!(
+            "[upstreams.other]\nservers = [{}]\n\n[[route]]\npath = \"/internal\"\naction = \"deny\"\nupstream = \"other\"\n\n[[route]]\npath = \"/internal\"\naction = \"deny\"\n\n[[route]]\npath = \"/api\"\naction = \"allow\"\nstrip_prefix = \"/api\"\n",
+            server(other.addr)
+        ),
+    );
+    let proxy = Proxy::start_with(&toml).await;
+    assert_eq!(
+        get_once(proxy.addr, alice(), "/internal/secret")
+            .await
+            .status,
+        403
+    );
+    for path in ["/api/internal/secret", "/api/INTERNAL;x/secret"] {
+        let got = get_once(proxy.addr, alice(), path).await;
+        assert_eq!(got.status, 403, "{path}: {}", got.body);
+        assert!(got.body.contains("after strip_prefix"), "{}", got.body);
+    }
+    assert_eq!(served(&ui), 0, "{:#?}", ui.seen());
+    assert_eq!(
+        who(proxy.addr, alice(), "/api/colorize", &[&ui, &other]).await,
+        0
+    );
+    assert_eq!(ui.seen().last().unwrap().target, "/colorize");
 }
