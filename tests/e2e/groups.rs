@@ -377,6 +377,57 @@ async fn drain_keeps_bound_clients_and_reload_moves_nobody() {
     }
 }
 
+/// `/readyz` means a new client would be served: with one server of the group down and the
+/// only healthy one draining, a client bound to the draining server is still served, every
+/// new client gets 503, and `/readyz` is 503 naming the group.
+#[tokio::test]
+async fn readyz_is_not_ready_when_the_only_healthy_server_drains() {
+    let dead = backend::dead_addr().await;
+    let b = Backend::start().await;
+    let path = own_config("groups-ready-drain", b.addr, "", "");
+    let write = |servers: &[String]| {
+        std::fs::write(
+            &path,
+            group_config(
+                servers,
+                "max_fails = 1\nfail_timeout = \"60s\"\n[upstream.health]\nenabled = false\n",
+                "[admin]\nlisten = \"127.0.0.1:0\"\n",
+            ),
+        )
+        .unwrap();
+    };
+    write(&[server(dead), server(b.addr)]);
+    let proxy = Proxy::start_file(&path).await;
+    let admin = proxy.admin.unwrap();
+    // Whichever order alice's rendezvous gives, she ends up bound to b (a refused connection
+    // fails over before any byte was sent).
+    assert_eq!(who(proxy.addr, alice(), "/", &[&b]).await, 0);
+    assert_eq!(admin_get(admin, "/readyz").await.0, 200);
+    write(&[
+        server(dead),
+        format!("{{ url = \"http://{}\", drain = true }}", b.addr),
+    ]);
+    proxy.shared.reload("test").await.expect("reload");
+    assert_eq!(who(proxy.addr, alice(), "/", &[&b]).await, 0);
+    // A new client: the dead server, if not yet marked down, refuses (502); then 503.
+    let newcomer = clients().swap_remove(0);
+    let mut statuses = Vec::new();
+    for _ in 0..2 {
+        statuses.push(
+            get_once(proxy.addr, newcomer.clone(), "/")
+                .await
+                .status
+                .as_u16(),
+        );
+    }
+    assert!(matches!(statuses[..], [502 | 503, 503]), "{statuses:?}");
+    let (status, text) = admin_get(admin, "/readyz").await;
+    assert_eq!(status, 503, "{text}");
+    assert!(text.contains("\"default\""), "{text}");
+    assert!(text.contains("draining"), "{text}");
+    assert_eq!(served(&b), 2);
+}
+
 /// Named groups: a route's `upstream` sends it to its group; everything else to `[upstream]`.
 #[tokio::test]
 async fn routes_choose_their_group() {
