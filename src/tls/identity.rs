@@ -158,7 +158,8 @@ pub struct IdentityHeaders(Vec<(HeaderName, HeaderValue)>);
 
 impl IdentityHeaders {
     /// Renders the headers of `names.profile` for a client with or without a certificate (its
-    /// identity, and the chain it sent, leaf first). In the nginx profile a client without one
+    /// identity, and its verified path: the leaf, then each issuer up to but not including the
+    /// trust anchor, never other certificates the client sent). In the nginx profile a client without one
     /// gets only the verify header (`NONE`), so a backend can tell the two apart; the other
     /// profiles, like RFC 9440 and Envoy, send nothing then.
     pub fn render(
@@ -176,8 +177,9 @@ impl IdentityHeaders {
     }
 
     /// RFC 9440 §2: `Client-Cert` is the leaf's DER as a structured-field byte sequence
-    /// (`:base64:`), `Client-Cert-Chain` a list of the other certificates the client sent, in
-    /// its order, and absent when it sent none.
+    /// (`:base64:`), `Client-Cert-Chain` a list of the certificates "used to validate" it: the
+    /// verified path's intermediates, issuer first, and absent when the leaf's issuer is the
+    /// trust anchor itself.
     fn rfc9440(chain: &[CertificateDer<'_>]) -> IdentityHeaders {
         let sf = |der: &CertificateDer<'_>| {
             use base64::Engine as _;
@@ -204,8 +206,9 @@ impl IdentityHeaders {
     }
 
     /// One XFCC element as Envoy writes it with `set_current_client_cert_details` (subject,
-    /// cert, chain, uri, dns): `Hash=<sha256 hex>;Cert="<url-encoded PEM>"`, `Chain` when the
-    /// client sent intermediates, `Subject="<RFC 2253 DN>"`, the first URI SAN, every DNS SAN.
+    /// cert, chain, uri, dns): `Hash=<sha256 hex>;Cert="<url-encoded PEM>"`, `Chain` (the leaf
+    /// and the verified path's intermediates) when the path has intermediates,
+    /// `Subject="<RFC 2253 DN>"`, the first URI SAN, every DNS SAN.
     /// A value holding `,` `;` `=` or `"` is quoted, with `"` and `\` escaped by a backslash.
     fn xfcc(id: &ClientIdentity, chain: &[CertificateDer<'_>]) -> IdentityHeaders {
         let mut v = format!("Hash={}", id.fingerprint);
