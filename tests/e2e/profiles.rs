@@ -217,6 +217,77 @@ async fn forwarded_chains_are_the_verified_path_only() {
     }
 }
 
+/// XFCC quoting holds against hostile subjects, read by a parser that follows Envoy's grammar
+/// exactly (`"` written `\"`, no other escape): a subject ending in a backslash, quotes,
+/// commas, semicolons, `=` and an attempt to inject a `DNS=` field each come out as one
+/// element whose Subject is the certificate's subject (compared attribute by attribute through
+/// an RFC 4514 parser) and whose URI and DNS fields after it are all there. A SAN that XFCC
+/// cannot carry unambiguously (quoted, ending in a backslash) leaves the header out.
+#[tokio::test]
+async fn xfcc_quoting_survives_hostile_subjects() {
+    let backend = Backend::start().await;
+    let proxy = Proxy::start(backend.addr, "[headers]\nprofile = \"xfcc\"\n").await;
+    let hostile = [
+        ("trailing\\", "Acme"),
+        ("plain", "trailing\\"),
+        ("two\\\\", "Acme\\"),
+        ("a\"b;c=d,e", "\""),
+        ("\\\";DNS=evil.example;Subject=\"CN=root", "x=y"),
+        ("\\\"", "\\,\\;\\="),
+    ];
+    for (i, (cn, o)) in hostile.iter().enumerate() {
+        let id = custom_client(|p| {
+            p.distinguished_name
+                .push(rcgen::DnType::OrganizationName, *o);
+            p.distinguished_name.push(rcgen::DnType::CommonName, *cn);
+            p.subject_alt_names = vec![
+                rcgen::SanType::URI("spiffe://example.org/ns/a;b".try_into().unwrap()),
+                rcgen::SanType::DnsName("a.example".try_into().unwrap()),
+            ];
+        });
+        let got = get_once(proxy.addr, client_config(Some(&id), &[]), "/").await;
+        assert_eq!(got.status, 200, "{cn:?}: {}", got.body);
+        let seen = backend.seen();
+        let headers = &seen[i].headers;
+        let decoded = decode(headers);
+        let x = &decoded["xfcc"];
+        let raw = headers.get("x-forwarded-client-cert").unwrap();
+        assert_eq!(x["elements"], 1, "{cn:?}: {raw:?} {decoded}");
+        assert_eq!(x["hash"], x["cert_sha256"], "{cn:?}: {raw:?}");
+        assert_eq!(
+            x["subject_attrs"], x["parsed"]["subject_attrs"],
+            "{cn:?}: {raw:?} {decoded}"
+        );
+        assert_eq!(
+            x["uris"],
+            serde_json::json!(["spiffe://example.org/ns/a;b"]),
+            "{cn:?}: {raw:?}"
+        );
+        assert_eq!(
+            x["dns"],
+            serde_json::json!(["a.example"]),
+            "{cn:?}: {raw:?}"
+        );
+    }
+    // A URI SAN that must be quoted and ends in a backslash: no header rather than a wrong one.
+    let id = custom_client(|p| {
+        p.distinguished_name.push(rcgen::DnType::CommonName, "uri");
+        p.subject_alt_names = vec![rcgen::SanType::URI(
+            "spiffe://example.org/a;b\\".try_into().unwrap(),
+        )];
+    });
+    let got = get_once(proxy.addr, client_config(Some(&id), &[]), "/").await;
+    assert_eq!(got.status, 200, "{}", got.body);
+    let seen = backend.seen();
+    assert!(
+        !seen[hostile.len()]
+            .headers
+            .contains_key("x-forwarded-client-cert"),
+        "{:?}",
+        seen[hostile.len()].headers
+    );
+}
+
 /// Without a certificate (`client_auth = "optional"`) the RFC 9440 and XFCC profiles send
 /// nothing, and a client's invented versions are still stripped.
 #[tokio::test]
