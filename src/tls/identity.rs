@@ -159,9 +159,9 @@ pub struct IdentityHeaders(Vec<(HeaderName, HeaderValue)>);
 impl IdentityHeaders {
     /// Renders the headers of `names.profile` for a client with or without a certificate (its
     /// identity, and its verified path: the leaf, then each issuer up to but not including the
-    /// trust anchor, never other certificates the client sent). In the nginx profile a client without one
-    /// gets only the verify header (`NONE`), so a backend can tell the two apart; the other
-    /// profiles, like RFC 9440 and Envoy, send nothing then.
+    /// trust anchor, never other certificates the client sent). In the nginx profile a client
+    /// without one gets only the verify header (`NONE`), so a backend can tell the two apart;
+    /// the other profiles, like RFC 9440 and Envoy, send nothing then.
     pub fn render(
         names: &HeaderNames,
         id: Option<(&ClientIdentity, &[CertificateDer<'_>])>,
