@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use rustls::RootCertStore;
 use rustls::pki_types::UnixTime;
-use rustls_pki_types::CertificateDer;
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
 use webpki::{
     CertRevocationList, ExpirationPolicy, OwnedCertRevocationList, RevocationCheckDepth,
     RevocationOptionsBuilder, UnknownStatusPolicy,
@@ -42,15 +42,22 @@ impl PathBuilder {
     /// them to its verifier. CAs or CRLs that do not load are left out: the verifier refuses
     /// the whole configuration then, so this builder is never used with them.
     pub(crate) fn new(tls: &Tls) -> Arc<PathBuilder> {
+        Self::from_parts(&tls.client_cas, &tls.crls, tls.crl_expired)
+    }
+
+    fn from_parts(
+        client_cas: &[CertificateDer<'static>],
+        crls: &[CertificateRevocationListDer<'static>],
+        crl_expired: CrlExpired,
+    ) -> Arc<PathBuilder> {
         let mut roots = RootCertStore::empty();
-        roots.add_parsable_certificates(tls.client_cas.iter().cloned());
-        let crls = tls
-            .crls
+        roots.add_parsable_certificates(client_cas.iter().cloned());
+        let crls = crls
             .iter()
             .filter_map(|der| OwnedCertRevocationList::from_der(der.as_ref()).ok())
             .map(CertRevocationList::from)
             .collect();
-        let expiration = match tls.crl_expired {
+        let expiration = match crl_expired {
             CrlExpired::Reject => ExpirationPolicy::Enforce,
             CrlExpired::Warn => ExpirationPolicy::Ignore,
         };
@@ -96,5 +103,53 @@ impl PathBuilder {
                 .map(|c| c.der().into_owned()),
         );
         Some(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::{Profile, Spec, issue};
+
+    #[test]
+    fn the_path_is_the_chain_that_verifies_and_nothing_else() {
+        let ca = issue(&Spec::new(Profile::Ca, "root", 30), None).unwrap();
+        let inter = issue(&Spec::new(Profile::Ca, "inter", 30), Some(&ca)).unwrap();
+        let unused = issue(&Spec::new(Profile::Ca, "unused", 30), Some(&ca)).unwrap();
+        let stranger = issue(&Spec::new(Profile::Ca, "<script>", 30), None).unwrap();
+        let leaf = issue(&Spec::new(Profile::Client, "leaf", 30), Some(&inter)).unwrap();
+        let direct = issue(&Spec::new(Profile::Client, "direct", 30), Some(&ca)).unwrap();
+        let paths =
+            PathBuilder::from_parts(std::slice::from_ref(&ca.cert), &[], CrlExpired::Reject);
+        // Extras in any order around the one intermediate that chains: only it is kept, and
+        // the root, sent too, is the anchor and not part of the path.
+        let sent = [
+            leaf.cert.clone(),
+            stranger.cert.clone(),
+            unused.cert.clone(),
+            ca.cert.clone(),
+            inter.cert.clone(),
+        ];
+        assert_eq!(
+            paths.verified(&sent).unwrap(),
+            [leaf.cert.clone(), inter.cert.clone()]
+        );
+        let sent = [
+            direct.cert.clone(),
+            inter.cert.clone(),
+            stranger.cert.clone(),
+        ];
+        assert_eq!(
+            paths.verified(&sent).unwrap(),
+            std::slice::from_ref(&direct.cert)
+        );
+        // No path: nothing to forward.
+        assert!(paths.verified(std::slice::from_ref(&leaf.cert)).is_none());
+        assert!(
+            paths
+                .verified(std::slice::from_ref(&stranger.cert))
+                .is_none()
+        );
+        assert!(paths.verified(&[]).is_none());
     }
 }
