@@ -14,8 +14,9 @@
 //! - [`config`]: the TOML file → a validated [`config::Config`]: a serde mirror (`raw`), then
 //!   every section checked and built into the runtime types of the folder that uses it.
 //! - [`tls`]: the rustls server config, the client-certificate verifier with CRLs, why a
-//!   handshake failed; [`tls::identity`]: the peer certificate → who the client is, DNs as
-//!   nginx prints them, the identity headers in each profile.
+//!   handshake failed, the verified path of a client's chain (`tls::path`); [`tls::identity`]:
+//!   the peer certificate → who the client is, DNs as nginx prints them, the identity headers in
+//!   each profile.
 //! - [`proxy`]: listeners, the accept loop, one [`proxy`]`::conn` per connection (handshake,
 //!   keep-alive, parking), one `handle` per request, reload ([`proxy::runtime`]), shutdown,
 //!   signals, the redirect and admin listeners.

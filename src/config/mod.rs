@@ -992,7 +992,10 @@ impl Validator<'_> {
         }
         if let Some(u) = &r.upstream {
             match known.groups.iter().position(|g| *g == u.get_ref().as_str()) {
-                Some(g) => rules.upstream = g + 1,
+                Some(g) => {
+                    rules.upstream = g + 1;
+                    rules.upstream_named = true;
+                }
                 None => self.problem(
                     &key("upstream"),
                     Some(u.span()),

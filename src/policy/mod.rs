@@ -182,16 +182,9 @@ impl Policy {
                 let stripped = routes::strip_prefix(&path, prefix);
                 // `/api/internal` with `strip_prefix = "/api"` reaches the backend as
                 // `/internal`: a deny rule that refuses `/internal` asked directly must refuse
-                // it this way too, since the backend cannot tell the two apart. Only deny rules
-                // of the same upstream group count (a deny rule protects the group its
-                // `upstream` names, `[upstream]` without one), and a deny of `/` (everything not
-                // allowed above it) names no backend path, so it is not one.
-                if let Some((_, deny)) =
-                    routes::first_match(&self.routes, &stripped).filter(|(_, r)| {
-                        r.action == Action::Deny
-                            && !r.is_catch_all()
-                            && r.rules.upstream == route.rules.upstream
-                    })
+                // it this way too, since the backend cannot tell the two apart.
+                if let Some(deny) =
+                    routes::deny_after_strip(&self.routes, &stripped, route.rules.upstream)
                 {
                     return Err(Reject::forbidden(
                         format!(

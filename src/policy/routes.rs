@@ -341,6 +341,9 @@ pub struct RouteRules {
     pub strip_prefix: Option<String>,
     /// The upstream group: 0 is `[upstream]`, then `[upstreams.NAME]` in name order.
     pub upstream: usize,
+    /// Whether the route names its group with `upstream`. A deny route that names none is not
+    /// taken to protect `[upstream]` alone: it protects every group (see [`deny_after_strip`]).
+    pub upstream_named: bool,
 }
 
 impl RouteRules {
@@ -435,6 +438,28 @@ impl Route {
 /// The first route that matches, with its index; `None` means allowed by default.
 pub fn first_match<'r>(routes: &'r [Route], path: &NormalizedPath) -> Option<(usize, &'r Route)> {
     routes.iter().enumerate().find(|(_, r)| r.matches(path))
+}
+
+/// The deny route that refuses `stripped`, the path a `strip_prefix` route forwards to group
+/// `group`, if any. Every deny route counts, not only the first that matches: a deny route
+/// naming another group comes first in the order as often as not, and the backend cannot tell
+/// `/api/internal` stripped to `/internal` from `/internal` asked directly. A deny route counts
+/// when it names `group` or names no group at all — `/internal` denied without `upstream` may
+/// mean `[upstream]`'s path or every backend's, and the ambiguous case is refused. An allow
+/// route for the stripped path that comes before the deny (`/internal/health` above
+/// `/internal`) does not lift it: its own conditions were never checked on this request. A
+/// deny of `/` itself ("everything not allowed above") names no backend path and does not count.
+pub fn deny_after_strip<'r>(
+    routes: &'r [Route],
+    stripped: &NormalizedPath,
+    group: usize,
+) -> Option<&'r Route> {
+    routes.iter().find(|r| {
+        r.action == Action::Deny
+            && !r.is_catch_all()
+            && (!r.rules.upstream_named || r.rules.upstream == group)
+            && r.matches(stripped)
+    })
 }
 
 #[cfg(test)]
@@ -575,6 +600,38 @@ mod tests {
         let p = normalize("/gradio_api/info").unwrap();
         assert_eq!(first_match(&routes, &p).unwrap().0, 1);
         assert!(first_match(&routes, &normalize("/").unwrap()).is_none());
+    }
+
+    #[test]
+    fn deny_after_strip_counts_every_deny_route_of_the_group_or_of_none() {
+        let deny = |path: &str, group: Option<usize>| {
+            let mut r = Route::new(path, Action::Deny).unwrap();
+            if let Some(g) = group {
+                r.rules.upstream = g;
+                r.rules.upstream_named = true;
+            }
+            r
+        };
+        let routes = vec![
+            Route::new("/internal/health", Action::Allow).unwrap(),
+            deny("/internal", Some(2)),
+            deny("/internal", None),
+            deny("/secret", Some(1)),
+            deny("/", None),
+        ];
+        let at = |p: &str, g: usize| {
+            deny_after_strip(&routes, &normalize(p).unwrap(), g).map(|r| r.path.as_str())
+        };
+        // The first matching deny names group 2; the one naming no group still counts.
+        assert_eq!(at("/internal/secret", 0), Some("/internal"));
+        assert!(std::ptr::eq(
+            deny_after_strip(&routes, &normalize("/internal/x").unwrap(), 0).unwrap(),
+            &routes[2]
+        ));
+        assert_eq!(at("/internal/health", 0), Some("/internal"));
+        assert_eq!(at("/secret", 1), Some("/secret"));
+        assert_eq!(at("/secret", 0), None);
+        assert_eq!(at("/other", 0), None);
     }
 }
 

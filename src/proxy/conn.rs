@@ -149,6 +149,13 @@ pub(super) async fn serve(
         subject_dn = identity.as_ref().map_or("-", |i| i.subject_dn.as_str()),
         "TLS handshake complete"
     );
+    // The profiles that forward the chain forward the path that verified it, not whatever else
+    // the client appended; the nginx profile forwards the leaf alone and needs no path.
+    let verified = identity
+        .as_ref()
+        .filter(|_| rt.headers.profile != tls::identity::HeaderProfile::Nginx)
+        .and_then(|_| rt.paths.verified(&chain));
+    let path = verified.as_deref().unwrap_or(&chain[..chain.len().min(1)]);
     let close = cancel.child_token();
     let requests = Arc::new(InFlight::new());
     let conn = Arc::new(Conn {
@@ -156,10 +163,7 @@ pub(super) async fn serve(
             addr: peer,
             ip: HeaderValue::from_str(&peer.ip().to_string())
                 .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
-            headers: IdentityHeaders::render(
-                &rt.headers,
-                identity.as_deref().map(|id| (id, chain.as_slice())),
-            ),
+            headers: IdentityHeaders::render(&rt.headers, identity.as_deref().map(|id| (id, path))),
             identity,
         },
         chain,

@@ -163,6 +163,8 @@ pub struct Runtime {
     pub generation: u64,
     pub(crate) acceptor: TlsAcceptor,
     pub(crate) verifier: Arc<dyn ClientCertVerifier>,
+    /// The verified path of a client's chain, for the profiles that forward the chain.
+    pub(crate) paths: Arc<crate::tls::PathBuilder>,
     pub(crate) client_auth_required: bool,
     /// `on_failure = "help"`: the handshake admits any client that proves its key, and the
     /// strict verifier judges the certificate afterwards.
@@ -222,6 +224,7 @@ impl Runtime {
             generation,
             acceptor: TlsAcceptor::from(tls.server_config),
             verifier: tls.verifier,
+            paths: tls.paths,
             client_auth_required: config.tls.client_auth == crate::tls::ClientAuth::Required,
             help_on_failure: config.tls.on_failure == crate::tls::OnFailure::Help,
             onboarding: crate::onboarding::Onboarding::new(

@@ -158,9 +158,10 @@ pub struct IdentityHeaders(Vec<(HeaderName, HeaderValue)>);
 
 impl IdentityHeaders {
     /// Renders the headers of `names.profile` for a client with or without a certificate (its
-    /// identity, and the chain it sent, leaf first). In the nginx profile a client without one
-    /// gets only the verify header (`NONE`), so a backend can tell the two apart; the other
-    /// profiles, like RFC 9440 and Envoy, send nothing then.
+    /// identity, and its verified path: the leaf, then each issuer up to but not including the
+    /// trust anchor, never other certificates the client sent). In the nginx profile a client
+    /// without one gets only the verify header (`NONE`), so a backend can tell the two apart;
+    /// the other profiles, like RFC 9440 and Envoy, send nothing then.
     pub fn render(
         names: &HeaderNames,
         id: Option<(&ClientIdentity, &[CertificateDer<'_>])>,
@@ -176,8 +177,9 @@ impl IdentityHeaders {
     }
 
     /// RFC 9440 §2: `Client-Cert` is the leaf's DER as a structured-field byte sequence
-    /// (`:base64:`), `Client-Cert-Chain` a list of the other certificates the client sent, in
-    /// its order, and absent when it sent none.
+    /// (`:base64:`), `Client-Cert-Chain` a list of the certificates "used to validate" it: the
+    /// verified path's intermediates, issuer first, and absent when the leaf's issuer is the
+    /// trust anchor itself.
     fn rfc9440(chain: &[CertificateDer<'_>]) -> IdentityHeaders {
         let sf = |der: &CertificateDer<'_>| {
             use base64::Engine as _;
@@ -204,9 +206,10 @@ impl IdentityHeaders {
     }
 
     /// One XFCC element as Envoy writes it with `set_current_client_cert_details` (subject,
-    /// cert, chain, uri, dns): `Hash=<sha256 hex>;Cert="<url-encoded PEM>"`, `Chain` when the
-    /// client sent intermediates, `Subject="<RFC 2253 DN>"`, the first URI SAN, every DNS SAN.
-    /// A value holding `,` `;` `=` or `"` is quoted, with `"` and `\` escaped by a backslash.
+    /// cert, chain, uri, dns): `Hash=<sha256 hex>;Cert="<url-encoded PEM>"`, `Chain` (the leaf
+    /// and the verified path's intermediates) when the path has intermediates,
+    /// `Subject="<RFC 2253 DN>"`, the first URI SAN, every DNS SAN. Quoting follows Envoy's
+    /// grammar, see [`xfcc_quoted`].
     fn xfcc(id: &ClientIdentity, chain: &[CertificateDer<'_>]) -> IdentityHeaders {
         let mut v = format!("Hash={}", id.fingerprint);
         if let Some(leaf) = chain.first() {
@@ -217,20 +220,28 @@ impl IdentityHeaders {
             let _ = write!(v, ";Chain=\"{pems}\"");
         }
         v.push_str(";Subject=");
-        xfcc_quoted(&id.subject_dn, &mut v);
+        // The DN is always quoted, as Envoy writes it. A quoted value cannot end in `\` (see
+        // `xfcc_quoted`); a DN does only when its last value ends in a backslash, which RFC 2253
+        // escapes as `\\` and RFC 4514 lets be written `\5C`, the same DN.
+        let subject = match id.subject_dn.strip_suffix("\\\\") {
+            Some(head) => std::borrow::Cow::Owned(format!("{head}\\5C")),
+            None => std::borrow::Cow::Borrowed(id.subject_dn.as_str()),
+        };
+        let mut ok = xfcc_quoted(&subject, &mut v);
         if let Some(uri) = id.names.san_uri.first() {
             v.push_str(";URI=");
-            xfcc_value(uri, &mut v);
+            ok &= xfcc_value(uri, &mut v);
         }
         for dns in &id.names.san_dns {
             v.push_str(";DNS=");
-            xfcc_value(dns, &mut v);
+            ok &= xfcc_value(dns, &mut v);
         }
         let mut out = Vec::with_capacity(1);
-        // The DN and SANs are escaped ASCII (non-ASCII DN bytes are \XX escapes); a SAN with a
-        // control character cannot be a header value, and then the header is left out rather
-        // than sent without the identity it must carry.
-        if let Ok(v) = HeaderValue::from_str(&v) {
+        // The DN and SANs are escaped ASCII (non-ASCII DN bytes are \XX escapes). A SAN that
+        // XFCC cannot carry unambiguously, or with a control character (no header value), leaves
+        // the header out rather than sent with fields a parser would read otherwise or without
+        // the identity it must carry.
+        if let (true, Ok(v)) = (ok, HeaderValue::from_str(&v)) {
             out.push((HeaderName::from_static("x-forwarded-client-cert"), v));
         }
         IdentityHeaders(out)
@@ -277,25 +288,37 @@ impl IdentityHeaders {
     }
 }
 
-/// An XFCC value, quoted when it holds a character that separates XFCC keys or elements.
-fn xfcc_value(value: &str, out: &mut String) {
-    if value.contains([',', ';', '=', '"', '\\']) {
-        xfcc_quoted(value, out);
+/// An XFCC value, quoted when it holds a character that separates XFCC keys or elements, or a
+/// double quote. Unquoted, a backslash is an ordinary character. `false` when the value cannot
+/// be written (see [`xfcc_quoted`]).
+fn xfcc_value(value: &str, out: &mut String) -> bool {
+    if value.contains([',', ';', '=', '"']) {
+        xfcc_quoted(value, out)
     } else {
         out.push_str(value);
+        true
     }
 }
 
-/// An XFCC value in double quotes, `"` and `\` escaped with a backslash.
-fn xfcc_quoted(value: &str, out: &mut String) {
+/// An XFCC value in double quotes, as Envoy's documentation defines them: a `"` in the value is
+/// written `\"`, and nothing else is escaped — a backslash before any other character is
+/// itself. So a backslash is written as it is (doubling it would change the value), and a
+/// value that ends in one cannot be quoted at all: `\` and the closing quote would read as an
+/// escaped quote, swallowing the fields after it. Then nothing is written and `false` returned.
+fn xfcc_quoted(value: &str, out: &mut String) -> bool {
+    if value.ends_with('\\') {
+        return false;
+    }
+    out.reserve(value.len() + 2);
     out.push('"');
     for c in value.chars() {
-        if c == '"' || c == '\\' {
+        if c == '"' {
             out.push('\\');
         }
         out.push(c);
     }
     out.push('"');
+    true
 }
 
 /// nginx's `NGX_ESCAPE_URI_COMPONENT` table: what `$ssl_client_escaped_cert` escapes.
@@ -603,7 +626,14 @@ mod tests {
         assert_eq!(q("spiffe://x/y"), "spiffe://x/y");
         assert_eq!(q("a;b"), "\"a;b\"");
         assert_eq!(q("a=b,c"), "\"a=b,c\"");
-        assert_eq!(q("say \"hi\" \\o/"), "\"say \\\"hi\\\" \\\\o/\"");
+        // Only the quote is escaped: Envoy's grammar has no escape for a backslash.
+        assert_eq!(q("say \"hi\" \\o/"), "\"say \\\"hi\\\" \\o/\"");
+        assert_eq!(q("a\\\"b"), "\"a\\\\\"b\"");
+        // Unquoted, a trailing backslash is harmless; quoted, it cannot be written.
+        assert_eq!(q("x\\"), "x\\");
+        let mut out = String::new();
+        assert!(!xfcc_value("a;b\\", &mut out));
+        assert!(out.is_empty());
     }
 
     #[test]

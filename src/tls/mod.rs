@@ -9,6 +9,9 @@
 //! full mTLS handshake spends its time on, and it is the one jsonwebtoken and rcgen share.
 
 pub mod identity;
+mod path;
+
+pub(crate) use path::PathBuilder;
 
 use std::io;
 use std::path::PathBuf;
@@ -234,6 +237,8 @@ pub(crate) struct TlsSetup {
     pub server_config: Arc<ServerConfig>,
     /// The strict verifier: the one the handshakes use in `close` mode.
     pub verifier: Arc<dyn ClientCertVerifier>,
+    /// The same trust, to tell which presented certificates a verified chain used.
+    pub paths: Arc<PathBuilder>,
 }
 
 /// Builds the server configuration.
@@ -280,6 +285,7 @@ pub(crate) fn build(tls: &Tls) -> Result<TlsSetup, TlsError> {
     Ok(TlsSetup {
         server_config: Arc::new(config),
         verifier,
+        paths: PathBuilder::new(tls),
     })
 }
 

@@ -391,10 +391,23 @@ impl Group {
         }
     }
 
-    /// Whether any server can take a new request now (for `/readyz`).
-    pub(super) fn any_available(&self) -> bool {
+    /// Why a new client would get no server now, if it would (for `/readyz`): ready means a
+    /// new client is served, so a healthy server that is draining does not count — it still
+    /// serves the clients bound to it but takes no new ones. A group of one server always
+    /// serves (draining or not, it has nowhere else to send anyone).
+    pub(super) fn unready(&self) -> Option<&'static str> {
+        if self.servers.len() == 1 {
+            return None;
+        }
         let now = Instant::now();
-        self.servers.len() == 1 || self.servers.iter().any(|s| s.available(now))
+        let healthy: Vec<&Arc<Server>> = self.servers.iter().filter(|s| s.available(now)).collect();
+        if healthy.is_empty() {
+            Some("has no healthy server")
+        } else if healthy.iter().all(|s| s.settings.drain) {
+            Some("has no healthy server that takes new clients (every healthy one is draining)")
+        } else {
+            None
+        }
     }
 }
 

@@ -105,15 +105,14 @@ impl Forwarder {
         }
     }
 
-    /// Why the proxy is not ready, if a group has no server that can take a request; and the
+    /// Why the proxy is not ready, if a group has no server that would take a new client; and the
     /// address of the default group's server when it has just one (`/readyz` then checks that
     /// it accepts a TCP connection, as it always has).
     pub fn readiness(&self) -> (Option<String>, Option<Authority>) {
         let down = self
             .groups
             .iter()
-            .find(|g| !g.any_available())
-            .map(|g| format!("upstream group {:?} has no healthy server", &*g.name));
+            .find_map(|g| Some(format!("upstream group {:?} {}", &*g.name, g.unready()?)));
         let single = match self.groups.first().map(|g| g.servers.as_slice()) {
             Some([only]) => Some(only.settings.authority.clone()),
             _ => None,

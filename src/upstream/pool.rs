@@ -40,6 +40,10 @@ pub(super) enum SendError {
     /// The connection broke, or the backend's answer was not HTTP.
     #[error(transparent)]
     Http(#[from] hyper::Error),
+    /// Like `Http`, on a connection reused from the idle pool: the only kind a keep-alive
+    /// race can explain (the backend closed it while idle, as the request went out).
+    #[error(transparent)]
+    Reused(hyper::Error),
 }
 
 impl SendError {
@@ -48,12 +52,14 @@ impl SendError {
         matches!(self, SendError::Connect(_))
     }
 
-    /// A connection the backend had closed, found out only by sending on it; the request may
-    /// not have been read, and an idempotent one may be sent again.
+    /// A pooled idle connection the backend had closed, found out only by sending on it; the
+    /// request may not have been read, and an idempotent one may be sent again. A fresh
+    /// connection that breaks is not one: the backend read the request and closed without
+    /// answering, and sending it again would run it twice (spec §4).
     pub(super) fn is_stale_connection(&self) -> bool {
         match self {
-            SendError::Connect(_) => false,
-            SendError::Http(e) => e.is_incomplete_message() || e.is_canceled() || e.is_closed(),
+            SendError::Connect(_) | SendError::Http(_) => false,
+            SendError::Reused(e) => e.is_incomplete_message() || e.is_canceled() || e.is_closed(),
         }
     }
 
@@ -61,7 +67,7 @@ impl SendError {
     pub(super) fn cause(&self) -> String {
         match self {
             SendError::Connect(e) => e.to_string(),
-            SendError::Http(e) => {
+            SendError::Http(e) | SendError::Reused(e) => {
                 std::error::Error::source(e).map_or_else(|| e.to_string(), |s| format!("{e}: {s}"))
             }
         }
@@ -170,7 +176,7 @@ impl Pool {
                 }
                 Err(mut e) => match e.take_message() {
                     Some(unsent) => req = unsent,
-                    None => return Err(SendError::Http(e.into_error())),
+                    None => return Err(SendError::Reused(e.into_error())),
                 },
             }
         }

@@ -377,6 +377,57 @@ async fn drain_keeps_bound_clients_and_reload_moves_nobody() {
     }
 }
 
+/// `/readyz` means a new client would be served: with one server of the group down and the
+/// only healthy one draining, a client bound to the draining server is still served, every
+/// new client gets 503, and `/readyz` is 503 naming the group.
+#[tokio::test]
+async fn readyz_is_not_ready_when_the_only_healthy_server_drains() {
+    let dead = backend::dead_addr().await;
+    let b = Backend::start().await;
+    let path = own_config("groups-ready-drain", b.addr, "", "");
+    let write = |servers: &[String]| {
+        std::fs::write(
+            &path,
+            group_config(
+                servers,
+                "max_fails = 1\nfail_timeout = \"60s\"\n[upstream.health]\nenabled = false\n",
+                "[admin]\nlisten = \"127.0.0.1:0\"\n",
+            ),
+        )
+        .unwrap();
+    };
+    write(&[server(dead), server(b.addr)]);
+    let proxy = Proxy::start_file(&path).await;
+    let admin = proxy.admin.unwrap();
+    // Whichever order alice's rendezvous gives, she ends up bound to b (a refused connection
+    // fails over before any byte was sent).
+    assert_eq!(who(proxy.addr, alice(), "/", &[&b]).await, 0);
+    assert_eq!(admin_get(admin, "/readyz").await.0, 200);
+    write(&[
+        server(dead),
+        format!("{{ url = \"http://{}\", drain = true }}", b.addr),
+    ]);
+    proxy.shared.reload("test").await.expect("reload");
+    assert_eq!(who(proxy.addr, alice(), "/", &[&b]).await, 0);
+    // A new client: the dead server, if not yet marked down, refuses (502); then 503.
+    let newcomer = clients().swap_remove(0);
+    let mut statuses = Vec::new();
+    for _ in 0..2 {
+        statuses.push(
+            get_once(proxy.addr, newcomer.clone(), "/")
+                .await
+                .status
+                .as_u16(),
+        );
+    }
+    assert!(matches!(statuses[..], [502 | 503, 503]), "{statuses:?}");
+    let (status, text) = admin_get(admin, "/readyz").await;
+    assert_eq!(status, 503, "{text}");
+    assert!(text.contains("\"default\""), "{text}");
+    assert!(text.contains("draining"), "{text}");
+    assert_eq!(served(&b), 2);
+}
+
 /// Named groups: a route's `upstream` sends it to its group; everything else to `[upstream]`.
 #[tokio::test]
 async fn routes_choose_their_group() {
@@ -485,28 +536,77 @@ fn shipped_gpu_example_loads() {
     }
 }
 
-/// After `strip_prefix`, the deny rules that re-check the forwarded path are those of the same
-/// group: `/internal` denied on the UI's group does not refuse `/api/internal` that goes to the
-/// workers as `/internal`, while a deny rule naming the workers' group does.
+/// After `strip_prefix`, the deny rules that re-check the forwarded path are those of the
+/// target group and those naming no group: `/internal` denied for the `other` group does not
+/// refuse `/api/internal` that goes to the workers as `/internal`, while a deny rule naming the
+/// workers' group does, and so does one naming no group (it may mean every backend's path).
 #[tokio::test]
 async fn strip_prefix_recheck_counts_deny_rules_of_the_same_group() {
     let ui = Backend::start().await;
     let worker = Backend::start().await;
+    let other = Backend::start().await;
     let toml = test_config_servers(
         &[server(ui.addr)],
         "",
         &format!(
-            "[upstreams.workers]\nservers = [{}]\n\n[[route]]\npath = \"/internal\"\naction = \"deny\"\n\n[[route]]\npath = \"/secret\"\naction = \"deny\"\nupstream = \"workers\"\n\n[[route]]\npath = \"/api\"\naction = \"allow\"\nstrip_prefix = \"/api\"\nupstream = \"workers\"\n",
-            server(worker.addr)
+            "[upstreams.workers]\nservers = [{}]\n\n[upstreams.other]\nservers = [{}]\n\n[[route]]\npath = \"/internal\"\naction = \"deny\"\nupstream = \"other\"\n\n[[route]]\npath = \"/secret\"\naction = \"deny\"\nupstream = \"workers\"\n\n[[route]]\npath = \"/everywhere\"\naction = \"deny\"\n\n[[route]]\npath = \"/api\"\naction = \"allow\"\nstrip_prefix = \"/api\"\nupstream = \"workers\"\n",
+            server(worker.addr),
+            server(other.addr)
         ),
     );
     let proxy = Proxy::start_with(&toml).await;
     assert_eq!(
-        who(proxy.addr, alice(), "/api/internal", &[&ui, &worker]).await,
+        who(
+            proxy.addr,
+            alice(),
+            "/api/internal",
+            &[&ui, &worker, &other]
+        )
+        .await,
         1
     );
     assert_eq!(worker.seen()[0].target, "/internal");
-    let got = get_once(proxy.addr, alice(), "/api/secret").await;
-    assert_eq!(got.status, 403, "{}", got.body);
+    for path in ["/api/secret", "/api/everywhere/x"] {
+        let got = get_once(proxy.addr, alice(), path).await;
+        assert_eq!(got.status, 403, "{path}: {}", got.body);
+        assert!(got.body.contains("after strip_prefix"), "{}", got.body);
+    }
     assert_eq!(get_once(proxy.addr, alice(), "/internal").await.status, 403);
+    assert_eq!(served(&worker), 1);
+}
+
+/// The re-check after `strip_prefix` counts every deny rule, not the first that matches: with
+/// `/internal` denied for another group first and for the default group after it, and `/api`
+/// stripped to the default group, `/api/internal/secret` is refused like `/internal/secret`
+/// and never reaches the default backend.
+#[tokio::test]
+async fn strip_prefix_recheck_is_not_hidden_by_another_groups_deny() {
+    let ui = Backend::start().await;
+    let other = Backend::start().await;
+    let toml = test_config_servers(
+        &[server(ui.addr)],
+        "",
+        &format!(
+            "[upstreams.other]\nservers = [{}]\n\n[[route]]\npath = \"/internal\"\naction = \"deny\"\nupstream = \"other\"\n\n[[route]]\npath = \"/internal\"\naction = \"deny\"\n\n[[route]]\npath = \"/api\"\naction = \"allow\"\nstrip_prefix = \"/api\"\n",
+            server(other.addr)
+        ),
+    );
+    let proxy = Proxy::start_with(&toml).await;
+    assert_eq!(
+        get_once(proxy.addr, alice(), "/internal/secret")
+            .await
+            .status,
+        403
+    );
+    for path in ["/api/internal/secret", "/api/INTERNAL;x/secret"] {
+        let got = get_once(proxy.addr, alice(), path).await;
+        assert_eq!(got.status, 403, "{path}: {}", got.body);
+        assert!(got.body.contains("after strip_prefix"), "{}", got.body);
+    }
+    assert_eq!(served(&ui), 0, "{:#?}", ui.seen());
+    assert_eq!(
+        who(proxy.addr, alice(), "/api/colorize", &[&ui, &other]).await,
+        0
+    );
+    assert_eq!(ui.seen().last().unwrap().target, "/colorize");
 }

@@ -472,6 +472,56 @@ async fn backend_closing_keepalives_costs_no_502() {
     );
 }
 
+/// The keep-alive retry is for a pooled connection that died while idle, not for a fresh one:
+/// a backend that reads a `DELETE` or a bodyless `PUT` on a new connection and closes without
+/// answering receives it once, and the client gets 502; the request is never run twice.
+#[tokio::test]
+async fn idempotent_requests_are_not_replayed_on_a_fresh_connection() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let record = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let record = record.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let line = String::from_utf8_lossy(&got);
+                let line = line.lines().next().unwrap_or_default().to_string();
+                record.lock().unwrap().push(line);
+                // Read, and closed without a byte of answer.
+            });
+        }
+    });
+    let proxy = Proxy::start(addr, "").await;
+    let mut s = h1(proxy.addr, alice()).await;
+    for (method, path) in [("DELETE", "/items/1"), ("PUT", "/items/2")] {
+        let req = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "localhost")
+            .body(empty())
+            .unwrap();
+        let got = read(s.send_request(req).await.expect("response")).await;
+        assert_eq!(got.status, 502, "{method}: {}", got.body);
+    }
+    assert_eq!(
+        *seen.lock().unwrap(),
+        ["DELETE /items/1 HTTP/1.1", "PUT /items/2 HTTP/1.1"],
+        "a request reached the backend twice"
+    );
+}
+
 /// Secrets never reach the log: a bearer token, an Authorization value, a client's private key
 /// bytes and a .p12 password, all used during a run with debug logging.
 #[tokio::test]

@@ -152,6 +152,142 @@ async fn xfcc_profile_decodes_to_the_certificate() {
     );
 }
 
+/// A client's certificate with extra certificates appended after its chain: a self-signed
+/// one with a hostile subject, a genuine intermediate of the CA that issued nothing here, and
+/// the root itself.
+fn padded(id: &Identity) -> Identity {
+    let pki = test_pki();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "<script>alert(1)</script>");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let stranger = params.self_signed(&key).unwrap();
+    let unused = certgate::pki::issue(
+        &certgate::pki::Spec::new(certgate::pki::Profile::Ca, "unused intermediate", 30),
+        Some(&pki.ca),
+    )
+    .unwrap();
+    let mut chain = id.chain.clone();
+    chain.extend([
+        stranger.der().clone(),
+        unused.cert.clone(),
+        pki.ca.cert.clone(),
+    ]);
+    Identity {
+        chain,
+        key: id.key.clone_key(),
+    }
+}
+
+/// `Client-Cert-Chain` and XFCC `Chain` carry the chain used to validate the certificate
+/// (RFC 9440 §2), never other certificates the client sent: with a self-signed
+/// `CN=<script>` certificate, an unused intermediate and the root appended, the RFC 9440 chain
+/// is the one intermediate of the verified path and XFCC's is the leaf and that intermediate;
+/// for a certificate the root issued directly there is no chain at all. Decoded by `http_sfv`
+/// and `cryptography`.
+#[tokio::test]
+async fn forwarded_chains_are_the_verified_path_only() {
+    let pki = test_pki();
+    let leaf = hex(&pki.inter_client.chain[0]);
+    let inter = hex(&pki.intermediate.cert);
+    for profile in ["rfc9440", "xfcc"] {
+        let backend = Backend::start().await;
+        let proxy = Proxy::start(
+            backend.addr,
+            &format!("[headers]\nprofile = \"{profile}\"\n"),
+        )
+        .await;
+        for (who, id) in [("inter_client", &pki.inter_client), ("alice", &pki.alice)] {
+            let got = get_once(proxy.addr, client_config(Some(&padded(id)), &[]), "/").await;
+            assert_eq!(got.status, 200, "{profile} {who}: {}", got.body);
+            let decoded = decode(&backend.seen().last().unwrap().headers);
+            let chain = match (profile, who) {
+                ("rfc9440", _) => &decoded["rfc9440"]["chain"],
+                _ => &decoded["xfcc"]["chain"],
+            };
+            let want = match (profile, who) {
+                ("rfc9440", "inter_client") => serde_json::json!([inter]),
+                ("xfcc", "inter_client") => serde_json::json!([leaf, inter]),
+                _ => serde_json::Value::Null,
+            };
+            assert_eq!(*chain, want, "{profile} {who}: {decoded}");
+        }
+    }
+}
+
+/// XFCC quoting holds against hostile subjects, read by a parser that follows Envoy's grammar
+/// exactly (`"` written `\"`, no other escape): a subject ending in a backslash, quotes,
+/// commas, semicolons, `=` and an attempt to inject a `DNS=` field each come out as one
+/// element whose Subject is the certificate's subject (compared attribute by attribute through
+/// an RFC 4514 parser) and whose URI and DNS fields after it are all there. A SAN that XFCC
+/// cannot carry unambiguously (quoted, ending in a backslash) leaves the header out.
+#[tokio::test]
+async fn xfcc_quoting_survives_hostile_subjects() {
+    let backend = Backend::start().await;
+    let proxy = Proxy::start(backend.addr, "[headers]\nprofile = \"xfcc\"\n").await;
+    let hostile = [
+        ("trailing\\", "Acme"),
+        ("plain", "trailing\\"),
+        ("two\\\\", "Acme\\"),
+        ("a\"b;c=d,e", "\""),
+        ("\\\";DNS=evil.example;Subject=\"CN=root", "x=y"),
+        ("\\\"", "\\,\\;\\="),
+    ];
+    for (i, (cn, o)) in hostile.iter().enumerate() {
+        let id = custom_client(|p| {
+            p.distinguished_name
+                .push(rcgen::DnType::OrganizationName, *o);
+            p.distinguished_name.push(rcgen::DnType::CommonName, *cn);
+            p.subject_alt_names = vec![
+                rcgen::SanType::URI("spiffe://example.org/ns/a;b".try_into().unwrap()),
+                rcgen::SanType::DnsName("a.example".try_into().unwrap()),
+            ];
+        });
+        let got = get_once(proxy.addr, client_config(Some(&id), &[]), "/").await;
+        assert_eq!(got.status, 200, "{cn:?}: {}", got.body);
+        let seen = backend.seen();
+        let headers = &seen[i].headers;
+        let decoded = decode(headers);
+        let x = &decoded["xfcc"];
+        let raw = headers.get("x-forwarded-client-cert").unwrap();
+        assert_eq!(x["elements"], 1, "{cn:?}: {raw:?} {decoded}");
+        assert_eq!(x["hash"], x["cert_sha256"], "{cn:?}: {raw:?}");
+        assert_eq!(
+            x["subject_attrs"], x["parsed"]["subject_attrs"],
+            "{cn:?}: {raw:?} {decoded}"
+        );
+        assert_eq!(
+            x["uris"],
+            serde_json::json!(["spiffe://example.org/ns/a;b"]),
+            "{cn:?}: {raw:?}"
+        );
+        assert_eq!(
+            x["dns"],
+            serde_json::json!(["a.example"]),
+            "{cn:?}: {raw:?}"
+        );
+    }
+    // A URI SAN that must be quoted and ends in a backslash: no header rather than a wrong one.
+    let id = custom_client(|p| {
+        p.distinguished_name.push(rcgen::DnType::CommonName, "uri");
+        p.subject_alt_names = vec![rcgen::SanType::URI(
+            "spiffe://example.org/a;b\\".try_into().unwrap(),
+        )];
+    });
+    let got = get_once(proxy.addr, client_config(Some(&id), &[]), "/").await;
+    assert_eq!(got.status, 200, "{}", got.body);
+    let seen = backend.seen();
+    assert!(
+        !seen[hostile.len()]
+            .headers
+            .contains_key("x-forwarded-client-cert"),
+        "{:?}",
+        seen[hostile.len()].headers
+    );
+}
+
 /// Without a certificate (`client_auth = "optional"`) the RFC 9440 and XFCC profiles send
 /// nothing, and a client's invented versions are still stripped.
 #[tokio::test]

@@ -22,7 +22,12 @@ def describe(cert):
         dns = san.get_values_for_type(x509.DNSName)
     except x509.ExtensionNotFound:
         uris, dns = [], []
-    return {"subject": cert.subject.rfc4514_string(), "uris": uris, "dns": dns}
+    return {
+        "subject": cert.subject.rfc4514_string(),
+        "subject_attrs": [[a.oid.dotted_string, a.value] for a in cert.subject],
+        "uris": uris,
+        "dns": dns,
+    }
 
 
 def rfc9440(headers):
@@ -41,8 +46,11 @@ def rfc9440(headers):
 
 
 def xfcc_elements(value):
-    """Envoy: elements separated by ',', key=value pairs by ';'; a value holding ',', ';' or '='
-    is double-quoted, with '"' written as backslash-quote."""
+    """Envoy's documented grammar, exactly: elements separated by ',', key=value pairs by ';';
+    a value holding ',', ';' or '=' is double-quoted, and a '"' in it is written as
+    backslash-quote. That is the only escape: a backslash before anything else is itself, and
+    backslash-quote is always an escaped quote. A quoted value must be followed by ';', ',' or
+    the end; anything else (a quote read as escaped that swallowed what follows) is an error."""
     elements, pairs = [], []
     i, n = 0, len(value)
     while i < n:
@@ -52,12 +60,18 @@ def xfcc_elements(value):
         if i < n and value[i] == '"':
             i += 1
             buf = []
-            while value[i] != '"':
-                if value[i] == "\\":
+            while True:
+                if i >= n:
+                    raise ValueError("unterminated quoted value for " + key)
+                if value[i] == '"':
+                    break
+                if value[i] == "\\" and i + 1 < n and value[i + 1] == '"':
                     i += 1
                 buf.append(value[i])
                 i += 1
             i += 1
+            if i < n and value[i] not in ";,":
+                raise ValueError("quoted value for %s followed by %r" % (key, value[i]))
             val = "".join(buf)
         else:
             end = i
@@ -96,6 +110,10 @@ def xfcc(headers):
             ]
         elif key == "subject":
             out["subject"] = val
+            # What an RFC 4514 parser makes of it, to compare with the certificate's subject.
+            out["subject_attrs"] = [
+                [a.oid.dotted_string, a.value] for a in x509.Name.from_rfc4514_string(val)
+            ]
         elif key == "uri":
             out["uris"].append(val)
         elif key == "dns":
