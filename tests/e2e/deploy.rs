@@ -1,5 +1,6 @@
 //! The deployment files as an operator uses them: deploy/Dockerfile built with buildah (its
-//! runtime stage around the binary under test) and run with podman.
+//! runtime stage around the binary under test) and run with podman, and deploy/compose.yaml
+//! with a stand-in WebUI.
 //!
 //! They need root, buildah, podman, runc, podman-compose, debootstrap and cargo-deb (scripts/test
 //! installs them) and Debian's package mirror. The Debian roots (debootstrap, the base image of
@@ -28,6 +29,8 @@ const SUITE: &str = "bookworm";
 const ROOT_RECIPE: &str = "minbase, apt lists and archives removed, v1";
 /// The image the tests build from deploy/Dockerfile.
 const IMAGE: &str = "localhost/certgate:e2e";
+/// The stand-in WebUI's image: Debian's Python, no Gradio.
+const WEBUI_IMAGE: &str = "localhost/certgate-e2e-webui";
 
 /// Writes to the test's standard error directly, so the lines show in every run's output and
 /// not only for a failing test.
@@ -367,6 +370,27 @@ fn certgate_image() -> &'static str {
         let _ = e.std("podman").args(["image", "prune", "-f"]).output();
     });
     IMAGE
+}
+
+/// The stand-in WebUI's image: Debian's Python on the same base, built once and cached.
+fn webui_image() -> &'static str {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        base_image();
+        let context = scratch_dir("webui-context");
+        std::fs::write(
+            context.join("Containerfile"),
+            "FROM debian:bookworm-slim\nRUN apt-get update \\\n    && apt-get install -y \
+             --no-install-recommends python3-minimal libpython3.11-stdlib \\\n    && rm -rf \
+             /var/lib/apt/lists/*\n",
+        )
+        .unwrap();
+        let mut bud = engine().std("buildah");
+        bud.args(["bud", "--layers", "--pull=never", "-t", WEBUI_IMAGE])
+            .arg(&context);
+        run_std(bud, 900);
+    });
+    WEBUI_IMAGE
 }
 
 /// A port free on 127.0.0.1 a moment ago, for a listener whose address must be known before it
@@ -741,4 +765,208 @@ async fn container_image_serves_reloads_and_drains() {
          {shipped:?} (Debian's files, checksums as dpkg recorded them)"
     ));
     report(TEST, &checked);
+}
+
+/// deploy/compose.yaml brought up with podman-compose, its Gradio service replaced by a
+/// stand-in WebUI (Python's http.server answering with the headers it received) and certgate's
+/// image by the one built from deploy/Dockerfile: a client with a certificate reaches the WebUI
+/// through certgate's published port with the identity headers certgate sets (a spoofed one
+/// replaced), one without a certificate is refused, and the WebUI's port is not published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compose_sidecar_puts_certgate_in_front_of_the_webui() {
+    const TEST: &str = "compose_sidecar_puts_certgate_in_front_of_the_webui";
+    if skipped(
+        TEST,
+        &[
+            "buildah",
+            "podman",
+            "runc",
+            "podman-compose",
+            "debootstrap",
+            "strip",
+        ],
+    ) {
+        return;
+    }
+    let (image, webui) = tokio::task::spawn_blocking(|| (certgate_image(), webui_image()))
+        .await
+        .unwrap();
+    let e = engine();
+    let mut checked = Vec::new();
+
+    let dir = container_config(
+        "compose-config",
+        "[listen]\nhttps = \"0.0.0.0:8443\"\nshutdown_timeout = \"10s\"\n\n[tls]\n\
+         cert = \"server.crt\"\nkey = \"server.key\"\nclient_ca = \"ca-bundle.crt\"\n\
+         crl = [\"ca.crl\"]\n\n[upstream]\nurl = \"http://gradio:7860\"\n\n[admin]\n\
+         listen = \"127.0.0.1:9090\"\n",
+    );
+    let files = scratch_dir("compose-files");
+    std::fs::write(
+        files.join("webui.py"),
+        "import http.server, json, sys\n\
+         class Echo(http.server.BaseHTTPRequestHandler):\n\
+         \x20   def do_GET(self):\n\
+         \x20       body = json.dumps({'path': self.path, 'headers': dict(self.headers.items())}).encode()\n\
+         \x20       self.send_response(200)\n\
+         \x20       self.send_header('content-type', 'application/json')\n\
+         \x20       self.send_header('content-length', str(len(body)))\n\
+         \x20       self.end_headers()\n\
+         \x20       self.wfile.write(body)\n\
+         server = http.server.ThreadingHTTPServer(('0.0.0.0', 7860), Echo)\n\
+         print('webui listening', file=sys.stderr, flush=True)\n\
+         server.serve_forever()\n",
+    )
+    .unwrap();
+    let override_file = files.join("compose.test.yaml");
+    std::fs::write(
+        &override_file,
+        format!(
+            "services:\n  gradio:\n    image: {webui}\n    command: python3 /webui.py\n    \
+             volumes:\n      - {}:/webui.py:ro\n  certgate:\n    image: {image}\n",
+            files.join("webui.py").display()
+        ),
+    )
+    .unwrap();
+
+    let project = format!("certgate-e2e-{}", std::process::id());
+    let (certgate_name, webui_name) = (
+        format!("{project}_certgate_1"),
+        format!("{project}_gradio_1"),
+    );
+    let _cleanup = Containers(vec![certgate_name.clone(), webui_name.clone()]);
+    let _network = Network(format!("{project}_default"));
+    let port = free_port();
+    let compose = |verb: &[&str]| {
+        let mut c = e.tokio("podman-compose");
+        c.args(["-p", &project, "-f"])
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/compose.yaml"))
+            .arg("-f")
+            .arg(&override_file)
+            .args(verb)
+            .env("CERTGATE_PUBLISH", format!("127.0.0.1:{port}"))
+            .env("CERTGATE_DIR", &dir);
+        c
+    };
+    let up = tokio::time::timeout(
+        Duration::from_secs(120),
+        compose(&["up", "-d", "--no-build"]).output(),
+    )
+    .await
+    .expect("podman-compose up did not finish")
+    .unwrap();
+    check_output("podman-compose up", &up);
+
+    let mut webui_logs = e.tokio("podman");
+    webui_logs
+        .args(["logs", "-f", &webui_name])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut webui_logs = webui_logs.spawn().unwrap();
+    Lines::from(&mut webui_logs).wait("webui listening").await;
+    let mut certgate_logs = e.tokio("podman");
+    certgate_logs
+        .args(["logs", "-f", &certgate_name])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut certgate_logs = certgate_logs.spawn().unwrap();
+    Lines::from(&mut certgate_logs)
+        .wait("certgate listening https=0.0.0.0:8443")
+        .await;
+    checked.push(format!(
+        "podman-compose up: deploy/compose.yaml with a stand-in WebUI, certgate published on \
+         127.0.0.1:{port}"
+    ));
+
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut send = h1(addr, alice()).await;
+    let got = get1(
+        &mut send,
+        "/webui",
+        &[
+            ("x-ssl-client-dn", "CN=spoofed"),
+            ("x-ssl-client-verify", "SUCCESS"),
+        ],
+    )
+    .await;
+    assert_eq!(got.status, 200, "{}", got.body);
+    let echo = got.json();
+    assert_eq!(echo["path"], "/webui");
+    let headers = &echo["headers"];
+    assert_eq!(headers["x-ssl-client-verify"], "SUCCESS", "{echo}");
+    let dn = headers["x-ssl-client-dn"].as_str().unwrap_or_default();
+    assert!(
+        dn.contains("CN=admin@face.analyze") && !dn.contains("spoofed"),
+        "{echo}"
+    );
+    assert!(
+        headers["x-ssl-client-cert"]
+            .as_str()
+            .is_some_and(|c| c.contains("BEGIN%20CERTIFICATE")),
+        "{echo}"
+    );
+    checked.push(format!(
+        "a client with a certificate reaches the WebUI through certgate; the WebUI receives \
+         X-SSL-Client-DN {dn:?} (a spoofed one replaced), -Verify and -Cert"
+    ));
+    let refused = assert_refused(addr, client_config(None, &["http/1.1"])).await;
+    checked.push(format!(
+        "a client without a certificate is refused ({refused})"
+    ));
+
+    let ports = e.podman(&["port", &webui_name]).await;
+    assert!(ports.trim().is_empty(), "the WebUI publishes {ports}");
+    let bindings = e
+        .podman(&[
+            "inspect",
+            "--format",
+            "{{json .HostConfig.PortBindings}}",
+            &webui_name,
+        ])
+        .await;
+    // `expose` lists 7860 with no host side; a published port would have one.
+    let bindings: serde_json::Value = serde_json::from_str(bindings.trim()).unwrap();
+    assert!(
+        bindings.as_object().is_none_or(|ports| ports
+            .values()
+            .all(|b| b.is_null() || b.as_array().is_some_and(|a| a.is_empty()))),
+        "the WebUI binds host ports: {bindings}"
+    );
+    let certgate_ports = e.podman(&["port", &certgate_name]).await;
+    assert_eq!(
+        certgate_ports.trim(),
+        format!("8443/tcp -> 127.0.0.1:{port}")
+    );
+    checked
+        .push("the WebUI's port 7860 is not published; certgate's 8443 is the only way in".into());
+
+    let down = tokio::time::timeout(Duration::from_secs(120), compose(&["down"]).output())
+        .await
+        .expect("podman-compose down did not finish")
+        .unwrap();
+    check_output("podman-compose down", &down);
+    let left = e
+        .podman(&[
+            "ps",
+            "-a",
+            "-q",
+            "--filter",
+            &format!("label=io.podman.compose.project={project}"),
+        ])
+        .await;
+    assert!(left.trim().is_empty(), "containers left: {left}");
+    checked.push("podman-compose down stops and removes both containers".into());
+    report(TEST, &checked);
+}
+
+/// Removes a podman network when dropped (podman-compose 1.0 `down` leaves it).
+struct Network(String);
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        let _ = engine()
+            .std("podman")
+            .args(["network", "rm", "-f", &self.0])
+            .output();
+    }
 }
