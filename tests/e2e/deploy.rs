@@ -1,6 +1,6 @@
 //! The deployment files as an operator uses them: deploy/Dockerfile built with buildah (its
-//! runtime stage around the binary under test) and run with podman, and deploy/compose.yaml
-//! with a stand-in WebUI.
+//! runtime stage around the binary under test) and run with podman, deploy/compose.yaml with a
+//! stand-in WebUI, and the Debian package from `cargo deb` installed into a Debian root.
 //!
 //! They need root, buildah, podman, runc, podman-compose, debootstrap and cargo-deb (scripts/test
 //! installs them) and Debian's package mirror. The Debian roots (debootstrap, the base image of
@@ -10,7 +10,7 @@
 
 use std::io::Write as _;
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt as _;
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::process::{Command as StdCommand, Output, Stdio};
 use std::sync::OnceLock;
@@ -969,4 +969,249 @@ impl Drop for Network {
             .args(["network", "rm", "-f", &self.0])
             .output();
     }
+}
+
+/// Every path under `root` with its kind, except what dpkg, the user database and logs change
+/// on any installation: the part of a root that a purged package must leave as it found it.
+fn snapshot(root: &Path) -> std::collections::BTreeSet<String> {
+    fn go(root: &Path, dir: &Path, out: &mut std::collections::BTreeSet<String>) {
+        let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().flatten().collect();
+        entries.sort_by_key(|e| e.path());
+        for e in entries {
+            let path = e.path();
+            let rel = path.strip_prefix(root).unwrap().display().to_string();
+            let kept = [
+                "var/lib/dpkg/",
+                "var/log/",
+                "var/cache/debconf/",
+                "tmp/",
+                "run/",
+            ];
+            let user_db = [
+                "etc/passwd",
+                "etc/group",
+                "etc/shadow",
+                "etc/gshadow",
+                "etc/subuid",
+                "etc/subgid",
+                "etc/.pwd.lock",
+            ];
+            if kept.iter().any(|k| rel.starts_with(k))
+                || user_db.iter().any(|u| rel == *u || rel == format!("{u}-"))
+            {
+                continue;
+            }
+            let kind = e.file_type().unwrap();
+            out.insert(format!(
+                "{rel} {}",
+                if kind.is_dir() {
+                    "dir"
+                } else if kind.is_symlink() {
+                    "link"
+                } else {
+                    "file"
+                }
+            ));
+            if kind.is_dir() {
+                go(root, &path, out);
+            }
+        }
+    }
+    let mut out = std::collections::BTreeSet::new();
+    go(root, root, &mut out);
+    out
+}
+
+/// `cmd` inside `root` (chroot), which must succeed; its standard output.
+fn in_root(root: &Path, args: &[&str]) -> String {
+    let mut c = StdCommand::new("chroot");
+    c.arg(root)
+        .args(args)
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+    run_std(c, 120)
+}
+
+/// The Debian package from `cargo deb --no-build` (Cargo.toml [package.metadata.deb]) around
+/// the binary under test, installed with `dpkg -i` into a Debian 12 root (debootstrap, with
+/// systemd) by chroot: the binary, both units and the example config (a conffile) are in place,
+/// the certgate system user exists and owns /var/lib/certgate (0700), `systemd-analyze verify`
+/// of the installed units prints nothing, `certgate check` refuses the installed config until
+/// the certificates it names are there and accepts it then; `dpkg --purge` removes every file
+/// of the package and its state, and leaves only the system user (Debian keeps those) and the
+/// operator's own files in /etc/certgate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debian_package_installs_verifies_and_purges() {
+    const TEST: &str = "debian_package_installs_verifies_and_purges";
+    if skipped(
+        TEST,
+        &[
+            "cargo-deb",
+            "debootstrap",
+            "dpkg-deb",
+            "chroot",
+            "systemd-analyze",
+        ],
+    ) {
+        return;
+    }
+    let tar = tokio::task::spawn_blocking(|| debian_root(&["systemd", "procps"]))
+        .await
+        .unwrap();
+    let mut checked = Vec::new();
+    let work = scratch_dir("deb");
+    // `cargo deb --no-build` packages target/release/certgate: a release build would add
+    // minutes, so the binary under test stands in for it (cargo deb strips it).
+    let target = work.join("target");
+    std::fs::create_dir_all(target.join("release")).unwrap();
+    std::fs::copy(
+        env!("CARGO_BIN_EXE_certgate"),
+        target.join("release/certgate"),
+    )
+    .unwrap();
+    let deb = work.join("certgate.deb");
+    let mut build = StdCommand::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    build
+        .args(["deb", "--no-build", "--locked", "--offline", "--fast", "-o"])
+        .arg(&deb)
+        .env("CARGO_TARGET_DIR", &target)
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    run_std(build, 300);
+    let mut info = StdCommand::new("dpkg-deb");
+    info.arg("--field").arg(&deb).args(["Package", "Depends"]);
+    let fields = run_std(info, 30);
+    checked.push(format!(
+        "cargo deb --no-build built {} ({})",
+        deb.file_name().unwrap().to_string_lossy(),
+        fields.split_whitespace().collect::<Vec<_>>().join(" ")
+    ));
+
+    let root = work.join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    let mut untar = StdCommand::new("tar");
+    untar.arg("-C").arg(&root).arg("-xf").arg(&tar);
+    run_std(untar, 300);
+    let before = snapshot(&root);
+    std::fs::copy(&deb, root.join("tmp/certgate.deb")).unwrap();
+    in_root(&root, &["dpkg", "-i", "/tmp/certgate.deb"]);
+    std::fs::remove_file(root.join("tmp/certgate.deb")).unwrap();
+
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let units = root.join("usr/lib/systemd/system");
+    for (installed, source) in [
+        (
+            units.join("certgate.service"),
+            repo.join("deploy/certgate.service"),
+        ),
+        (
+            units.join("certgate.socket"),
+            repo.join("deploy/certgate.socket"),
+        ),
+        (
+            root.join("etc/certgate/certgate.toml"),
+            repo.join("config/certgate.toml"),
+        ),
+    ] {
+        assert_eq!(
+            std::fs::read(&installed).unwrap(),
+            std::fs::read(&source).unwrap(),
+            "{}",
+            installed.display()
+        );
+    }
+    let bin = std::fs::metadata(root.join("usr/bin/certgate")).unwrap();
+    assert_eq!(bin.mode() & 0o777, 0o755);
+    let version = in_root(&root, &["certgate", "--version"]);
+    assert!(version.starts_with("certgate "), "{version}");
+    let conffiles = in_root(&root, &["dpkg-query", "-W", "-f=${Conffiles}", "certgate"]);
+    assert!(
+        conffiles.contains("/etc/certgate/certgate.toml"),
+        "{conffiles}"
+    );
+    checked.push(
+        "dpkg -i: /usr/bin/certgate runs, certgate.service and certgate.socket in \
+         /usr/lib/systemd/system, /etc/certgate/certgate.toml is a conffile"
+            .into(),
+    );
+
+    let passwd = in_root(&root, &["getent", "passwd", "certgate"]);
+    let fields: Vec<&str> = passwd.trim().split(':').collect();
+    let uid: u32 = fields[2].parse().unwrap();
+    assert!(uid < 1000, "not a system user: {passwd}");
+    assert_eq!(fields[5], "/var/lib/certgate", "{passwd}");
+    assert_eq!(fields[6], "/usr/sbin/nologin", "{passwd}");
+    in_root(&root, &["getent", "group", "certgate"]);
+    let state = std::fs::metadata(root.join("var/lib/certgate")).unwrap();
+    assert_eq!((state.uid(), state.mode() & 0o777), (uid, 0o700));
+    checked.push(format!(
+        "postinst made the system user certgate (uid {uid}, nologin) and /var/lib/certgate \
+         (its own, 0700)"
+    ));
+
+    crate::cli::systemd_verify_clean(
+        &[
+            PathBuf::from("certgate.service"),
+            PathBuf::from("certgate.socket"),
+        ],
+        Some(&root),
+    );
+    checked.push(
+        "systemd-analyze verify --root of the installed units: no warning (systemd 252)".into(),
+    );
+
+    let mut check = StdCommand::new("chroot");
+    check
+        .arg(&root)
+        .args(["certgate", "check", "-c", "/etc/certgate/certgate.toml"]);
+    let out = check.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("/etc/certgate/server.crt"), "{err}");
+    let operator_files = ["server.crt", "server.key", "ca.crt", "ca.crl"];
+    for f in operator_files {
+        std::fs::copy(test_pki().dir.join(f), root.join("etc/certgate").join(f)).unwrap();
+    }
+    let summary = in_root(
+        &root,
+        &["certgate", "check", "-c", "/etc/certgate/certgate.toml"],
+    );
+    assert!(summary.contains("is valid"), "{summary}");
+    checked.push(
+        "certgate check on the installed config: exit 2 naming /etc/certgate/server.crt, then \
+         valid once the certificates are there"
+            .into(),
+    );
+
+    in_root(&root, &["dpkg", "--purge", "certgate"]);
+    let status = StdCommand::new("chroot")
+        .arg(&root)
+        .args(["dpkg-query", "-W", "certgate"])
+        .output()
+        .unwrap();
+    assert!(!status.status.success(), "still known to dpkg");
+    let mut left: Vec<String> = std::fs::read_dir(root.join("etc/certgate"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    let mut expected: Vec<String> = operator_files.iter().map(|f| f.to_string()).collect();
+    expected.sort();
+    assert_eq!(left, expected, "/etc/certgate after purge");
+    for f in operator_files {
+        std::fs::remove_file(root.join("etc/certgate").join(f)).unwrap();
+    }
+    std::fs::remove_dir(root.join("etc/certgate")).unwrap();
+    let after = snapshot(&root);
+    let added: Vec<_> = after.difference(&before).collect();
+    let removed: Vec<_> = before.difference(&after).collect();
+    assert!(
+        added.is_empty() && removed.is_empty(),
+        "purge left {added:?} and took {removed:?}"
+    );
+    in_root(&root, &["getent", "passwd", "certgate"]);
+    checked.push(
+        "dpkg --purge: every file of the package, /var/lib/certgate and the conffile gone, the \
+         operator's certificates in /etc/certgate kept, the system user kept (Debian policy)"
+            .into(),
+    );
+    report(TEST, &checked);
 }
