@@ -42,7 +42,7 @@ fn report(test: &str, lines: &[String]) {
     }
 }
 
-/// Why `test` cannot run here (not root, a tool missing), printed; None when it can.
+/// Whether `test` cannot run here (not root, one of `tools` missing); the reason is printed.
 fn skipped(test: &str, tools: &[&str]) -> bool {
     let uid = StdCommand::new("id").arg("-u").output().unwrap();
     let reason = if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
@@ -205,7 +205,10 @@ fn debian_root(include: &[&str]) -> PathBuf {
         panic!(
             "debootstrap {SUITE} from {mirror} failed:\n{}\n{}",
             String::from_utf8_lossy(&out.stderr),
-            log.lines().rev().take(20).collect::<Vec<_>>().join("\n")
+            log.lines()
+                .skip(log.lines().count().saturating_sub(20))
+                .collect::<Vec<_>>()
+                .join("\n")
         );
     }
     // What apt fetched is not part of a root (bookworm-slim does not keep it either).
