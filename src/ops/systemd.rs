@@ -1,6 +1,7 @@
 //! systemd integration: `sd_notify` state changes (READY, RELOADING with MONOTONIC_USEC,
 //! STOPPING), watchdog pings, and socket activation (`LISTEN_FDS`), so the daemon can run as
-//! `Type=notify-reload` and bind :443 without root. Everything is a no-op outside systemd (no
+//! `Type=notify` (the shipped unit, systemd 249 and later) or `Type=notify-reload` (253 and
+//! later) and bind :443 without root. Everything is a no-op outside systemd (no
 //! `NOTIFY_SOCKET`, no `LISTEN_FDS`).
 
 use std::io;
@@ -20,7 +21,8 @@ pub fn ready() {
     send(&[NotifyState::Ready, NotifyState::Status("serving")]);
 }
 
-/// A reload starts (`Type=notify-reload` wants RELOADING=1 with the monotonic time).
+/// A reload starts (`Type=notify-reload` wants RELOADING=1 with the monotonic time; under
+/// `Type=notify` systemd shows it as "reloading" until READY=1 comes back).
 pub fn reloading() {
     match NotifyState::monotonic_usec_now() {
         Ok(now) => send(&[NotifyState::Reloading, now]),
