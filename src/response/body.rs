@@ -14,6 +14,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::time::{Instant, Sleep};
 
 use crate::response::access_log::AccessRecord;
+use crate::response::in_flight::InFlight;
 
 /// Errors a response body can end with.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -309,23 +310,60 @@ impl Body for LimitedBody {
 }
 
 /// Reads and discards what is left of a refused request body, within bounds, so a client that
-/// is still sending reads certgate's 413 rather than a reset connection (nginx does the same).
-pub fn drain(body: Incoming) {
+/// is still sending reads certgate's refusal rather than a reset connection (nginx does the
+/// same). A body read to its end tells `requests`, so an HTTP/1 connection can be kept and
+/// parked; one cut off by the bounds is dropped, and hyper then closes the connection.
+pub fn drain(body: Incoming, requests: Option<std::sync::Arc<InFlight>>) {
     tokio::spawn(async move {
         let mut body = body;
         let mut read = 0u64;
-        let _ = tokio::time::timeout(DRAIN_TIME, async {
-            while let Some(Ok(frame)) =
-                std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
-            {
-                if let Some(d) = frame.data_ref() {
-                    read += d.len() as u64;
-                    if read > DRAIN_BYTES {
-                        break;
+        let whole = tokio::time::timeout(DRAIN_TIME, async {
+            loop {
+                match std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+                    None => return true,
+                    Some(Err(_)) => return false,
+                    Some(Ok(frame)) => {
+                        if let Some(d) = frame.data_ref() {
+                            read += d.len() as u64;
+                            if read > DRAIN_BYTES {
+                                return false;
+                            }
+                        }
                     }
                 }
             }
         })
         .await;
+        if whole == Ok(true)
+            && let Some(requests) = requests
+        {
+            requests.body_read();
+        }
     });
+}
+
+/// What happens to the unread body of a request certgate refused, so that the client reads
+/// the refusal whatever it was doing with its body.
+///
+/// The rest of the body is read and thrown away, within [`DRAIN_TIME`] and [`DRAIN_BYTES`], as
+/// nginx does. Dropped unread instead, hyper closes an HTTP/1 connection after the response
+/// while the client is still writing, and the client's next write meets a reset (Python:
+/// `SSLEOFError`) before it reads the response. Over HTTP/2, h2 keeps a stream whose body was
+/// dropped until the response has been sent, then ends it with RST_STREAM(NO_ERROR) as RFC 9113
+/// §8.1 allows, but curl (7.88) fails an upload whose stream is reset while it is still
+/// sending ("Stream error in the HTTP/2 framing layer"). Read to its end, the body leaves an
+/// HTTP/1 connection kept alive and an HTTP/2 stream closed cleanly.
+///
+/// A client that sent `Expect: 100-continue` has not sent its body and will not without a
+/// `100 Continue`: nothing is read, so the connection is not held open waiting for a body that
+/// never comes. Over HTTP/1 hyper closes after the response without inviting the body; over
+/// HTTP/2 the stream ends with RST_STREAM(NO_ERROR) once the response is sent.
+pub fn discard_refused(
+    body: Incoming,
+    expects_continue: bool,
+    requests: &std::sync::Arc<InFlight>,
+) {
+    if !body.is_end_stream() && !expects_continue {
+        drain(body, Some(requests.clone()));
+    }
 }

@@ -15,7 +15,7 @@ use hyper::body::Incoming;
 use tokio_util::task::TaskTracker;
 
 use crate::ops::metrics::Metrics;
-use crate::response::body::{LimitedBody, Overflow, ProxyBody};
+use crate::response::body::{LimitedBody, Overflow, ProxyBody, drain};
 use crate::response::in_flight::InFlight;
 use crate::response::reply::Reject;
 use crate::tls::identity::Peer;
@@ -149,7 +149,7 @@ impl Forwarder {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > max_body) {
-            crate::response::body::drain(req.into_body());
+            drain(req.into_body(), Some(origin.requests.clone()));
             return Err(Reject::payload_too_large(max_body));
         }
         let group = &self.groups[group.min(self.groups.len() - 1)];
@@ -163,6 +163,7 @@ impl Forwarder {
             None => std::borrow::Cow::Borrowed(&group.servers),
         };
         if candidates.is_empty() {
+            drain(req.into_body(), Some(origin.requests.clone()));
             self.metrics.upstream_error("no_healthy_backend");
             return Err(Reject::no_healthy_backend(&group.name));
         }
@@ -235,12 +236,15 @@ impl Forwarder {
                         ));
                         continue;
                     }
+                    if let Some(unsent) = overflow.take_unsent() {
+                        drain(unsent, Some(origin.requests.clone()));
+                    }
                     return Err(self.upstream_error(&e, server, peer));
                 }
                 Sent::Failed(e) => {
                     if overflow.hit() {
                         if let Some(rest) = overflow.take_rest() {
-                            crate::response::body::drain(rest);
+                            drain(rest, Some(origin.requests.clone()));
                         }
                         return Err(Reject::payload_too_large(max_body));
                     }
