@@ -23,3 +23,4 @@ mod refusals;
 mod servlet_view;
 mod shared;
 mod tls;
+mod uploads;
