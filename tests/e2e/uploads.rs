@@ -190,3 +190,34 @@ async fn a_client_leaving_mid_upload_is_not_the_servers_failure() {
     let (status, _) = admin_get(proxy.admin.unwrap(), "/readyz").await;
     assert_eq!(status, 200);
 }
+
+/// Over HTTP/2 too: a stream whose head announces a body that never comes gets 408
+/// `request_timeout` after `body_timeout`, and the connection's other streams are served.
+#[tokio::test]
+async fn a_stalled_http2_upload_gets_408() {
+    let a = Backend::start().await;
+    let b = Backend::start().await;
+    let proxy = Proxy::start_with(&pair_config(a.addr, b.addr, 1)).await;
+    let mut send = h2(proxy.addr, client_config(Some(&test_pki().alice), &["h2"])).await;
+    // The sender is kept and never used: the body never comes.
+    let (_tx, body) = http_body_util::channel::Channel::<Bytes, BoxError>::new(1);
+    let req = http::Request::post(format!("https://localhost:{}/upload", proxy.addr.port()))
+        .header("content-length", "100")
+        .body(body.boxed())
+        .unwrap();
+    let resp = tokio::time::timeout(LIMIT, send.send_request(req))
+        .await
+        .expect("answered")
+        .unwrap();
+    let got = read(resp).await;
+    assert_eq!(got.status, 408, "{}", got.body);
+    assert_eq!(got.json()["error"], "request_timeout");
+    send.ready().await.unwrap();
+    let req = http::Request::get(format!("https://localhost:{}/ok", proxy.addr.port()))
+        .body(empty())
+        .unwrap();
+    assert_eq!(
+        read(send.send_request(req).await.unwrap()).await.status,
+        200
+    );
+}
