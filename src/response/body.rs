@@ -257,7 +257,8 @@ impl Overflow {
 }
 
 /// The client's request body on its way to the backend, stopped before the frame that would
-/// take it over `limit`: the backend never sees more than the limit.
+/// take it over `limit` (the backend never sees more than the limit), and failed when the
+/// client sends nothing of it for `[limits] body_timeout`.
 pub struct LimitedBody {
     inner: Option<Incoming>,
     limit: u64,
@@ -336,11 +337,12 @@ impl LimitedBody {
         use std::sync::atomic::Ordering;
         self.overflow.waiting.store(pending, Ordering::Release);
         if !pending {
-            if let Some(t) = self.timer.as_mut() {
-                t.as_mut().reset(Instant::now() + self.idle);
+            let now = Instant::now();
+            if let (Some(t), Some(deadline)) = (self.timer.as_mut(), now.checked_add(self.idle)) {
+                t.as_mut().reset(deadline);
             }
             if let Ok(mut moved) = self.overflow.moved.lock() {
-                *moved = Some(Instant::now());
+                *moved = Some(now);
             }
             return Poll::Pending;
         }
