@@ -333,10 +333,11 @@ pub fn summary(c: &Config) -> String {
     );
     let _ = writeln!(
         w,
-        "header_read_timeout = {}, keepalive_timeout = {}, send_timeout = {}",
+        "header_read_timeout = {}, keepalive_timeout = {}, send_timeout = {}, body_timeout = {}",
         humantime::format_duration(c.limits.header_read_timeout),
         humantime::format_duration(c.limits.keepalive_timeout),
-        humantime::format_duration(c.limits.send_timeout)
+        humantime::format_duration(c.limits.send_timeout),
+        humantime::format_duration(c.limits.body_timeout)
     );
     let hf = c.limits.handshake_failures_per_ip;
     let _ = writeln!(

@@ -94,6 +94,10 @@ const DEFAULT_RELOAD_WATCH: &str = "10s";
 const DEFAULT_KEEPALIVE_TIMEOUT: &str = "75s";
 /// nginx's `send_timeout` default.
 const DEFAULT_SEND_TIMEOUT: &str = "60s";
+/// nginx's `client_body_timeout` default: a client on a slow link still sends something every
+/// few seconds, and one that sends nothing for a minute has gone or is holding a backend
+/// connection open on purpose.
+const DEFAULT_BODY_TIMEOUT: &str = "60s";
 /// A browser that lacks the right certificate fails a handful of times; a scanner fails
 /// thousands. 20 a minute costs a few milliseconds of CPU per minute per address.
 const DEFAULT_HANDSHAKE_FAILURES: &str = "20/m";
@@ -226,6 +230,9 @@ pub struct Limits {
     /// `[limits] send_timeout`: a client that takes nothing of what certgate sends for this
     /// long is disconnected (nginx `send_timeout`).
     pub send_timeout: Duration,
+    /// `[limits] body_timeout`: the longest silence between two reads of a request body
+    /// (nginx `client_body_timeout`); the client then gets 408.
+    pub body_timeout: Duration,
     /// Failed handshakes allowed per IP.
     pub handshake_failures_per_ip: Rate,
 }
@@ -620,6 +627,11 @@ impl Validator<'_> {
                 "limits.send_timeout",
                 raw.send_timeout.as_ref(),
                 DEFAULT_SEND_TIMEOUT,
+            ),
+            body_timeout: self.duration(
+                "limits.body_timeout",
+                raw.body_timeout.as_ref(),
+                DEFAULT_BODY_TIMEOUT,
             ),
             handshake_failures_per_ip: match &raw.handshake_failures_per_ip {
                 None => Rate::parse(DEFAULT_HANDSHAKE_FAILURES).unwrap_or(Rate {

@@ -76,6 +76,9 @@ pub(super) struct RawLimits {
     /// An idle client connection (no request in flight) is closed after this.
     pub(super) keepalive_timeout: Option<Spanned<String>>,
     pub(super) send_timeout: Option<Spanned<String>>,
+    /// The longest silence between two reads of a request body (nginx
+    /// `client_body_timeout`): the client gets 408, and the backend is not blamed.
+    pub(super) body_timeout: Option<Spanned<String>>,
     /// Failed handshakes allowed per IP (`N/s`, `N/m`, `N/h`) before it is cut off.
     pub(super) handshake_failures_per_ip: Option<Spanned<String>>,
 }
@@ -227,7 +230,7 @@ pub(super) struct RawUpstream {
     pub(super) max_idle_connections: Option<usize>,
     /// Longest wait for a TCP connection to the backend.
     pub(super) connect_timeout: Option<Spanned<String>>,
-    /// Longest wait for the backend's response headers.
+    /// Longest wait for the backend's response headers, from the end of the request body.
     pub(super) response_timeout: Option<Spanned<String>>,
     /// Longest silence inside a streaming body.
     pub(super) idle_timeout: Option<Spanned<String>>,

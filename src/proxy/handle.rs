@@ -1,8 +1,9 @@
 //! One request on an admitted connection. The inner handler runs the checks in order — the
 //! connection's re-check after a reload, the policy, the forward — and returns the backend's
 //! response or the [`Reject`] of the first check that failed. The outer handler is the one place
-//! that logs a refusal, counts it, renders it, adds `[response_headers]`, and hangs the access
-//! record (with the request's in-flight guard) on the response body.
+//! that logs a refusal, counts it, renders it, has the refused request's unread body read and
+//! thrown away (so a client still uploading reads the refusal), adds `[response_headers]`, and
+//! hangs the access record (with the request's in-flight guard) on the response body.
 
 use std::time::Instant;
 
@@ -29,6 +30,10 @@ struct Context {
     route: Option<usize>,
     /// The connection must close after this answer (its certificate failed the re-check).
     closing: bool,
+    /// The body of a request a check refused, still to be dealt with once the refusal is made.
+    unread: Option<Incoming>,
+    /// The refused request asked for `100 Continue` before sending its body.
+    expects_continue: bool,
 }
 
 /// Answers one request: the backend's response, or certgate's own.
@@ -49,6 +54,8 @@ pub(super) async fn handle(
         refused_path: None,
         route: None,
         closing: false,
+        unread: None,
+        expects_continue: false,
     };
     let (mut resp, rule) = match inner(&rt, conn, req, &mut cx).await {
         Ok(resp) => (resp, None),
@@ -69,6 +76,9 @@ pub(super) async fn handle(
                     rule = label,
                     "request refused"
                 );
+            }
+            if let Some(body) = cx.unread.take() {
+                crate::response::body::discard_refused(body, cx.expects_continue, &conn.requests);
             }
             (reject.to_response(), rule)
         }
@@ -111,10 +121,17 @@ async fn inner(
     cx: &mut Context,
 ) -> Result<Response<ProxyBody>, Reject> {
     // Only a refusal needs the path when the access log is off: taken then, not per request.
-    let refused = |cx: &mut Context, req: &Request<Incoming>| {
+    // The body is kept: dropped here, unread, it would cut the client off before it reads the
+    // refusal (see `discard_refused`).
+    let refused = |cx: &mut Context, req: Request<Incoming>| {
         if cx.path.is_none() {
             cx.refused_path = Some(loggable_path(rt, req.uri().path()));
         }
+        cx.expects_continue = req
+            .headers()
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        cx.unread = Some(req.into_body());
     };
     // Certgate's own: invitation links answer any connection, and a connection whose
     // certificate was refused gets the help page whatever it asks for.
@@ -124,8 +141,9 @@ async fn inner(
         if let Some(wait) = rt.handshake_throttle.blocked_for(conn.peer.addr.ip()) {
             // And the connection goes, as the address's next one would be refused.
             cx.closing = true;
-            refused(cx, &req);
-            return Err(rt.onboarding.locked_out(wait, req.headers()));
+            let locked_out = rt.onboarding.locked_out(wait, req.headers());
+            refused(cx, req);
+            return Err(locked_out);
         }
         return match rt
             .onboarding
@@ -137,18 +155,18 @@ async fn inner(
                 if guessed {
                     super::conn::throttle(rt, conn.peer.addr);
                 }
-                refused(cx, &req);
+                refused(cx, req);
                 Err(reject)
             }
         };
     }
     if let Some(problem) = &conn.problem {
-        refused(cx, &req);
-        return Err(rt.onboarding.help(problem, req.headers()));
+        let help = rt.onboarding.help(problem, req.headers());
+        refused(cx, req);
+        return Err(help);
     }
     if let Err(mut reject) = conn.recheck(rt) {
         cx.closing = true;
-        refused(cx, &req);
         // In help mode a certificate that a reload refuses (revoked while connected) gets the
         // page too, under the re-check's rule.
         if rt.help_on_failure
@@ -156,14 +174,16 @@ async fn inner(
         {
             let mut help = rt.onboarding.help(&conn.problem_now(reason), req.headers());
             help.rule = reject.rule.take();
+            refused(cx, req);
             return Err(help);
         }
+        refused(cx, req);
         return Err(reject);
     }
     let out = match rt.policy.check(&req, &conn.peer, &mut cx.route).await {
         Ok(out) => out,
         Err(reject) => {
-            refused(cx, &req);
+            refused(cx, req);
             return Err(reject);
         }
     };

@@ -242,6 +242,7 @@ impl Runtime {
                 header_policy,
                 metrics.clone(),
                 previous.map(|p| &p.forwarder),
+                config.limits.body_timeout,
             ),
             headers: config.headers.clone(),
             access_log: config.log.access,

@@ -14,6 +14,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::time::{Instant, Sleep};
 
 use crate::response::access_log::AccessRecord;
+use crate::response::in_flight::InFlight;
 
 /// Errors a response body can end with.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -165,8 +166,15 @@ const DRAIN_BYTES: u64 = 256 << 20;
 #[error("the request body is over the limit of {0} bytes")]
 pub struct BodyTooLarge(pub u64);
 
+/// The client's request body went silent for longer than `[limits] body_timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("the client sent nothing of its request body for {0:?}")]
+pub struct BodyTimeout(pub Duration);
+
 /// Shared between a [`LimitedBody`] and the request handler: whether the limit was hit, and
-/// what is left of the client's body, so the handler can drain it.
+/// what is left of the client's body, so the handler can drain it; whether the client's body
+/// stalled or failed (the client's fault, never the backend's); and how far the body has got
+/// on its way to the backend, so that the response is timed from its end.
 #[derive(Debug, Default)]
 pub struct Overflow {
     hit: std::sync::atomic::AtomicBool,
@@ -174,6 +182,19 @@ pub struct Overflow {
     /// The body as it was when the request was dropped before any of it was read: a server
     /// that refused the connection never saw it, so the next server may have it.
     unsent: std::sync::Mutex<Option<Incoming>>,
+    /// The client sent nothing of its body for `body_timeout`.
+    stalled: std::sync::atomic::AtomicBool,
+    /// Reading the client's body failed: the client went away or sent a malformed body.
+    client_failed: std::sync::atomic::AtomicBool,
+    /// The last read found the client's body silent: a wait now is the client's, not the
+    /// backend's.
+    waiting: std::sync::atomic::AtomicBool,
+    /// When a frame of the body was last handed on to the backend.
+    moved: std::sync::Mutex<Option<Instant>>,
+    /// The body was read to its end...
+    ended: std::sync::atomic::AtomicBool,
+    /// ...which wakes the forwarder's wait for the response.
+    end: tokio::sync::Notify,
 }
 
 impl Overflow {
@@ -192,10 +213,52 @@ impl Overflow {
     pub fn take_unsent(&self) -> Option<Incoming> {
         self.unsent.lock().ok().and_then(|mut r| r.take())
     }
+
+    /// Whether the client's body went silent for longer than `body_timeout`.
+    pub fn stalled(&self) -> bool {
+        self.stalled.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Whether reading the client's body failed (the client went away mid-body).
+    pub fn client_failed(&self) -> bool {
+        self.client_failed
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Whether the body has been read to its end.
+    pub fn ended(&self) -> bool {
+        self.ended.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Returns once the body has been read to its end.
+    pub async fn wait_end(&self) {
+        while !self.ended() {
+            self.end.notified().await;
+        }
+    }
+
+    /// How long the backend has taken nothing of a body the client has ready: since `since`
+    /// (when the request went out) or the last frame handed on, whichever is later. `None`
+    /// while the wait is the client's (certgate is waiting for its next bytes) or the body has
+    /// ended.
+    pub fn backend_idle(&self, since: Instant) -> Option<Duration> {
+        use std::sync::atomic::Ordering;
+        if self.ended() || self.waiting.load(Ordering::Acquire) {
+            return None;
+        }
+        let moved = self.moved.lock().ok().and_then(|m| *m);
+        Some(moved.map_or(since, |m| m.max(since)).elapsed())
+    }
+
+    fn finish(&self) {
+        self.ended.store(true, std::sync::atomic::Ordering::Release);
+        self.end.notify_one();
+    }
 }
 
 /// The client's request body on its way to the backend, stopped before the frame that would
-/// take it over `limit`: the backend never sees more than the limit.
+/// take it over `limit` (the backend never sees more than the limit), and failed when the
+/// client sends nothing of it for `[limits] body_timeout`.
 pub struct LimitedBody {
     inner: Option<Incoming>,
     limit: u64,
@@ -205,6 +268,10 @@ pub struct LimitedBody {
     requests: Option<std::sync::Arc<crate::response::in_flight::InFlight>>,
     /// Whether anyone asked for a frame yet.
     polled: bool,
+    /// `[limits] body_timeout`: the longest silence between two reads of the client's body.
+    idle: Duration,
+    /// Created the first time the client makes us wait (as [`ProxyBody`]'s).
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl Drop for LimitedBody {
@@ -228,16 +295,23 @@ impl LimitedBody {
             overflow: std::sync::Arc::default(),
             requests: None,
             polled: false,
+            idle: Duration::MAX,
+            timer: None,
         }
     }
 
-    /// Wraps `inner`; `overflow` reports a hit, `requests` learns the end of the body.
+    /// Wraps `inner`; `overflow` reports a hit, a stall (nothing from the client for `idle`)
+    /// and the body's progress; `requests` learns the end of the body.
     pub fn new(
         inner: Incoming,
         limit: u64,
+        idle: Duration,
         overflow: std::sync::Arc<Overflow>,
         requests: std::sync::Arc<crate::response::in_flight::InFlight>,
     ) -> LimitedBody {
+        if inner.is_end_stream() {
+            overflow.finish();
+        }
         LimitedBody {
             inner: Some(inner),
             limit,
@@ -245,13 +319,45 @@ impl LimitedBody {
             overflow,
             requests: Some(requests),
             polled: false,
+            idle,
+            timer: None,
         }
     }
 
     fn ended(&mut self) {
+        self.overflow.finish();
         if let Some(a) = self.requests.take() {
             a.body_read();
         }
+    }
+
+    /// Notes whether the client made us wait, and keeps its silence timed; on a silence of
+    /// `idle`, the body fails with [`BodyTimeout`].
+    fn time(&mut self, cx: &mut Context<'_>, pending: bool) -> Poll<BoxError> {
+        use std::sync::atomic::Ordering;
+        self.overflow.waiting.store(pending, Ordering::Release);
+        if !pending {
+            let now = Instant::now();
+            if let (Some(t), Some(deadline)) = (self.timer.as_mut(), now.checked_add(self.idle)) {
+                t.as_mut().reset(deadline);
+            }
+            if let Ok(mut moved) = self.overflow.moved.lock() {
+                *moved = Some(now);
+            }
+            return Poll::Pending;
+        }
+        let idle = self.idle;
+        let Some(deadline) = Instant::now().checked_add(idle) else {
+            return Poll::Pending;
+        };
+        let t = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        ready!(t.as_mut().poll(cx));
+        self.overflow.stalled.store(true, Ordering::Release);
+        // The client's connection is not read further: hyper closes it after the 408.
+        self.inner = None;
+        Poll::Ready(BodyTimeout(idle).into())
     }
 }
 
@@ -268,7 +374,11 @@ impl Body for LimitedBody {
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
-        match ready!(Pin::new(inner).poll_frame(cx)) {
+        let polled = Pin::new(inner).poll_frame(cx);
+        if let Poll::Ready(e) = this.time(cx, polled.is_pending()) {
+            return Poll::Ready(Some(Err(e)));
+        }
+        match ready!(polled) {
             Some(Ok(frame)) => {
                 if let Some(d) = frame.data_ref() {
                     let total = this.seen + d.len() as u64;
@@ -289,7 +399,12 @@ impl Body for LimitedBody {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Some(Err(e)) => Poll::Ready(Some(Err(e.into()))),
+            Some(Err(e)) => {
+                this.overflow
+                    .client_failed
+                    .store(true, std::sync::atomic::Ordering::Release);
+                Poll::Ready(Some(Err(e.into())))
+            }
             None => {
                 this.ended();
                 Poll::Ready(None)
@@ -309,23 +424,60 @@ impl Body for LimitedBody {
 }
 
 /// Reads and discards what is left of a refused request body, within bounds, so a client that
-/// is still sending reads certgate's 413 rather than a reset connection (nginx does the same).
-pub fn drain(body: Incoming) {
+/// is still sending reads certgate's refusal rather than a reset connection (nginx does the
+/// same). A body read to its end tells `requests`, so an HTTP/1 connection can be kept and
+/// parked; one cut off by the bounds is dropped, and hyper then closes the connection.
+pub fn drain(body: Incoming, requests: Option<std::sync::Arc<InFlight>>) {
     tokio::spawn(async move {
         let mut body = body;
         let mut read = 0u64;
-        let _ = tokio::time::timeout(DRAIN_TIME, async {
-            while let Some(Ok(frame)) =
-                std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
-            {
-                if let Some(d) = frame.data_ref() {
-                    read += d.len() as u64;
-                    if read > DRAIN_BYTES {
-                        break;
+        let whole = tokio::time::timeout(DRAIN_TIME, async {
+            loop {
+                match std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+                    None => return true,
+                    Some(Err(_)) => return false,
+                    Some(Ok(frame)) => {
+                        if let Some(d) = frame.data_ref() {
+                            read += d.len() as u64;
+                            if read > DRAIN_BYTES {
+                                return false;
+                            }
+                        }
                     }
                 }
             }
         })
         .await;
+        if whole == Ok(true)
+            && let Some(requests) = requests
+        {
+            requests.body_read();
+        }
     });
+}
+
+/// What happens to the unread body of a request certgate refused, so that the client reads
+/// the refusal whatever it was doing with its body.
+///
+/// The rest of the body is read and thrown away, within [`DRAIN_TIME`] and [`DRAIN_BYTES`], as
+/// nginx does. Dropped unread instead, hyper closes an HTTP/1 connection after the response
+/// while the client is still writing, and the client's next write meets a reset (Python:
+/// `SSLEOFError`) before it reads the response. Over HTTP/2, h2 keeps a stream whose body was
+/// dropped until the response has been sent, then ends it with RST_STREAM(NO_ERROR) as RFC 9113
+/// §8.1 allows, but curl (7.88) fails an upload whose stream is reset while it is still
+/// sending ("Stream error in the HTTP/2 framing layer"). Read to its end, the body leaves an
+/// HTTP/1 connection kept alive and an HTTP/2 stream closed cleanly.
+///
+/// A client that sent `Expect: 100-continue` has not sent its body and will not without a
+/// `100 Continue`: nothing is read, so the connection is not held open waiting for a body that
+/// never comes. Over HTTP/1 hyper closes after the response without inviting the body; over
+/// HTTP/2 the stream ends with RST_STREAM(NO_ERROR) once the response is sent.
+pub fn discard_refused(
+    body: Incoming,
+    expects_continue: bool,
+    requests: &std::sync::Arc<InFlight>,
+) {
+    if !body.is_end_stream() && !expects_continue {
+        drain(body, Some(requests.clone()));
+    }
 }

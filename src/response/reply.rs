@@ -33,6 +33,8 @@ pub enum Check {
     RateLimit(Arc<str>),
     /// The body limit.
     MaxBody,
+    /// `[limits] body_timeout`: the client's body went silent.
+    BodyTimeout,
     /// The re-check of an open connection's certificate after a reload (why it failed).
     Recheck(&'static str),
     /// `on_failure = "help"`: the connection's certificate was missing or refused (why).
@@ -84,6 +86,7 @@ impl fmt::Display for Rule {
             Check::ForwardAuth => f.write_str("forward_auth"),
             Check::RateLimit(zone) => write!(f, "rate_limit {zone}"),
             Check::MaxBody => f.write_str("max_body"),
+            Check::BodyTimeout => f.write_str("body_timeout"),
             Check::Recheck(why) => write!(f, "recheck {why}"),
             Check::Certificate(why) => write!(f, "certificate {why}"),
             Check::Invitation => f.write_str("invitation"),
@@ -171,6 +174,21 @@ impl Reject {
             ),
         );
         r.rule = Some(Box::new(Rule::bare(Check::MaxBody)));
+        r
+    }
+
+    /// 408 `request_timeout`: the client sent nothing of its request body for `idle`
+    /// (`[limits] body_timeout`). The client's fault, never the backend's.
+    pub fn request_timeout(idle: std::time::Duration) -> Reject {
+        let mut r = Reject::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!(
+                "The request body stopped arriving: nothing came for {}; send it again.",
+                humantime::format_duration(idle)
+            ),
+        );
+        r.rule = Some(Box::new(Rule::bare(Check::BodyTimeout)));
         r
     }
 

@@ -15,7 +15,7 @@ use hyper::body::Incoming;
 use tokio_util::task::TaskTracker;
 
 use crate::ops::metrics::Metrics;
-use crate::response::body::{LimitedBody, Overflow, ProxyBody};
+use crate::response::body::{LimitedBody, Overflow, ProxyBody, drain};
 use crate::response::in_flight::InFlight;
 use crate::response::reply::Reject;
 use crate::tls::identity::Peer;
@@ -72,17 +72,20 @@ pub struct Forwarder {
     groups: Vec<Group>,
     headers: Arc<HeaderPolicy>,
     metrics: Arc<Metrics>,
+    /// `[limits] body_timeout`: the longest silence between two reads of a request body.
+    body_timeout: Duration,
 }
 
 impl Forwarder {
     /// A forwarder for `groups` (the default group first). Servers that `previous` (the
     /// forwarder before a reload) had in a group of the same name keep their health, load and
-    /// bound clients.
+    /// bound clients. A client whose request body goes silent for `body_timeout` gets 408.
     pub fn new(
         groups: &[&Upstream],
         headers: Arc<HeaderPolicy>,
         metrics: Arc<Metrics>,
         previous: Option<&Forwarder>,
+        body_timeout: Duration,
     ) -> Forwarder {
         let groups = groups
             .iter()
@@ -95,6 +98,7 @@ impl Forwarder {
             groups,
             headers,
             metrics,
+            body_timeout,
         }
     }
 
@@ -148,7 +152,7 @@ impl Forwarder {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > max_body) {
-            crate::response::body::drain(req.into_body());
+            drain(req.into_body(), Some(origin.requests.clone()));
             return Err(Reject::payload_too_large(max_body));
         }
         let group = &self.groups[group.min(self.groups.len() - 1)];
@@ -162,12 +166,20 @@ impl Forwarder {
             None => std::borrow::Cow::Borrowed(&group.servers),
         };
         if candidates.is_empty() {
+            drain(req.into_body(), Some(origin.requests.clone()));
             self.metrics.upstream_error("no_healthy_backend");
             return Err(Reject::no_healthy_backend(&group.name));
         }
         let overflow = std::sync::Arc::new(Overflow::default());
-        let mut req =
-            req.map(|b| LimitedBody::new(b, max_body, overflow.clone(), origin.requests.clone()));
+        let mut req = req.map(|b| {
+            LimitedBody::new(
+                b,
+                max_body,
+                self.body_timeout,
+                overflow.clone(),
+                origin.requests.clone(),
+            )
+        });
         let websocket = headers::is_websocket_upgrade(&req);
         let fields = req.headers_mut();
         fields.insert(header::HOST, host);
@@ -199,7 +211,7 @@ impl Forwarder {
                 fields.clone().unwrap_or_default()
             };
             let in_flight = server.begin();
-            match self.send(server, attempt, websocket, peer).await {
+            match self.send(server, attempt, websocket, peer, &overflow).await {
                 Sent::Answered(resp, lease) => {
                     if let Some(key) = &key {
                         group.served(key, server);
@@ -229,19 +241,33 @@ impl Forwarder {
                         body = Some(LimitedBody::new(
                             unsent,
                             max_body,
+                            self.body_timeout,
                             overflow.clone(),
                             origin.requests.clone(),
                         ));
                         continue;
+                    }
+                    if let Some(unsent) = overflow.take_unsent() {
+                        drain(unsent, Some(origin.requests.clone()));
                     }
                     return Err(self.upstream_error(&e, server, peer));
                 }
                 Sent::Failed(e) => {
                     if overflow.hit() {
                         if let Some(rest) = overflow.take_rest() {
-                            crate::response::body::drain(rest);
+                            drain(rest, Some(origin.requests.clone()));
                         }
                         return Err(Reject::payload_too_large(max_body));
+                    }
+                    // The client's own failures are never the server's: no failure counted
+                    // against it, and the refusal is logged as the client's.
+                    if overflow.stalled() {
+                        return Err(Reject::request_timeout(self.body_timeout));
+                    }
+                    if overflow.client_failed() {
+                        return Err(Reject::bad_request(
+                            "The request body was cut off: the client went away or sent a malformed body.",
+                        ));
                     }
                     return Err(self.upstream_error(&e, server, peer));
                 }
@@ -273,6 +299,7 @@ impl Forwarder {
         req: Request<LimitedBody>,
         websocket: bool,
         peer: SocketAddr,
+        body: &Overflow,
     ) -> Sent {
         let replay = (!websocket && is_idempotent(req.method()) && req.body().is_end_stream())
             .then(|| {
@@ -287,7 +314,7 @@ impl Forwarder {
             });
         let timeout = server.response_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut sent = tokio::time::timeout_at(deadline, server.pool.send(req)).await;
+        let mut sent = answered(server.pool.send(req), body, deadline, timeout).await;
         if let (Ok(Err(e)), Some(replay)) = (&sent, replay)
             && e.is_stale_connection()
         {
@@ -368,6 +395,44 @@ impl Forwarder {
     }
 }
 
+/// Waits for `answer` (the backend's response headers) with `response_timeout` = `timeout`
+/// counted from the end of the request body: a client's slow or stalled upload is never the
+/// backend's delay. While the body is on its way, a wait for the client's next bytes is timed by
+/// `body_timeout` inside the body; a backend that stops taking a body the client has ready
+/// gets `timeout` from the last frame it took. A request whose body has already ended (most:
+/// no body) keeps `deadline`, `timeout` from when it was sent. A backend that answers before
+/// the body has ended is fine.
+async fn answered<F: std::future::Future>(
+    answer: F,
+    body: &Overflow,
+    deadline: tokio::time::Instant,
+    timeout: Duration,
+) -> Result<F::Output, tokio::time::error::Elapsed> {
+    if body.ended() {
+        return tokio::time::timeout_at(deadline, answer).await;
+    }
+    let sent_at = tokio::time::Instant::now();
+    let mut answer = std::pin::pin!(answer);
+    loop {
+        let check = body
+            .backend_idle(sent_at)
+            .map_or(timeout, |idle| timeout.saturating_sub(idle));
+        tokio::select! {
+            r = answer.as_mut() => return Ok(r),
+            () = body.wait_end() => {
+                let deadline = tokio::time::Instant::now() + timeout;
+                return tokio::time::timeout_at(deadline, answer).await;
+            }
+            () = tokio::time::sleep(check) => {
+                if body.backend_idle(sent_at).is_some_and(|idle| idle >= timeout) {
+                    // Past its deadline: one last look at the answer, then it has timed out.
+                    return tokio::time::timeout_at(tokio::time::Instant::now(), answer).await;
+                }
+            }
+        }
+    }
+}
+
 /// How one attempt on one server ended.
 enum Sent {
     /// Response headers came back.
@@ -376,7 +441,8 @@ enum Sent {
     Refused(SendError),
     /// The connection broke or the answer was not HTTP.
     Failed(SendError),
-    /// No response headers within `response_timeout`.
+    /// No response headers within `response_timeout` of the end of the request body, or the
+    /// backend took nothing of the body for that long.
     TimedOut(Duration),
 }
 
@@ -423,7 +489,7 @@ pub struct Upstream {
     pub max_idle_connections: usize,
     /// TCP connect limit.
     pub connect_timeout: Duration,
-    /// Response-header limit.
+    /// Response-header limit, from the end of the request body.
     pub response_timeout: Duration,
     /// Longest silence inside a body.
     pub idle_timeout: Duration,

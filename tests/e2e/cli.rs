@@ -454,6 +454,7 @@ async fn shipped_example_configs_pass_check() {
         for want in [
             "[limits]",
             "max_body = 50.0 MiB",
+            "send_timeout = 1m, body_timeout = 1m",
             "[reload]",
             "[sandbox]",
             "x-frame-options: DENY",

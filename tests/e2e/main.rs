@@ -20,6 +20,8 @@ mod paths;
 mod policy;
 mod profiles;
 mod properties;
+mod refusals;
 mod servlet_view;
 mod shared;
 mod tls;
+mod uploads;
