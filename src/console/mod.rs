@@ -175,11 +175,7 @@ pub fn answer(
         .unwrap_or_default();
     let view = view::View::read(inputs, &filter);
     let (body, content_type, csp) = if wants_json(&query, headers) {
-        (
-            serde_json::to_string_pretty(&view).unwrap_or_else(|_| "{}".into()),
-            "application/json",
-            None,
-        )
+        (json(&view), "application/json", None)
     } else {
         // At most every 10 s: a page left open on a wall screen must not become a load test.
         let refresh = query
@@ -203,6 +199,17 @@ pub fn answer(
         h.insert(header::CONTENT_SECURITY_POLICY, csp);
     }
     resp
+}
+
+/// The view as JSON, with `<`, `>` and `&` written as `\u` escapes: a certificate field such
+/// as `<script>` cannot turn into markup even where the JSON is pasted into a page. (Outside
+/// strings JSON has none of the three, so replacing them everywhere is exact.)
+fn json(view: &view::View) -> String {
+    serde_json::to_string_pretty(view)
+        .unwrap_or_else(|_| "{}".into())
+        .replace('<', "\\u003c")
+        .replace('>', "\\u003e")
+        .replace('&', "\\u0026")
 }
 
 #[cfg(test)]
@@ -235,6 +242,136 @@ mod tests {
         ] {
             assert!(!s.claims(p), "{p}");
         }
+    }
+
+    fn daemon() -> Daemon {
+        Daemon {
+            version: "0",
+            uptime_seconds: 1,
+            started: String::new(),
+            config_file: "/etc/certgate/certgate.toml".into(),
+            generation: 1,
+            last_reload: None,
+            server_certificate_serial: "01".into(),
+            server_certificate_expires: String::new(),
+            server_certificate_days_left: 100,
+            crls: Vec::new(),
+            shared: None,
+        }
+    }
+
+    fn identity(n: usize, cn: &str) -> std::sync::Arc<ClientIdentity> {
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &n.to_be_bytes());
+        std::sync::Arc::new(ClientIdentity {
+            subject_dn: format!("CN={cn}"),
+            issuer_dn: "CN=ca".into(),
+            serial: format!("{n:X}"),
+            fingerprint: digest.as_ref().iter().map(|b| format!("{b:02x}")).collect(),
+            names: crate::tls::identity::IdentityNames {
+                cn: vec![cn.to_string()],
+                ..Default::default()
+            },
+            not_after: 0,
+        })
+    }
+
+    fn render(store: &Store, query: &str, accept: Option<&'static str>) -> (HeaderMap, String) {
+        let inputs = Inputs {
+            store,
+            backends: Vec::new(),
+            bound_to: &|_| std::collections::HashMap::new(),
+            daemon: daemon(),
+        };
+        let mut headers = HeaderMap::new();
+        if let Some(a) = accept {
+            headers.insert(header::ACCEPT, HeaderValue::from_static(a));
+        }
+        let resp = answer(&inputs, Some(query), &headers);
+        let headers = resp.headers().clone();
+        let body = futures_body(resp);
+        (headers, body)
+    }
+
+    fn futures_body(resp: Response<ProxyBody>) -> String {
+        use http_body_util::BodyExt as _;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let bytes = rt.block_on(resp.into_body().collect()).unwrap().to_bytes();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn a_hundred_thousand_people_make_a_bounded_page_that_says_so() {
+        let store = Store::new();
+        for n in 0..100_000 {
+            store.finished(store::Finished {
+                addr: std::net::Ipv4Addr::LOCALHOST.into(),
+                identity: Some(&identity(n, &format!("person{n}@example.com"))),
+                status: 200,
+                bytes_in: 0,
+                bytes_out: 10,
+            });
+        }
+        let (headers, page) = render(&store, "", None);
+        assert_eq!(headers[header::CACHE_CONTROL], "no-store");
+        assert!(page.len() < 1 << 20, "{} bytes", page.len());
+        let total = store.people("", 1).total;
+        assert!(total <= store::MAX_PEOPLE);
+        assert!(
+            page.contains(&format!("Showing {} of {total}", view::MAX_ROWS)),
+            "{}",
+            &page[..2000]
+        );
+        assert!(page.contains("seen earlier were forgotten"));
+        // The filter finds one of those not shown.
+        let (_, one) = render(&store, "q=person99990%40example", None);
+        assert!(one.contains("Showing 1 of 1 matching"), "filter");
+        let (_, json) = render(&store, "format=json", None);
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(
+            v["people"]["rows"].as_array().unwrap().len(),
+            view::MAX_ROWS
+        );
+        assert_eq!(v["people"]["total"], total);
+        assert!(json.len() < 1 << 20, "{} bytes", json.len());
+    }
+
+    #[test]
+    fn hostile_fields_are_text_in_the_page_and_the_json() {
+        let store = Store::new();
+        let cn = "<script>alert('x')</script>&\"";
+        store.finished(store::Finished {
+            addr: std::net::Ipv4Addr::LOCALHOST.into(),
+            identity: Some(&identity(1, cn)),
+            status: 200,
+            bytes_in: 0,
+            bytes_out: 0,
+        });
+        let (headers, page) = render(&store, "refresh=1", None);
+        assert!(!page.contains("<script"), "{page}");
+        assert!(page.contains("&lt;script&gt;alert(&#39;x&#39;)"));
+        // Asked for every second, refreshed every ten.
+        assert!(page.contains("<meta http-equiv=\"refresh\" content=\"10\">"));
+        assert!(
+            headers[header::CONTENT_SECURITY_POLICY]
+                .to_str()
+                .unwrap()
+                .contains("style-src 'sha256-")
+        );
+        let (headers, json) = render(&store, "", Some("application/json"));
+        assert_eq!(headers[header::CONTENT_TYPE], "application/json");
+        assert!(
+            !json.contains('<') && !json.contains('>') && !json.contains('&'),
+            "{json}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["people"]["rows"][0]["cn"], cn);
+        // The command to copy quotes it for the shell.
+        assert_eq!(
+            v["people"]["rows"][0]["renew_command"],
+            "certgate certs renew --dir \"$CA_DIR\" --name '<script>alert('\\''x'\\'')</script>&\"'"
+        );
     }
 
     #[test]

@@ -21,7 +21,9 @@ pub const MAX_PEOPLE: usize = 10_000;
 /// Refusals kept in the ring.
 pub const MAX_REFUSALS: usize = 200;
 /// Most refusals of one address in the ring: a handshake flood from one address replaces its
-/// own entries, never everyone else's.
+/// own entries, never everyone else's. A verified identity's refused requests are counted apart
+/// (per address and identity: people behind one NAT address each keep theirs); an unverified
+/// certificate's subject is the client's to choose, so it never makes a key of its own.
 pub const MAX_REFUSALS_PER_ADDRESS: usize = 5;
 /// Minutes of per-minute counts.
 pub const MINUTES: usize = 60;
@@ -177,6 +179,8 @@ pub struct Refusal {
     pub subject: Option<Box<str>>,
     /// The short reason (`expired`, `route[1] /admin allow`, ...).
     pub reason: Box<str>,
+    /// The verified identity's fingerprint, for a refused request.
+    who: Option<Box<str>>,
     /// The reason in words a person reads.
     pub words: Box<str>,
 }
@@ -354,10 +358,11 @@ impl Store {
                 refusals.per_reason.insert(r.reason.into(), 1);
             }
         }
+        let who = r.identity.map(|i| i.fingerprint.as_str());
+        let same = |x: &Refusal| x.addr == r.addr && x.who.as_deref() == who;
         let ring = &mut refusals.ring;
-        let same = ring.iter().filter(|x| x.addr == r.addr).count();
-        if same >= MAX_REFUSALS_PER_ADDRESS {
-            if let Some(i) = ring.iter().position(|x| x.addr == r.addr) {
+        if ring.iter().filter(|x| same(x)).count() >= MAX_REFUSALS_PER_ADDRESS {
+            if let Some(i) = ring.iter().position(same) {
                 ring.remove(i);
             }
         } else if ring.len() >= MAX_REFUSALS {
@@ -371,6 +376,7 @@ impl Store {
                 .or(r.identity.map(|i| i.subject_dn.as_str()))
                 .map(Into::into),
             reason: r.reason.into(),
+            who: who.map(Into::into),
             words: r.words.into(),
         });
     }
@@ -555,6 +561,37 @@ mod tests {
         assert_eq!(flood.last().unwrap().at_ms, 100 + 99_999);
         for n in 0..20 {
             assert!(ring.iter().any(|r| r.addr == addr(n)), "{n} pushed out");
+        }
+    }
+
+    #[test]
+    fn people_behind_one_address_keep_their_own_refusals() {
+        let store = Store::new();
+        let (a, b) = (identity(1), identity(2));
+        for id in [&a, &b] {
+            store.refused_at(
+                RefusalNote {
+                    addr: addr(9),
+                    identity: Some(id),
+                    subject: None,
+                    reason: "route[0] /x allow",
+                    words: "not on the list",
+                    rate_limited: false,
+                    revoked: false,
+                },
+                1,
+            );
+        }
+        for i in 0..50 {
+            refuse(&store, 9, "no certificate", 2 + i);
+        }
+        let (ring, _, _) = store.refusals();
+        assert_eq!(ring.len(), 2 + MAX_REFUSALS_PER_ADDRESS);
+        for id in [&a, &b] {
+            assert!(
+                ring.iter()
+                    .any(|r| r.subject.as_deref() == Some(id.subject_dn.as_str()))
+            );
         }
     }
 

@@ -4,8 +4,10 @@
 
 use serde::Serialize;
 
+use std::collections::HashMap;
+
 use super::store::{self, MINUTES, Person, Store};
-use crate::upstream::{Forwarder, GroupStatus};
+use crate::upstream::GroupStatus;
 
 /// Most people rows on one page: the page stays well under a megabyte; the filter finds the
 /// rest.
@@ -19,8 +21,10 @@ pub const EXPIRY_WARNING_DAYS: i64 = 14;
 pub struct Inputs<'a> {
     /// The people, refusals and per-minute counts.
     pub store: &'a Store,
-    /// The backend groups (health, in flight, bindings).
-    pub forwarder: &'a Forwarder,
+    /// The backend groups' servers (health, in flight, bound clients).
+    pub backends: Vec<GroupStatus>,
+    /// The group and server each of these fingerprints is bound to (identity affinity).
+    pub bound_to: &'a dyn Fn(&[&str]) -> HashMap<String, String>,
     /// The daemon's own state.
     pub daemon: Daemon,
 }
@@ -287,7 +291,7 @@ impl View {
             .iter()
             .map(|p| p.identity.fingerprint.as_str())
             .collect();
-        let bound = inputs.forwarder.bound_to(&fingerprints);
+        let bound = (inputs.bound_to)(&fingerprints);
         let rows: Vec<PersonRow> = people
             .rows
             .iter()
@@ -324,7 +328,7 @@ impl View {
                     })
                     .collect(),
             },
-            backends: inputs.forwarder.status(),
+            backends: inputs.backends.clone(),
             // The queue room (spec §15) is where these come from once it exists.
             queues: Vec::new(),
             requests_per_minute: inputs.store.per_minute(now_minute).to_vec(),

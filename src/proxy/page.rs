@@ -57,7 +57,8 @@ pub(super) fn answer(
     };
     let inputs = Inputs {
         store: &shared.console,
-        forwarder: &rt.forwarder,
+        backends: rt.forwarder.status(),
+        bound_to: &|fingerprints| rt.forwarder.bound_to(fingerprints),
         daemon,
     };
     crate::console::answer(&inputs, query, headers)

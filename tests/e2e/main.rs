@@ -6,6 +6,7 @@ mod common;
 
 mod certs;
 mod cli;
+mod console;
 mod fidelity;
 mod forwarding;
 mod gradio;
