@@ -24,7 +24,8 @@ h2{font-size:1.1rem;margin:1.75rem 0 .5rem}\
 .summary b{display:block;font-size:1.3rem}\
 .scroll{overflow-x:auto}\
 table{border-collapse:collapse;width:100%;font-size:.85rem}\
-th,td{text-align:left;padding:.3rem .5rem;border-bottom:1px solid #e4e8ef;vertical-align:top}\
+th,td{text-align:left;padding:.3rem .5rem;border-bottom:1px solid #e4e8ef;vertical-align:top;white-space:nowrap}\
+td.wrap{white-space:normal;min-width:10rem;max-width:18rem;overflow-wrap:anywhere}\
 th{background:#eef1f6;white-space:nowrap}\
 td.num{text-align:right;font-variant-numeric:tabular-nums}\
 code,.mono{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:.8rem;overflow-wrap:anywhere}\
@@ -41,7 +42,7 @@ svg{width:100%;height:auto;display:block}\
 svg .bar{fill:#1f5fbf}\
 svg .line{fill:none;stroke:#1f5fbf;stroke-width:2}\
 svg .axis{stroke:#b8c0cc;stroke-width:1}\
-svg text{font-size:11px;fill:#5a6475}\
+svg text{font-size:13px;fill:#5a6475}\
 .spark{max-width:16rem}\
 @media (max-width:40rem){main{padding:.5rem}.summary div{min-width:6rem}}";
 
@@ -60,6 +61,12 @@ pub(super) fn csp() -> HeaderValue {
     .clone()
 }
 
+/// `YYYY-MM-DD HH:MM` of a `YYYY-MM-DD HH:MM:SS UTC` time: the table is narrower, and the
+/// page says once that times are UTC.
+fn minute(t: &str) -> &str {
+    t.get(..16).unwrap_or(t)
+}
+
 fn bytes(n: u64) -> String {
     bytesize::ByteSize::b(n).display().iec().to_string()
 }
@@ -67,7 +74,7 @@ fn bytes(n: u64) -> String {
 /// Requests per minute as bars, oldest on the left.
 fn bar_chart(out: &mut String, id: &str, per_minute: &[u32]) {
     let max = per_minute.iter().copied().max().unwrap_or(0).max(1);
-    let (w, h) = (600.0, 120.0);
+    let (w, h) = (1200.0, 150.0);
     let step = w / per_minute.len().max(1) as f64;
     let _ = write!(
         out,
@@ -91,7 +98,7 @@ fn bar_chart(out: &mut String, id: &str, per_minute: &[u32]) {
         out,
         "<line class=\"axis\" x1=\"0\" y1=\"{h}\" x2=\"{w}\" y2=\"{h}\"/>\
          <text x=\"0\" y=\"{}\">60 min ago</text><text x=\"{w}\" y=\"{}\" text-anchor=\"end\">now</text>\
-         <text x=\"2\" y=\"11\">{max}/min</text></svg>",
+         <text x=\"2\" y=\"13\">{max}/min</text></svg>",
         h + 13.0,
         h + 13.0
     );
@@ -176,7 +183,7 @@ fn people(out: &mut String, v: &View) {
     );
     out.push_str(
         "<div class=\"card scroll\"><table id=\"people-table\"><thead><tr>\
-         <th>Name</th><th>Certificate ends</th><th>First seen</th><th>Last seen</th>\
+         <th>Name</th><th>Certificate ends</th><th>First seen (UTC)</th><th>Last seen</th>\
          <th>2xx/3xx</th><th>4xx</th><th>5xx</th><th>In</th><th>Out</th>\
          <th>Refused</th><th>Rate-limited</th><th>Queue</th><th>Server</th><th>Details</th>\
          </tr></thead><tbody>\n",
@@ -185,12 +192,12 @@ fn people(out: &mut String, v: &View) {
         let _ = writeln!(
             out,
             "<tr class=\"person{}\" data-fingerprint=\"{}\">\
-             <td><b class=\"cn\">{}</b>{}<br><span class=\"mono muted\">{}</span></td>\
+             <td class=\"wrap\"><b class=\"cn\">{}</b>{}<br><span class=\"mono muted\">{}</span></td>\
              <td class=\"expiry\">{}<br><span class=\"days\">{} days</span></td>\
              <td>{}</td><td>{}</td>\
              <td class=\"num ok\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>\
              <td class=\"num\">{}</td><td class=\"num\">{}</td>\
-             <td class=\"num refused\">{}{}</td><td class=\"num limited\">{}</td>\
+             <td class=\"refused wrap\">{}{}</td><td class=\"num limited\">{}</td>\
              <td class=\"muted\">{}</td><td>{}</td>\
              <td><details><summary>more</summary><dl>\
              <dt>Issuer</dt><dd class=\"mono\">{}</dd><dt>Serial</dt><dd class=\"mono\">{}</dd>\
@@ -206,10 +213,10 @@ fn people(out: &mut String, v: &View) {
                 ""
             },
             esc(&r.subject_dn),
-            esc(&r.expires),
+            esc(minute(&r.expires)),
             r.days_left,
-            esc(&r.first_seen),
-            esc(&r.last_seen),
+            esc(minute(&r.first_seen)),
+            esc(minute(&r.last_seen)),
             r.ok,
             r.client_errors,
             r.server_errors,
@@ -261,7 +268,7 @@ fn refusals(out: &mut String, v: &View) {
     for x in &r.recent {
         let _ = writeln!(
             out,
-            "<tr class=\"refusal\" data-reason=\"{}\"><td>{}</td><td class=\"mono\">{}</td><td class=\"mono\">{}</td><td>{}<br><span class=\"muted\">{}</span></td></tr>",
+            "<tr class=\"refusal\" data-reason=\"{}\"><td>{}</td><td class=\"mono\">{}</td><td class=\"mono wrap\">{}</td><td class=\"wrap\">{}<br><span class=\"muted\">{}</span></td></tr>",
             esc(&x.reason),
             esc(&x.at),
             esc(&x.address),
@@ -295,7 +302,9 @@ fn backends(out: &mut String, v: &View) {
             );
         }
     }
-    out.push_str("</tbody></table></div>\n<h2 id=\"queues\">Queues</h2><div class=\"card\">");
+    out.push_str(
+        "</tbody></table></div>\n<h2 id=\"queues\">Queues</h2><div class=\"card scroll\">",
+    );
     if v.queues.is_empty() {
         out.push_str("<p class=\"muted\" id=\"no-queues\">No queues configured.</p>");
     } else {
@@ -319,7 +328,7 @@ fn daemon(out: &mut String, v: &View) {
     let d = &v.daemon;
     let _ = write!(
         out,
-        "<h2 id=\"daemon\">The daemon</h2><div class=\"card\"><table><tbody>\
+        "<h2 id=\"daemon\">The daemon</h2><div class=\"card scroll\"><table><tbody>\
          <tr><th>Version</th><td>certgate {}</td></tr>\
          <tr><th>Up since</th><td>{} ({})</td></tr>\
          <tr><th>Config file</th><td class=\"mono\">{}</td></tr>\

@@ -430,3 +430,94 @@ fn check_refuses_a_console_open_to_everyone() {
     assert!(err.contains("certgate.toml"), "{err}");
     assert!(err.contains("empty"), "{err}");
 }
+
+/// A person with a realistic name, valid for `days` more days.
+fn person(cn: &str, org: &str, days: i64) -> Identity {
+    custom_client(|p| {
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        p.distinguished_name
+            .push(rcgen::DnType::OrganizationName, org);
+        p.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(days);
+    })
+}
+
+/// What an operator sees in Chromium (its own TLS stack) with an admin certificate: the
+/// people with their names and the one whose certificate ends within days highlighted, who
+/// could not get in and why in the help page's words, the backend, the daemon; on a phone too.
+/// A browser with a certificate not on `[console] allow` gets 403.
+#[tokio::test]
+async fn a_browser_reads_the_page_with_an_admin_certificate() {
+    use crate::onboarding::{AutoSelectPolicy, browse, browser_home, p12_of, screenshot};
+    let pki = test_pki();
+    let dir = scratch_dir("console-browser");
+    let _policy = AutoSelectPolicy::install_as("console");
+    let backend = Backend::start().await;
+    let proxy = Proxy::start(backend.addr, SITE).await;
+    let refusals = traffic(proxy.addr).await;
+    let (dana, lee) = (
+        person("dana@example.com", "Colorizers", 5),
+        person("lee@example.com", "Colorizers", 90),
+    );
+    for (id, n) in [(&dana, 12), (&lee, 5)] {
+        let mut send = h1(proxy.addr, client_config(Some(id), &[])).await;
+        for _ in 0..n {
+            assert_eq!(
+                get1(&mut send, "/gradio_api/queue/join", &[]).await.status,
+                200
+            );
+        }
+    }
+    json_with(proxy.addr, refusals, 6, REQUESTS + 17).await;
+
+    let admin = browser_home(
+        &dir,
+        "admin",
+        Some((&p12_of(&dir, "alice", &pki.alice), "test")),
+    );
+    let url = format!("https://127.0.0.1:{}{PAGE}", proxy.addr.port());
+    let seen = browse(
+        &admin,
+        serde_json::json!([
+            {"url": url, "width": 1280, "screenshot": screenshot(&dir, "console.png")},
+            {"url": url, "width": 390, "screenshot": screenshot(&dir, "console-phone.png")},
+            {"url": format!("{url}?q=colorizers")},
+        ]),
+    )
+    .await;
+    assert_eq!(seen[0]["status"], 200, "{}", seen[0]);
+    assert_eq!(seen[0]["title"], "certgate \u{2013} who is here");
+    let text = seen[0]["text"].as_str().unwrap();
+    for shown in [
+        "Who is here",
+        "dana@example.com",
+        "lee@example.com",
+        "张小明",
+        "inter-client",
+        HOSTILE_CN,
+        "Who could not get in",
+        "Your certificate has been revoked and can no longer be used here.",
+        "route[0] /api rate_limit api",
+        "No queues configured.",
+        "Showing 6 of 6.",
+    ] {
+        assert!(text.contains(shown), "{shown} not on the page: {text}");
+    }
+    assert_eq!(seen[1]["status"], 200);
+    let filtered = seen[2]["text"].as_str().unwrap();
+    assert!(filtered.contains("Showing 2 of 2 matching"), "{filtered}");
+
+    // Not an operator: refused, in the browser too.
+    let other = browser_home(
+        &dir,
+        "zhang",
+        Some((&p12_of(&dir, "zhang", &pki.zhang), "test")),
+    );
+    let seen = browse(&other, serde_json::json!([{ "url": url }])).await;
+    assert_eq!(seen[0]["status"], 403, "{}", seen[0]);
+    assert!(
+        seen[0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("[console] allow")
+    );
+}
