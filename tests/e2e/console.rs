@@ -521,3 +521,67 @@ async fn a_browser_reads_the_page_with_an_admin_certificate() {
             .contains("[console] allow")
     );
 }
+
+/// In help mode a browser without a valid certificate meets the help page at the console's
+/// path like anywhere else (never the console); the admin still reads the page.
+#[tokio::test]
+async fn help_mode_clients_never_see_the_page() {
+    let pki = test_pki();
+    let backend = Backend::start().await;
+    let proxy = Proxy::start_with(&test_config(
+        backend.addr,
+        "on_failure = \"help\"",
+        "[console]\nallow = { ou = [\"Admin\"] }\n",
+    ))
+    .await;
+    for id in [None, Some(&pki.revoked), Some(&pki.impostor)] {
+        let got = get(proxy.addr, client_config(id, &[]), PAGE, Some("text/html")).await;
+        assert_eq!(got.status, 403);
+        assert!(got.body.contains("data-reason="), "{}", got.body);
+        assert!(!got.body.contains("Who is here"));
+    }
+    let got = get(proxy.addr, alice(), PAGE, Some("text/html")).await;
+    assert_eq!(got.status, 200);
+    assert!(got.body.contains("Who is here"));
+    assert!(backend.seen().is_empty(), "{:?}", backend.seen());
+}
+
+/// With several servers, each person's row names the server it is bound to, and the backends
+/// show each server's bound clients and drain; a CRL close to its next update is flagged.
+#[tokio::test]
+async fn rows_name_the_bound_server_and_the_daemon_flags_a_stale_crl() {
+    let (a, b) = (Backend::start().await, Backend::start().await);
+    let dir = scratch_dir("console-group");
+    for f in ["server.crt", "server.key", "ca-bundle.crt"] {
+        std::fs::copy(test_pki().dir.join(f), dir.join(f)).unwrap();
+    }
+    crate::ops::write_crl(&dir, &[], 3);
+    let config = dir.join("certgate.toml");
+    std::fs::write(
+        &config,
+        test_config_servers(
+            &[
+                format!("{{ url = \"http://{}\" }}", a.addr),
+                format!("{{ url = \"http://{}\", drain = true }}", b.addr),
+            ],
+            "[upstream.health]\ninterval = \"1h\"\n",
+            "[console]\nallow = { ou = [\"Admin\"] }\n",
+        ),
+    )
+    .unwrap();
+    let proxy = Proxy::start_file(&config).await;
+    let zhang = client_config(Some(&test_pki().zhang), &[]);
+    assert_eq!(get(proxy.addr, zhang, "/app", None).await.status, 200);
+    let v = json_with(proxy.addr, 0, 2, 1).await;
+    let bound = row(&v, "张小明")["bound_to"].as_str().unwrap().to_string();
+    assert_eq!(bound, format!("default http://{}", a.addr));
+    let servers = v["backends"][0]["servers"].as_array().unwrap();
+    // zhang; the admin reads the page, which certgate answers itself.
+    assert_eq!(servers[0]["bound"], 1, "{servers:?}");
+    assert_eq!(servers[1]["drain"], true);
+    let crl = &v["daemon"]["crls"][0];
+    assert_eq!(crl["state"], "soon", "{crl}");
+    let html = get(proxy.addr, alice(), PAGE, None).await.body;
+    assert!(html.contains("within 7 days"));
+    assert!(html.contains("draining"));
+}
