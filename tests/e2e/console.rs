@@ -406,21 +406,29 @@ async fn a_reload_keeps_what_the_page_knows() {
     assert!(html.contains("revoked while connected"));
 }
 
-/// `certgate check` refuses a console without an allow-list, naming the file, key and line.
+/// `certgate check` shows the console's path and allow-list, and refuses a console without an
+/// allow-list, naming the file, key and line.
 #[test]
-fn check_refuses_a_console_open_to_everyone() {
+fn check_shows_the_console_and_refuses_one_open_to_everyone() {
     let dir = scratch_dir("console-check");
     let pki = test_pki();
     let config = dir.join("certgate.toml");
+    let base = test_config("127.0.0.1:9".parse().unwrap(), "", "")
+        .replace("\"server.", &format!("\"{}/server.", pki.dir.display()))
+        .replace("\"ca-", &format!("\"{}/ca-", pki.dir.display()))
+        .replace("\"ca.crl", &format!("\"{}/ca.crl", pki.dir.display()));
     std::fs::write(
         &config,
-        format!(
-            "{}\n[console]\npath = \"/ops\"\nallow = {{}}\n",
-            test_config("127.0.0.1:9".parse().unwrap(), "", "")
-                .replace("\"server.", &format!("\"{}/server.", pki.dir.display()))
-                .replace("\"ca-", &format!("\"{}/ca-", pki.dir.display()))
-                .replace("\"ca.crl", &format!("\"{}/ca.crl", pki.dir.display()))
-        ),
+        format!("{base}\n[console]\npath = \"/ops\"\nallow = {{ ou = [\"Admin\"] }}\n"),
+    )
+    .unwrap();
+    let shown = certgate_ok(&["check", "-c", config.to_str().unwrap()]);
+    assert!(shown.contains("[console]\npath = /ops"), "{shown}");
+    assert!(shown.contains("ou [\"Admin\"]"), "{shown}");
+
+    std::fs::write(
+        &config,
+        format!("{base}\n[console]\npath = \"/ops\"\nallow = {{}}\n"),
     )
     .unwrap();
     let out = certgate_cli(&["check", "-c", config.to_str().unwrap()]);
