@@ -409,6 +409,29 @@ impl Store {
         }
     }
 
+    /// The `n` people with the most requests in the last hour (none without any), busiest
+    /// first, with that count. Only the winners are copied out of the shards.
+    pub fn busiest(&self, now_minute: u64, n: usize) -> Vec<(u64, Person)> {
+        let mut out: Vec<(u64, Person)> = Vec::new();
+        for shard in &self.shards {
+            let shard = lock(shard);
+            let mut sums: Vec<(u64, &Person)> = shard
+                .people
+                .values()
+                .map(|p| {
+                    let m = p.minutes.read(now_minute);
+                    (m.iter().map(|&c| u64::from(c)).sum::<u64>(), p)
+                })
+                .filter(|(sum, _)| *sum > 0)
+                .collect();
+            sums.sort_by_key(|(sum, _)| std::cmp::Reverse(*sum));
+            out.extend(sums.into_iter().take(n).map(|(sum, p)| (sum, p.clone())));
+        }
+        out.sort_by_key(|(sum, _)| std::cmp::Reverse(*sum));
+        out.truncate(n);
+        out
+    }
+
     /// Requests per minute over the last hour, everyone together, oldest first.
     pub fn per_minute(&self, now_minute: u64) -> [u32; MINUTES] {
         let mut out = [0u32; MINUTES];
@@ -511,6 +534,22 @@ mod tests {
         // The first ones seen are the ones forgotten.
         assert_eq!(store.people("CN=person0,", 10).matching, 0);
         assert!(store.people("", 10).rows.len() == 10);
+    }
+
+    #[test]
+    fn the_busiest_are_found_among_everyone() {
+        let store = Store::new();
+        for n in 0..100 {
+            for _ in 0..n % 7 {
+                request(&store, &identity(n), 200, 60_000 * 10);
+            }
+        }
+        // Fourteen people sent six requests each; any three of them are the busiest.
+        let top = store.busiest(10, 3);
+        assert_eq!(top.len(), 3);
+        assert!(top.iter().all(|(n, p)| *n == 6 && p.ok == 6));
+        // Ninety minutes later nobody has sent anything within the hour.
+        assert!(store.busiest(100, 3).is_empty());
     }
 
     #[test]

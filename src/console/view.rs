@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use std::collections::HashMap;
 
-use super::store::{self, MINUTES, Person, Store};
+use super::store::{self, Person, Store};
 use crate::upstream::GroupStatus;
 
 /// Most people rows on one page: the page stays well under a megabyte; the filter finds the
@@ -384,26 +384,16 @@ fn person_row(p: &Person, now: i64, bound_to: Option<String>) -> PersonRow {
 }
 
 fn busiest(store: &Store, now_minute: u64) -> Vec<Busiest> {
-    // Everyone remembered, not only the page's rows: the busiest may not be the most recent.
-    let all = store.people("", usize::MAX);
-    let mut ranked: Vec<(u64, &Person, [u32; MINUTES])> = all
-        .rows
-        .iter()
-        .map(|p| {
-            let m = p.per_minute(now_minute);
-            (m.iter().map(|&c| u64::from(c)).sum(), p, m)
-        })
-        .filter(|(n, _, _)| *n > 0)
-        .collect();
-    ranked.sort_by_key(|r| std::cmp::Reverse(r.0));
-    ranked
+    // Among everyone remembered, not only the page's rows: the busiest may not be the most
+    // recent.
+    store
+        .busiest(now_minute, BUSIEST)
         .into_iter()
-        .take(BUSIEST)
-        .map(|(n, p, m)| Busiest {
-            cn: cn_of(p),
+        .map(|(n, p)| Busiest {
+            cn: cn_of(&p),
             fingerprint: p.identity.fingerprint.clone(),
             last_hour: n,
-            per_minute: m.to_vec(),
+            per_minute: p.per_minute(now_minute).to_vec(),
         })
         .collect()
 }
