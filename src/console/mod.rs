@@ -280,6 +280,8 @@ mod tests {
             store,
             backends: Vec::new(),
             bound_to: &|_| std::collections::HashMap::new(),
+            queues: Vec::new(),
+            person_queue: &|_| None,
             daemon: daemon(),
         };
         let mut headers = HeaderMap::new();
@@ -335,6 +337,45 @@ mod tests {
         );
         assert_eq!(v["people"]["total"], total);
         assert!(json.len() < 1 << 20, "{} bytes", json.len());
+    }
+
+    #[test]
+    fn the_queue_hook_shows_queues_and_each_persons_jobs() {
+        let store = Store::new();
+        let id = identity(1, "dana@example.com");
+        store.finished(store::Finished {
+            addr: std::net::Ipv4Addr::LOCALHOST.into(),
+            identity: Some(&id),
+            status: 200,
+            bytes_in: 0,
+            bytes_out: 0,
+        });
+        let fingerprint = id.fingerprint.clone();
+        let person_queue = move |f: &str| {
+            (f == fingerprint).then_some(view::PersonQueue {
+                running: 1,
+                waiting: 3,
+                jobs: 7,
+                busy_seconds: 42.0,
+            })
+        };
+        let inputs = Inputs {
+            store: &store,
+            backends: Vec::new(),
+            bound_to: &|_| std::collections::HashMap::new(),
+            queues: vec![view::QueueNote {
+                name: "gpu".into(),
+                slots: 1,
+                busy: 1,
+                waiting: 3,
+            }],
+            person_queue: &person_queue,
+            daemon: daemon(),
+        };
+        let page = futures_body(answer(&inputs, None, &HeaderMap::new()));
+        assert!(!page.contains("No queues configured."));
+        assert!(page.contains("<tr><td>gpu</td>"));
+        assert!(page.contains("1 running, 3 waiting<br>7 jobs, 42 s busy"));
     }
 
     #[test]

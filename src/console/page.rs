@@ -230,7 +230,10 @@ fn people(out: &mut String, v: &View) {
             r.rate_limited,
             r.queue.as_ref().map_or_else(
                 || "\u{2013}".to_string(),
-                |q| format!("{} running, {} waiting", q.busy, q.waiting)
+                |q| format!(
+                    "{} running, {} waiting<br>{} jobs, {:.0} s busy",
+                    q.running, q.waiting, q.jobs, q.busy_seconds
+                )
             ),
             r.bound_to
                 .as_deref()

@@ -25,6 +25,11 @@ pub struct Inputs<'a> {
     pub backends: Vec<GroupStatus>,
     /// The group and server each of these fingerprints is bound to (identity affinity).
     pub bound_to: &'a dyn Fn(&[&str]) -> HashMap<String, String>,
+    /// Each queue's state (spec §15). The hook for the queue room: empty until queues exist.
+    pub queues: Vec<QueueNote>,
+    /// One person's jobs in the queues, by fingerprint. The hook for the queue room: `None`
+    /// until queues exist.
+    pub person_queue: &'a dyn Fn(&str) -> Option<PersonQueue>,
     /// The daemon's own state.
     pub daemon: Daemon,
 }
@@ -129,6 +134,19 @@ pub struct QueueNote {
     pub waiting: usize,
 }
 
+/// One person's jobs in the queues (spec §15), summed over the queues.
+#[derive(Debug, Clone, Serialize)]
+pub struct PersonQueue {
+    /// Jobs at the backend now.
+    pub running: usize,
+    /// Jobs waiting in certgate now.
+    pub waiting: usize,
+    /// Jobs done since start.
+    pub jobs: u64,
+    /// Slot-seconds used.
+    pub busy_seconds: f64,
+}
+
 /// The people section.
 #[derive(Debug, Serialize)]
 pub struct PeopleView {
@@ -186,7 +204,7 @@ pub struct PersonRow {
     /// Refused by a rate limit.
     pub rate_limited: u64,
     /// Queue jobs, busy seconds and waiting jobs (spec §15): none while no queue exists.
-    pub queue: Option<QueueNote>,
+    pub queue: Option<PersonQueue>,
     /// The upstream group and server it is bound to (identity affinity).
     pub bound_to: Option<String>,
     /// Its certificate was revoked while it was connected.
@@ -295,7 +313,11 @@ impl View {
         let rows: Vec<PersonRow> = people
             .rows
             .iter()
-            .map(|p| person_row(p, now, bound.get(&p.identity.fingerprint).cloned()))
+            .map(|p| {
+                let mut row = person_row(p, now, bound.get(&p.identity.fingerprint).cloned());
+                row.queue = (inputs.person_queue)(&p.identity.fingerprint);
+                row
+            })
             .collect();
         let busiest = busiest(inputs.store, now_minute);
         let (ring, per_reason, total) = inputs.store.refusals();
@@ -329,8 +351,7 @@ impl View {
                     .collect(),
             },
             backends: inputs.backends.clone(),
-            // The queue room (spec §15) is where these come from once it exists.
-            queues: Vec::new(),
+            queues: inputs.queues.clone(),
             requests_per_minute: inputs.store.per_minute(now_minute).to_vec(),
             busiest,
         }

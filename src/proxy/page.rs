@@ -59,6 +59,10 @@ pub(super) fn answer(
         store: &shared.console,
         backends: rt.forwarder.status(),
         bound_to: &|fingerprints| rt.forwarder.bound_to(fingerprints),
+        // The queue room (spec §15) is not in this build: these two are where its state goes
+        // (each queue's slots, busy and waiting; each person's jobs by fingerprint).
+        queues: Vec::new(),
+        person_queue: &|_| None,
         daemon,
     };
     crate::console::answer(&inputs, query, headers)
