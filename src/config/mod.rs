@@ -1228,6 +1228,14 @@ impl Validator<'_> {
             );
             return None;
         }
+        if path.trim_matches('/').is_empty() {
+            self.problem(
+                "console.path",
+                span,
+                "\"/\" would hide the whole site behind the page; give it a path of its own",
+            );
+            return None;
+        }
         let settings = match crate::console::Settings::new(&path, allow) {
             Ok(s) => s,
             Err(e) => {
