@@ -4,7 +4,9 @@
 Every proxy terminates TLS 1.2+1.3 with a client certificate required against the same CA
 and CRL, applies the two deny rules, sets X-SSL-Client-Verify/-DN, X-Real-IP and
 X-Forwarded-For/-Proto, keeps a keep-alive pool of 32 to the backend, does not buffer
-responses, and logs no access lines (except scenario g). Each runs one worker pinned to CPU 0;
+responses, and logs no access lines (except scenario g). Scenarios g, h, j and k compare a
+certgate variant (access log, identity group, shared zone, operator's page) with plain certgate
+in the same run. Each proxy runs one worker pinned to CPU 0;
 the load generator (oha, which presents the client certificate) and the backend (nginx serving
 fixed bodies) share CPU 1. Targets run interleaved (A B C A B C ...) for several repetitions;
 the report gives median, min and max of each figure and each proxy's median as a ratio to
@@ -271,6 +273,8 @@ SCENARIOS = {
     "i": ("first response on a new TLS 1.3 connection, Nagle on (50 in a row)", "ttfb", [], "/100b"),
     "j": ("as (a) with a rate-limit zone on every request, shared through a local Redis", "us_per_req",
           ["-c", "64"], "/zoned/100b"),
+    "k": ("as (a) with the operator's page on ([console]: every request recorded)", "us_per_req",
+          ["-c", "64"], "/100b"),
 }
 
 # Scenarios that compare a certgate variant with another certgate in the same run rather than
@@ -279,6 +283,7 @@ PAIRED = {
     "g": ("certgate+log", "certgate", "log on", "certgate without log"),
     "h": ("certgate+group", "certgate", "group", "certgate with one backend"),
     "j": ("certgate+shared", "certgate+zone", "shared", "the same zone kept locally"),
+    "k": ("certgate+console", "certgate", "console on", "certgate without it"),
 }
 
 REDIS_PORT = 16379
@@ -441,7 +446,13 @@ backend be
         f.write(common.format(port=ports["certgate+shared"]) + zone.format(scope="")
                 + f'[shared]\nredis = "redis://127.0.0.1:{REDIS_PORT}/0"\ntimeout = "25ms"\n'
                 + "[log]\naccess = false\n")
-    return cg, cg_same, cg_log, cg_group, cg_zone, cg_shared, ng, hp
+    # (k): the operator's page on, so every request is recorded for it (the console's path is
+    # never asked for: the cost measured is the recording's).
+    cg_console = os.path.join(work, "certgate-console.toml")
+    with open(cg_console, "w") as f:
+        f.write(common.format(port=ports["certgate+console"])
+                + '[console]\nallow = { ou = ["Admin"] }\n' + "[log]\naccess = false\n")
+    return cg, cg_same, cg_log, cg_group, cg_zone, cg_shared, cg_console, ng, hp
 
 
 def make_pki(work, rsa):
@@ -523,8 +534,8 @@ def main():
     bport = backend(work)
     ports = {"certgate": 19443, "nginx": 19444, "haproxy": 19445, "certgate+log": 19446,
              "certgate+group": 19440, "certgate+zone": 19441, "certgate+shared": 19442,
-             "certgate=peers": 19439}
-    cg, cg_same, cg_log, cg_group, cg_zone, cg_shared, ng, hp = configs(work, pki, bport, ports)
+             "certgate=peers": 19439, "certgate+console": 19438}
+    cg, cg_same, cg_log, cg_group, cg_zone, cg_shared, cg_console, ng, hp = configs(work, pki, bport, ports)
     redis(work)
     one_worker = {"TOKIO_WORKER_THREADS": "1"}
     targets = {
@@ -540,6 +551,8 @@ def main():
                                 one_worker),
         "certgate+shared": Target("certgate+shared", [BIN, "run", "-c", cg_shared],
                                   ports["certgate+shared"], one_worker),
+        "certgate+console": Target("certgate+console", [BIN, "run", "-c", cg_console],
+                                   ports["certgate+console"], one_worker),
     }
     a.baselines = [b.split("=", 1) for b in a.baseline]
     for i, (name, path) in enumerate(a.baselines):
@@ -551,7 +564,8 @@ def main():
                 dst.write(src.read().replace(f"127.0.0.1:{ports[base]}", f"127.0.0.1:{ports[variant]}"))
             targets[variant] = Target(variant, [path, "run", "-c", bcfg], ports[variant], one_worker)
     if a.instructions:
-        names = ["certgate", "certgate=peers", "nginx", "haproxy", *(n for n, _ in a.baselines)]
+        names = ["certgate", "certgate=peers", "certgate+console", "nginx", "haproxy",
+                 *(n for n, _ in a.baselines)]
         instructions(targets, names, pki, work, {k for k in a.only.split(",") if k}, a.out)
         return
     results = {}

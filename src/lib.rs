@@ -8,6 +8,7 @@
 //! ```text
 //! config ──► tls, policy, upstream, ops      (config builds their settings; they never read it)
 //! proxy  ──► tls ─► policy ─► upstream ─► response ─► ops
+//! proxy  ──► console ──► upstream, onboarding, response   (the page reads their state)
 //! cli    ──► config, proxy, pki, tls
 //! ```
 //!
@@ -28,6 +29,9 @@
 //!   WebSocket tunnels.
 //! - `response`: the response body, certgate's own JSON answers and typed refusals, the
 //!   access-log record, the in-flight ledger whose guard ends a request.
+//! - `console`: the operator's page — who came in, who could not and why, backends, the
+//!   daemon's state — with the store it keeps as the traffic passes (fed by `proxy` and by the
+//!   access record through `response`'s `Ledger`), read at render time from its owners.
 //! - `onboarding`: people without a working certificate — the help page answered on a
 //!   connection whose certificate was missing or refused, and the one-time invitation links
 //!   (`certs invite` writes them, the daemon serves them).
@@ -37,6 +41,7 @@
 
 pub mod cli;
 pub mod config;
+mod console;
 mod onboarding;
 pub mod ops;
 pub mod pki;

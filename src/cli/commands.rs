@@ -414,6 +414,22 @@ pub fn summary(c: &Config) -> String {
             .map_or("off".to_string(), |d| humantime::format_duration(d)
                 .to_string())
     );
+    if let Some(console) = &c.console {
+        let a = &console.allow;
+        let n = &a.names;
+        let _ = writeln!(
+            w,
+            "\n[console]\npath = {} (the operator's page; also at / of [admin])\nallow = cn {:?}, ou {:?}, o {:?}, san_dns {:?}, san_email {:?}, san_uri {:?}, {} fingerprint(s)",
+            console.path,
+            n.cn,
+            n.ou,
+            n.o,
+            n.san_dns,
+            n.san_email,
+            n.san_uri,
+            a.fingerprint.len()
+        );
+    }
     if let Some(dir) = &c.enroll {
         let _ = writeln!(
             w,

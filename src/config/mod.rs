@@ -212,6 +212,8 @@ pub struct Config {
     pub landlock: bool,
     /// `[enroll] dir`: where invitations wait for their one download.
     pub enroll: Option<PathBuf>,
+    /// `[console]`: the operator's page on the main listener.
+    pub console: Option<crate::console::Settings>,
 }
 
 /// `[limits]`, validated.
@@ -523,6 +525,7 @@ impl Validator<'_> {
         }
 
         let enroll = raw.enroll.as_ref().and_then(|e| self.enroll(e, &raw.tls));
+        let console = raw.console.as_ref().and_then(|c| self.console(c, &routes));
 
         let log = Log {
             format: raw.log.format,
@@ -554,6 +557,7 @@ impl Validator<'_> {
             files: std::mem::take(&mut self.files),
             landlock: raw.sandbox.landlock.unwrap_or(true),
             enroll,
+            console,
         })
     }
 
@@ -934,33 +938,9 @@ impl Validator<'_> {
             }
         }
         if let Some(a) = &r.allow {
-            let fingerprint: Vec<String> = a
-                .fingerprint
-                .iter()
-                .map(|f| f.replace(':', "").to_ascii_lowercase())
-                .collect();
-            for f in &fingerprint {
-                if f.len() != 64 || !f.chars().all(|c| c.is_ascii_hexdigit()) {
-                    self.problem(
-                        &key("allow.fingerprint"),
-                        Some(r.path.span()),
-                        format!("{f:?} is not a SHA-256 fingerprint (64 hex digits)"),
-                    );
-                }
-            }
             // An identity allow-list implies the route needs a certificate.
             rules.client_cert_required = true;
-            rules.allow = Some(IdentityAllow {
-                names: crate::tls::identity::IdentityNames {
-                    cn: a.cn.clone(),
-                    ou: a.ou.clone(),
-                    o: a.o.clone(),
-                    san_dns: a.san_dns.clone(),
-                    san_email: a.san_email.clone(),
-                    san_uri: a.san_uri.clone(),
-                },
-                fingerprint,
-            });
+            rules.allow = Some(self.identity_allow(&key("allow.fingerprint"), r.path.span(), a));
         }
         rules.auth = r.auth;
         match r.auth {
@@ -1186,6 +1166,128 @@ impl Validator<'_> {
             on_failure: raw.on_failure,
             help_contact,
         })
+    }
+
+    /// An identity allow-list (a route's `allow`, `[console] allow`); `span` is where a bad
+    /// fingerprint is reported.
+    fn identity_allow(&mut self, key: &str, span: Range<usize>, a: &RawAllow) -> IdentityAllow {
+        let fingerprint: Vec<String> = a
+            .fingerprint
+            .iter()
+            .map(|f| f.replace(':', "").to_ascii_lowercase())
+            .collect();
+        for f in &fingerprint {
+            if f.len() != 64 || !f.chars().all(|c| c.is_ascii_hexdigit()) {
+                self.problem(
+                    key,
+                    Some(span.clone()),
+                    format!("{f:?} is not a SHA-256 fingerprint (64 hex digits)"),
+                );
+            }
+        }
+        IdentityAllow {
+            names: crate::tls::identity::IdentityNames {
+                cn: a.cn.clone(),
+                ou: a.ou.clone(),
+                o: a.o.clone(),
+                san_dns: a.san_dns.clone(),
+                san_email: a.san_email.clone(),
+                san_uri: a.san_uri.clone(),
+            },
+            fingerprint,
+        }
+    }
+
+    /// `[console]`: a path of its own (no route's, not the invitation links') and a non-empty
+    /// `allow` (the page names everyone who came in: it is never open to every client).
+    fn console(
+        &mut self,
+        section: &Spanned<RawConsole>,
+        routes: &[Route],
+    ) -> Option<crate::console::Settings> {
+        let raw = section.get_ref();
+        let (path, span) = match &raw.path {
+            Some(p) => (p.get_ref().trim().to_string(), Some(p.span())),
+            None => (
+                crate::console::DEFAULT_PATH.to_string(),
+                Some(section.span()),
+            ),
+        };
+        let Some(allow) = &raw.allow else {
+            self.problem(
+                "console.allow",
+                span.clone(),
+                "required: name who may read the operator's page, e.g. allow = { ou = [\"Admin\"] }",
+            );
+            return None;
+        };
+        let a = allow.get_ref();
+        let allow = self.identity_allow("console.allow.fingerprint", allow.span(), a);
+        let n = &allow.names;
+        if n.cn.is_empty()
+            && n.ou.is_empty()
+            && n.o.is_empty()
+            && n.san_dns.is_empty()
+            && n.san_email.is_empty()
+            && n.san_uri.is_empty()
+            && allow.fingerprint.is_empty()
+        {
+            self.problem(
+                "console.allow",
+                Some(
+                    raw.allow
+                        .as_ref()
+                        .map_or_else(|| section.span(), Spanned::span),
+                ),
+                "empty: list at least one cn, ou, o, san_dns, san_email, san_uri or fingerprint",
+            );
+            return None;
+        }
+        if path.trim_matches('/').is_empty() {
+            self.problem(
+                "console.path",
+                span,
+                "\"/\" would hide the whole site behind the page; give it a path of its own",
+            );
+            return None;
+        }
+        let settings = match crate::console::Settings::new(&path, allow) {
+            Ok(s) => s,
+            Err(e) => {
+                self.problem("console.path", span, e.to_string());
+                return None;
+            }
+        };
+        // One path, one owner: the page is answered before any route, so a route under it (or
+        // above it, other than the catch-all) would silently lose part of its paths.
+        let prefix = |a: &str, b: &str| {
+            let (a, b) = (
+                a.trim_end_matches('/').to_ascii_lowercase(),
+                b.trim_end_matches('/').to_ascii_lowercase(),
+            );
+            b == a || b.starts_with(&format!("{a}/"))
+        };
+        for (i, r) in routes.iter().enumerate() {
+            if !r.is_catch_all() && (prefix(&r.path, &path) || prefix(&path, &r.path)) {
+                self.problem(
+                    "console.path",
+                    span.clone(),
+                    format!(
+                        "{path:?} collides with route[{i}] path {:?}; give the console a path of its own",
+                        r.path
+                    ),
+                );
+            }
+        }
+        let enroll = crate::onboarding::invites::LINK_PREFIX;
+        if prefix(&path, enroll) || prefix(enroll, &path) {
+            self.problem(
+                "console.path",
+                span,
+                format!("{path:?} collides with the invitation links under {enroll:?}"),
+            );
+        }
+        Some(settings)
     }
 
     /// `[enroll] dir`: an existing folder, reachable only when a browser without a
@@ -1571,6 +1673,56 @@ mod tests {
             .find(|p| p.key == "listen.shutdown_timeout")
             .unwrap();
         assert_eq!(dur.at, Some((3, 20)));
+    }
+
+    fn console_problems(extra: &str) -> Vec<Problem> {
+        problems(&format!(
+            "[listen]\nhttps = \"127.0.0.1:8443\"\n[tls]\ncert=\"a\"\nkey=\"b\"\nclient_ca=\"c\"\n{extra}"
+        ))
+        .into_iter()
+        .filter(|p| p.key.starts_with("console"))
+        .collect()
+    }
+
+    #[test]
+    fn console_needs_a_non_empty_allow_and_a_path_of_its_own() {
+        let p = console_problems("[console]\npath = \"/ops\"\n");
+        assert_eq!(p.len(), 1);
+        assert_eq!(
+            (p[0].key.as_str(), p[0].at),
+            ("console.allow", Some((8, 8)))
+        );
+        let p = console_problems("[console]\nallow = {}\n");
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(
+            (p[0].key.as_str(), p[0].at),
+            ("console.allow", Some((8, 9)))
+        );
+        assert!(p[0].message.contains("empty"), "{}", p[0].message);
+        let p = console_problems(
+            "[[route]]\npath = \"/ops/internal\"\naction = \"deny\"\n[console]\npath = \"/ops\"\nallow = { ou = [\"Admin\"] }\n",
+        );
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(
+            (p[0].key.as_str(), p[0].at),
+            ("console.path", Some((11, 8)))
+        );
+        assert!(p[0].message.contains("route[0]"), "{}", p[0].message);
+        let p = console_problems(
+            "[console]\npath = \"/.well-known/certgate/enroll\"\nallow = { ou = [\"Admin\"] }\n",
+        );
+        assert!(
+            p[0].message.contains("invitation links"),
+            "{}",
+            p[0].message
+        );
+        // The catch-all route and unrelated routes are no collision.
+        assert!(
+            console_problems(
+                "[[route]]\npath = \"/gradio_api/info\"\naction = \"deny\"\n[[route]]\npath = \"/\"\naction = \"allow\"\n[console]\nallow = { ou = [\"Admin\"] }\n"
+            )
+            .is_empty()
+        );
     }
 
     #[test]

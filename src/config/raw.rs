@@ -43,6 +43,7 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) sandbox: RawSandbox,
     pub(super) enroll: Option<RawEnroll>,
+    pub(super) console: Option<Spanned<RawConsole>>,
 }
 
 /// `[admin]`
@@ -198,6 +199,16 @@ pub(super) struct RawTls {
     pub(super) on_failure: OnFailure,
     /// One line on the help page: whom to ask.
     pub(super) help_contact: Option<Spanned<String>>,
+}
+
+/// `[console]`
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConsole {
+    /// Where the operator's page is served on the main listener.
+    pub(super) path: Option<Spanned<String>>,
+    /// The identities that may read it, as a route's `allow`; required.
+    pub(super) allow: Option<Spanned<RawAllow>>,
 }
 
 /// `[enroll]`

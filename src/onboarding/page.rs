@@ -52,7 +52,7 @@ pub(super) fn csp() -> HeaderValue {
 }
 
 /// Escapes text for HTML content and quoted attributes.
-pub(super) fn esc(text: &str) -> String {
+pub(crate) fn esc(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {

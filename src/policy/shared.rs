@@ -148,6 +148,12 @@ impl SharedLimits {
             && self.config.tls_ca == other.tls_ca
     }
 
+    /// Where Redis is (any password hidden) and whether the last check found it unavailable,
+    /// for the operator's page.
+    pub fn state(&self) -> (&str, bool) {
+        (&self.config.shown, self.down.load(Ordering::Acquire))
+    }
+
     /// What to do while Redis cannot answer.
     pub fn on_unavailable(&self) -> OnUnavailable {
         self.config.on_unavailable

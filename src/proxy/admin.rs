@@ -1,6 +1,7 @@
 //! The admin listener (`[admin] listen`, plain HTTP, meant for loopback): `/metrics` in the
 //! Prometheus text format, `/livez` (the process answers), `/readyz` (the config is loaded and
-//! the backend accepts a TCP connection).
+//! the backend accepts a TCP connection), and at `/` the operator's page (spec §16): the
+//! listener is the operator's own, so it has no allow-list.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -48,6 +49,7 @@ async fn answer(shared: &Shared, req: &Request<Incoming>) -> Response<ProxyBody>
             shared.metrics.render(shared.limits.open()),
         ),
         "/livez" => text(StatusCode::OK, "text/plain", "ok\n".into()),
+        "/" => super::page::answer(shared, &shared.current(), req.uri().query(), req.headers()),
         "/readyz" => {
             let (down, single) = shared.current().forwarder.readiness();
             if let Some(why) = down {
@@ -82,7 +84,7 @@ async fn answer(shared: &Shared, req: &Request<Incoming>) -> Response<ProxyBody>
         _ => text(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: try /metrics, /livez or /readyz\n".into(),
+            "not found: try /, /metrics, /livez or /readyz\n".into(),
         ),
     }
 }

@@ -96,6 +96,15 @@ pub(super) async fn serve(
             tracing::warn!(%peer, reason, detail = %e, "TLS handshake failed");
             if tls::counts_as_failed_verification(&e) {
                 throttle(&rt, peer);
+                record_handshake(
+                    &shared,
+                    &rt,
+                    peer,
+                    &Problem {
+                        reason,
+                        presented: None,
+                    },
+                );
             }
             return;
         }
@@ -103,6 +112,15 @@ pub(super) async fn serve(
             shared.metrics.handshake_failure("timeout");
             tracing::warn!(%peer, reason = "timeout", "TLS handshake failed");
             throttle(&rt, peer);
+            record_handshake(
+                &shared,
+                &rt,
+                peer,
+                &Problem {
+                    reason: "timeout",
+                    presented: None,
+                },
+            );
             return;
         }
     };
@@ -128,6 +146,7 @@ pub(super) async fn serve(
             "client certificate refused; answering with the help page (on_failure = \"help\")"
         );
         throttle(&rt, peer);
+        record_handshake(&shared, &rt, peer, p);
         chain.clear();
     }
     let identity = match chain.first() {
@@ -251,6 +270,22 @@ fn judge(rt: &Runtime, chain: &[CertificateDer<'static>]) -> Option<Problem> {
                 presented: Presented::from_der(leaf),
             }),
     }
+}
+
+/// Keeps a refused handshake (or, in help mode, a refused certificate) for the operator's page.
+fn record_handshake(shared: &Shared, rt: &Runtime, peer: SocketAddr, problem: &Problem) {
+    if !rt.record {
+        return;
+    }
+    shared.console.refused(crate::console::store::RefusalNote {
+        addr: peer.ip(),
+        identity: None,
+        subject: problem.presented.as_ref().map(|c| c.subject.as_str()),
+        reason: problem.reason,
+        words: &crate::console::handshake_words(problem),
+        rate_limited: false,
+        revoked: false,
+    });
 }
 
 /// Counts a failed handshake (or, with `on_failure = "help"`, a refused certificate, or a

@@ -15,7 +15,7 @@ use super::runtime::{Runtime, Shared};
 use crate::onboarding::Enrolled;
 use crate::response::access_log::AccessRecord;
 use crate::response::body::ProxyBody;
-use crate::response::reply::{Check, Reject};
+use crate::response::reply::{Check, Reject, Rule};
 
 /// What is known about a request as it goes through the checks; becomes its access record.
 struct Context {
@@ -46,6 +46,15 @@ pub(super) async fn handle(
         .requests
         .begin(!hyper::body::Body::is_end_stream(req.body()));
     let rt = shared.current();
+    // Declared, not counted: counting would mean a hook on every body frame.
+    let bytes_in = if rt.record {
+        req.headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .unwrap_or(0)
+    } else {
+        0
+    };
     let mut cx = Context {
         start: Instant::now(),
         method: req.method().clone(),
@@ -57,7 +66,7 @@ pub(super) async fn handle(
         unread: None,
         expects_continue: false,
     };
-    let (mut resp, rule) = match inner(&rt, conn, req, &mut cx).await {
+    let (mut resp, rule) = match inner(shared, &rt, conn, req, &mut cx).await {
         Ok(resp) => (resp, None),
         Err(reject) => {
             let rule = reject.rule.as_ref().map(ToString::to_string);
@@ -76,6 +85,9 @@ pub(super) async fn handle(
                     rule = label,
                     "request refused"
                 );
+                if rt.record {
+                    record_refusal(shared, conn, &reject, label);
+                }
             }
             if let Some(body) = cx.unread.take() {
                 crate::response::body::discard_refused(body, cx.expects_continue, &conn.requests);
@@ -109,12 +121,33 @@ pub(super) async fn handle(
         log: rt.access_log,
         metrics: shared.metrics.clone(),
         request,
+        bytes_in,
+        ledger: rt.record.then(|| shared.ledger.clone()),
     });
     resp
 }
 
+/// Keeps a refused request for the operator's page. A connection whose certificate was refused
+/// (help mode) was kept once, at its handshake, not once per request.
+fn record_refusal(shared: &Shared, conn: &Conn, reject: &Reject, label: &str) {
+    let check = reject.rule.as_ref().map(|r| &r.check);
+    if matches!(check, Some(Check::Certificate(_))) {
+        return;
+    }
+    shared.console.refused(crate::console::store::RefusalNote {
+        addr: conn.peer.addr.ip(),
+        identity: conn.peer.identity.as_ref(),
+        subject: None,
+        reason: if label == "-" { reject.code } else { label },
+        words: &reject.message,
+        rate_limited: matches!(check, Some(Check::RateLimit(_))),
+        revoked: matches!(check, Some(Check::Recheck("revoked"))),
+    });
+}
+
 /// The checks, then the forward.
 async fn inner(
+    shared: &Shared,
     rt: &Runtime,
     conn: &Conn,
     req: Request<Incoming>,
@@ -179,6 +212,37 @@ async fn inner(
         }
         refused(cx, req);
         return Err(reject);
+    }
+    // The operator's page: answered here, before any route, so no spelling of its path is
+    // ever forwarded.
+    if let Some(console) = &rt.console
+        && console.claims(req.uri().path())
+    {
+        if !console.admits(conn.peer.identity.as_deref()) {
+            refused(cx, req);
+            return Err(Reject::forbidden(
+                match &conn.peer.identity {
+                    Some(id) => format!(
+                        "This page is for the operators named in [console] allow; your certificate ({}) is not on it.",
+                        id.subject_dn
+                    ),
+                    None => "This page is for the operators named in [console] allow; connect with their client certificate.".to_string(),
+                },
+                Rule::bare(Check::Console),
+            ));
+        }
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            let reject =
+                Reject::method_not_allowed(req.method(), "GET, HEAD", Rule::bare(Check::Console));
+            refused(cx, req);
+            return Err(reject);
+        }
+        return Ok(super::page::answer(
+            shared,
+            rt,
+            req.uri().query(),
+            req.headers(),
+        ));
     }
     let out = match rt.policy.check(&req, &conn.peer, &mut cx.route).await {
         Ok(out) => out,

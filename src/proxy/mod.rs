@@ -8,7 +8,8 @@
 //! - `handle`: one request — the checks, the forward, the one place refusals are rendered.
 //! - [`runtime`]: everything built from one config, swapped whole on reload.
 //! - `http`: hyper's protocol limits; `redirect` the plain-HTTP listener; `admin` the
-//!   metrics and health listener; `signals` SIGTERM, SIGINT and SIGHUP.
+//!   metrics and health listener (and the operator's page at `/`); `page` the operator's page
+//!   with the daemon's own state; `signals` SIGTERM, SIGINT and SIGHUP.
 //!
 //! Per-connection work happens once, in the connection's task: the handshake, the client
 //! identity and its rendered headers. Per-request work is only what differs per request: a
@@ -19,6 +20,7 @@ mod conn;
 mod handle;
 mod http;
 mod keepalive;
+mod page;
 mod readahead;
 mod redirect;
 pub mod runtime;

@@ -186,6 +186,11 @@ pub struct Runtime {
     pub(crate) route_counters: Vec<Arc<crate::ops::metrics::RouteCounters>>,
     pub(crate) none_counters: Arc<crate::ops::metrics::RouteCounters>,
     pub(crate) handshake_throttle: Arc<HandshakeThrottle>,
+    /// `[console]`: the operator's page on the main listener.
+    pub(crate) console: Option<crate::console::Settings>,
+    /// Whether the operator's page is served anywhere (`[console]` or the admin listener), so
+    /// the traffic is recorded for it.
+    pub(crate) record: bool,
     /// What it was built from.
     pub summary: Summary,
 }
@@ -258,6 +263,8 @@ impl Runtime {
                 .collect(),
             none_counters: metrics.route_counters("none"),
             handshake_throttle,
+            console: config.console.clone(),
+            record: config.console.is_some() || config.admin.is_some(),
             summary: Summary::of(config),
         })
     }
@@ -279,6 +286,16 @@ pub struct Shared {
     /// Upgraded connections (WebSockets): they outlive their HTTP connection, and shutdown
     /// waits for them like for requests in flight.
     pub(crate) tunnels: tokio_util::task::TaskTracker,
+    /// What the operator's page remembers of the traffic: the daemon's, kept across reloads.
+    pub(crate) console: Arc<crate::console::Store>,
+    /// The same store, as the access record tells it of finished requests.
+    pub(crate) ledger: Arc<dyn crate::response::access_log::Ledger>,
+    /// When the daemon started.
+    pub(crate) started: std::time::Instant,
+    /// The same, Unix seconds.
+    pub(crate) started_unix: i64,
+    /// The last reload, for the operator's page.
+    pub(crate) last_reload: std::sync::Mutex<Option<crate::console::ReloadNote>>,
 }
 
 /// What a successful reload changed.
@@ -298,7 +315,13 @@ impl Shared {
     pub fn new(config: &Config) -> Result<Arc<Shared>, TlsError> {
         let metrics = Arc::new(Metrics::new());
         let runtime = Runtime::build(config, 1, &metrics, None)?;
+        let console = Arc::new(crate::console::Store::new());
         let shared = Shared {
+            ledger: console.clone(),
+            console,
+            started: std::time::Instant::now(),
+            started_unix: time::OffsetDateTime::now_utc().unix_timestamp(),
+            last_reload: std::sync::Mutex::new(None),
             limits: ConnLimits::new(
                 config.limits.max_connections,
                 config.limits.max_connections_per_ip,
@@ -381,6 +404,15 @@ impl Shared {
                     *w = config.reload_watch;
                 }
                 let generation = rt.generation;
+                self.note_reload(
+                    trigger,
+                    true,
+                    if changes.is_empty() {
+                        "no changes".to_string()
+                    } else {
+                        changes.join("; ")
+                    },
+                );
                 self.runtime.store(Arc::new(rt));
                 self.publish_gauges();
                 self.metrics.reload(true);
@@ -397,6 +429,7 @@ impl Shared {
             }
             Err(e) => {
                 self.metrics.reload(false);
+                self.note_reload(trigger, false, format!("{e:#}"));
                 // One line per problem, each with its file, key, line and column, so every
                 // problem is findable in the journal (and in JSON logs, a field each).
                 if let ReloadError::Config(ConfigError::Invalid(problems)) = &e {
@@ -424,6 +457,23 @@ impl Shared {
         };
         crate::ops::systemd::reloaded(result.is_ok());
         result
+    }
+
+    fn note_reload(&self, trigger: &str, applied: bool, detail: String) {
+        let note = crate::console::ReloadNote {
+            at: crate::console::utc(crate::console::store::now_ms()),
+            applied,
+            trigger: trigger.to_string(),
+            detail,
+        };
+        if let Ok(mut last) = self.last_reload.lock() {
+            *last = Some(note);
+        }
+    }
+
+    /// The config file.
+    pub(crate) fn config_path(&self) -> &Path {
+        &self.config_path
     }
 
     /// A digest of the config file and every file it names, to notice content changes (atomic

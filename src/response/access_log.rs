@@ -13,6 +13,13 @@ use http::Method;
 use crate::ops::metrics::{Metrics, RouteCounters};
 use crate::tls::identity::ClientIdentity;
 
+/// Told of every request when its response has ended (the operator's page keeps its people
+/// this way): defined here so that the access record needs to know nothing of who listens.
+pub trait Ledger: Send + Sync + std::fmt::Debug {
+    /// `record`'s response has ended after `bytes_sent` bytes.
+    fn finished(&self, record: &AccessRecord, bytes_sent: u64);
+}
+
 /// What is known about a request when its response starts; completed by [`AccessRecord::finish`].
 #[derive(Debug)]
 pub struct AccessRecord {
@@ -41,6 +48,10 @@ pub struct AccessRecord {
     pub metrics: Arc<Metrics>,
     /// The request in flight on its connection, ended when this record is (with the response).
     pub request: crate::response::in_flight::Request,
+    /// Request body bytes as the client declared them (`Content-Length`), 0 when it did not.
+    pub bytes_in: u64,
+    /// Told when the response has ended, when the operator's page is on.
+    pub ledger: Option<Arc<dyn Ledger>>,
 }
 
 impl AccessRecord {
@@ -53,6 +64,9 @@ impl AccessRecord {
     pub fn finish(self, bytes_sent: u64) {
         let seconds = self.start.elapsed().as_secs_f64();
         self.metrics.request(&self.counters, self.status, seconds);
+        if let Some(ledger) = &self.ledger {
+            ledger.finished(&self, bytes_sent);
+        }
         if let Some(e) = self.error {
             self.metrics.upstream_error(match e {
                 "upstream idle timeout" => "idle_timeout",

@@ -41,6 +41,8 @@ pub enum Check {
     Certificate(&'static str),
     /// An invitation link that gives nothing (unknown, used, expired).
     Invitation,
+    /// The operator's page's `[console] allow`.
+    Console,
 }
 
 /// Which check refused a request, and on which route.
@@ -90,6 +92,7 @@ impl fmt::Display for Rule {
             Check::Recheck(why) => write!(f, "recheck {why}"),
             Check::Certificate(why) => write!(f, "certificate {why}"),
             Check::Invitation => f.write_str("invitation"),
+            Check::Console => f.write_str("console allow"),
         }
     }
 }

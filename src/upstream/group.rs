@@ -52,6 +52,34 @@ pub struct HealthSettings {
     pub fall: u32,
 }
 
+/// A group's servers as the operator's page shows them.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GroupStatus {
+    /// `default` for `[upstream]`, else the `[upstreams.NAME]` name.
+    pub name: String,
+    /// How new clients are placed.
+    pub balance: &'static str,
+    /// Its servers, in config order.
+    pub servers: Vec<ServerStatus>,
+}
+
+/// One server as the operator's page shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ServerStatus {
+    /// As configured.
+    pub url: String,
+    /// Takes new requests (a lone server always does).
+    pub healthy: bool,
+    /// Requests in flight.
+    pub in_flight: usize,
+    /// Clients bound to it (identity affinity).
+    pub bound: usize,
+    /// Share of new clients.
+    pub weight: u32,
+    /// Keeps its clients, gets no new ones.
+    pub drain: bool,
+}
+
 /// Why a server is up or down, and the passive failure window; shared across reloads by URL.
 #[derive(Debug, Default)]
 struct HealthState {
@@ -387,6 +415,52 @@ impl Group {
             );
             if self.servers.len() > 1 && s.available(now) {
                 report(&self.name, s, true, "its passive down time ran out");
+            }
+        }
+    }
+
+    /// Each server's state now, for the operator's page.
+    pub(super) fn status(&self) -> GroupStatus {
+        let now = Instant::now();
+        let mut bound: HashMap<Arc<str>, usize> = HashMap::new();
+        {
+            let bindings = self.bindings.lock().unwrap_or_else(|e| e.into_inner());
+            for b in bindings.values() {
+                if now.duration_since(b.seen) < self.affinity_timeout {
+                    *bound.entry(b.server.clone()).or_default() += 1;
+                }
+            }
+        }
+        GroupStatus {
+            name: self.name.to_string(),
+            balance: self.balance.as_str(),
+            servers: self
+                .servers
+                .iter()
+                .map(|s| ServerStatus {
+                    url: s.settings.url.clone(),
+                    healthy: self.servers.len() == 1 || s.available(now),
+                    in_flight: s.load(),
+                    bound: bound.get(s.settings.url.as_str()).copied().unwrap_or(0),
+                    weight: s.settings.weight,
+                    drain: s.settings.drain,
+                })
+                .collect(),
+        }
+    }
+
+    /// The server each of `fingerprints` is bound to, where it is (fresh bindings only).
+    pub(super) fn bound_to(&self, fingerprints: &[&str], out: &mut HashMap<String, String>) {
+        let now = Instant::now();
+        let bindings = self.bindings.lock().unwrap_or_else(|e| e.into_inner());
+        if bindings.is_empty() {
+            return;
+        }
+        for f in fingerprints {
+            if let Some(b) = bindings.get(&ClientKey::Cert(Arc::from(*f)))
+                && now.duration_since(b.seen) < self.affinity_timeout
+            {
+                out.insert((*f).to_string(), format!("{} {}", self.name, b.server));
             }
         }
     }

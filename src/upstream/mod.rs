@@ -29,7 +29,7 @@ mod websocket;
 pub use balance::Balance;
 use balance::ClientKey;
 use group::{Group, InFlightGuard, Server};
-pub use group::{HealthSettings, ServerSettings};
+pub use group::{GroupStatus, HealthSettings, ServerSettings};
 pub use headers::HeaderPolicy;
 #[doc(hidden)]
 pub use headers::fuzz_sanitize;
@@ -107,6 +107,20 @@ impl Forwarder {
         for g in &self.groups {
             g.housekeeping();
         }
+    }
+
+    /// Every group's servers now, for the operator's page.
+    pub fn status(&self) -> Vec<GroupStatus> {
+        self.groups.iter().map(Group::status).collect()
+    }
+
+    /// The group and server each of `fingerprints` is bound to, where one is.
+    pub fn bound_to(&self, fingerprints: &[&str]) -> std::collections::HashMap<String, String> {
+        let mut out = std::collections::HashMap::new();
+        for g in &self.groups {
+            g.bound_to(fingerprints, &mut out);
+        }
+        out
     }
 
     /// Why the proxy is not ready, if a group has no server that would take a new client; and the

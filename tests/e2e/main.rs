@@ -6,6 +6,7 @@ mod common;
 
 mod certs;
 mod cli;
+mod console;
 mod deploy;
 mod fidelity;
 mod forwarding;

@@ -868,10 +868,15 @@ fn invite_records_the_certificate_before_the_link_is_live() {
 /// Chromium's `AutoSelectCertificateForUrls` policy for the loopback origins of this test:
 /// Chromium then presents whatever client certificate its NSS database holds, as a person
 /// choosing it would. Removed when dropped.
-struct AutoSelectPolicy(PathBuf);
+pub(crate) struct AutoSelectPolicy(PathBuf);
 
 impl AutoSelectPolicy {
     fn install() -> AutoSelectPolicy {
+        Self::install_as("help")
+    }
+
+    /// The policy under a file name of its own (`tag`): tests that run at once each keep theirs.
+    pub(crate) fn install_as(tag: &str) -> AutoSelectPolicy {
         let dir = Path::new("/etc/chromium/policies/managed");
         std::fs::create_dir_all(dir).unwrap_or_else(|e| {
             panic!(
@@ -879,7 +884,7 @@ impl AutoSelectPolicy {
                 dir.display()
             )
         });
-        let path = dir.join(format!("certgate-e2e-{}.json", std::process::id()));
+        let path = dir.join(format!("certgate-e2e-{}-{tag}.json", std::process::id()));
         std::fs::write(
             &path,
             r#"{"AutoSelectCertificateForUrls": ["{\"pattern\":\"https://127.0.0.1:*\",\"filter\":{}}"]}"#,
@@ -897,7 +902,7 @@ impl Drop for AutoSelectPolicy {
 
 /// A browser profile home whose NSS database trusts the test CA (for the server) and holds
 /// `p12` (a bundle and its password) when given.
-fn browser_home(dir: &Path, name: &str, p12: Option<(&Path, &str)>) -> PathBuf {
+pub(crate) fn browser_home(dir: &Path, name: &str, p12: Option<(&Path, &str)>) -> PathBuf {
     let home = dir.join(name);
     let nss = home.join(".pki/nssdb");
     std::fs::create_dir_all(&nss).unwrap();
@@ -939,7 +944,7 @@ fn browser_home(dir: &Path, name: &str, p12: Option<(&Path, &str)>) -> PathBuf {
 }
 
 /// A test identity as a `.p12` (made by openssl), for a browser to import.
-fn p12_of(dir: &Path, name: &str, id: &Identity) -> PathBuf {
+pub(crate) fn p12_of(dir: &Path, name: &str, id: &Identity) -> PathBuf {
     let (cert, key) = id.write_pem(dir, name);
     let p12 = dir.join(format!("{name}.p12"));
     let out = Command::new("openssl")
@@ -963,7 +968,7 @@ fn p12_of(dir: &Path, name: &str, id: &Identity) -> PathBuf {
 
 /// Runs `steps` in one Chromium with profile `home`; one JSON result per step. (Off the
 /// test's runtime thread: the proxy under test serves on it.)
-async fn browse(home: &Path, steps: serde_json::Value) -> Vec<serde_json::Value> {
+pub(crate) async fn browse(home: &Path, steps: serde_json::Value) -> Vec<serde_json::Value> {
     let home = home.to_path_buf();
     tokio::task::spawn_blocking(move || browse_blocking(&home, steps))
         .await
@@ -998,7 +1003,7 @@ fn browse_blocking(home: &Path, steps: serde_json::Value) -> Vec<serde_json::Val
 
 /// Where screenshots go: `CERTGATE_SCREENSHOTS` (the README's pictures are made this way),
 /// else this test's scratch folder.
-fn screenshot(dir: &Path, name: &str) -> String {
+pub(crate) fn screenshot(dir: &Path, name: &str) -> String {
     let base = std::env::var_os("CERTGATE_SCREENSHOTS").map_or(dir.to_path_buf(), PathBuf::from);
     base.join(name).display().to_string()
 }
