@@ -748,6 +748,25 @@ impl Validator<'_> {
             Some(file) => Some(self.read_file("shared.tls_ca", file)?.1),
         };
         let mut info = info?;
+        let tls = matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. });
+        let tls_ca = match tls_ca {
+            Some(ca) if tls => Some(ca),
+            None if tls => match system_roots() {
+                Ok(roots) => Some(roots),
+                Err(e) => {
+                    self.problem(
+                        "shared.redis",
+                        Some(raw.redis.span()),
+                        format!(
+                            "{shown:?}: the system's CA roots could not be read ({e}); \
+                             give shared.tls_ca"
+                        ),
+                    );
+                    return None;
+                }
+            },
+            _ => None,
+        };
         if let Some(pw) = password {
             let settings = info.redis_settings().clone().set_password(pw);
             info = info.set_redis_settings(settings);
@@ -1498,6 +1517,31 @@ impl Validator<'_> {
             ),
         }
     }
+}
+
+/// The system's CA roots as one PEM bundle, read once per process: at start-up, before the
+/// sandbox closes `/etc/ssl` (a reload after that reuses them). The Redis client verifies
+/// `rediss://` against them when `tls_ca` is not set; left to itself it would read them again
+/// on every connect, which the sandbox refuses.
+fn system_roots() -> Result<Vec<u8>, String> {
+    static ROOTS: std::sync::OnceLock<Result<Vec<u8>, String>> = std::sync::OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            let found = rustls_native_certs::load_native_certs();
+            if found.certs.is_empty() {
+                return Err(match found.errors.first() {
+                    Some(e) => e.to_string(),
+                    None => "none found".to_string(),
+                });
+            }
+            let pems: Vec<pem::Pem> = found
+                .certs
+                .iter()
+                .map(|c| pem::Pem::new("CERTIFICATE", c.as_ref()))
+                .collect();
+            Ok(pem::encode_many(&pems).into_bytes())
+        })
+        .clone()
 }
 
 /// The URL with any password in it replaced by `***`: what logs and `check` may show.

@@ -55,8 +55,8 @@ pub struct SharedConfig {
     pub on_unavailable: OnUnavailable,
     /// Prepended to every key.
     pub key_prefix: String,
-    /// With `rediss://`: the CA bundle (PEM) Redis's certificate must chain to; the system's
-    /// roots without it.
+    /// With `rediss://`: the roots (PEM) Redis's certificate must chain to, read before the
+    /// sandbox closes: `tls_ca`, or the system's roots without it. `None` for plain `redis://`.
     pub tls_ca: Option<Vec<u8>>,
 }
 
@@ -252,7 +252,10 @@ async fn connect(shared: Weak<SharedLimits>) {
             .set_max_delay(Duration::from_secs(5));
         let attempt = async {
             let client = match &s.config.tls_ca {
-                // rustls, on the process's one crypto provider, verifying against this CA.
+                // rustls, on the process's one crypto provider, verifying against these roots
+                // only. (The crate's `tls-rustls-webpki-roots` feature is on so that it does not
+                // read the system's roots itself on every connect: under the sandbox that read
+                // fails, and so would every connection.)
                 Some(ca) => redis::Client::build_with_tls(
                     s.config.info.clone(),
                     redis::TlsCertificates {

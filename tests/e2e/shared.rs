@@ -333,6 +333,56 @@ async fn rediss_is_verified_against_tls_ca() {
     assert_eq!(status(proxy.addr, "/api/untrusted").await.0, 200);
 }
 
+/// `rediss://` from the real daemon under its default Landlock sandbox: the roots are read
+/// before the sandbox closes `/etc/ssl`, so TLS to Redis connects both with `tls_ca` and with
+/// the system's roots (here `SSL_CERT_FILE` names the test CA, in a folder the sandbox does not
+/// grant), and the two daemons share the zone through it. (Skipped where the kernel has no
+/// Landlock, since then there is nothing to get wrong.)
+#[tokio::test]
+async fn rediss_connects_under_the_sandbox() {
+    let redis = Redis::start_tls().await;
+    let backend = Backend::start().await;
+    let url = format!("rediss://localhost:{}/0", redis.port);
+    let mut daemons = Vec::new();
+    for (name, tls_ca) in [("rediss-sandbox-ca", true), ("rediss-sandbox-roots", false)] {
+        let dir = scratch_dir(name);
+        for f in [
+            "server.crt",
+            "server.key",
+            "ca-bundle.crt",
+            "ca.crl",
+            "ca.crt",
+        ] {
+            std::fs::copy(test_pki().dir.join(f), dir.join(f)).unwrap();
+        }
+        let extra = if tls_ca {
+            "timeout = \"1s\"\ntls_ca = \"ca.crt\""
+        } else {
+            "timeout = \"1s\""
+        };
+        let path = dir.join("certgate.toml");
+        std::fs::write(&path, shared_config(backend.addr, &url, extra, 2)).unwrap();
+        let ca = test_pki().dir.join("ca.crt");
+        let mut daemon = Daemon::start_with_env(&path, &[("SSL_CERT_FILE", &ca)]);
+        let sandbox = daemon.wait_for("sandbox:").await;
+        if sandbox.contains("no Landlock") || sandbox.contains("could not be applied") {
+            eprintln!("skipping: {sandbox}");
+            return;
+        }
+        assert!(sandbox.contains("landlock enforced"), "{sandbox}");
+        let addr = daemon.https_addr().await;
+        daemon.wait_for("shared limits connected to Redis").await;
+        daemons.push((daemon, addr));
+    }
+    let addrs: Vec<SocketAddr> = daemons.iter().map(|(_, a)| *a).collect();
+    let admitted = futures_count(&addrs, "/api/sandboxed", 2).await;
+    assert_eq!(admitted, 2, "the daemons together admitted {admitted}");
+    for (daemon, _) in daemons {
+        assert!(!daemon.log.contains("unavailable"), "{}", daemon.log);
+        daemon.stop().await;
+    }
+}
+
 /// Nothing listening at the Redis address when certgate starts: it starts anyway, serves with
 /// its own limits, and says once that shared limits are unavailable.
 #[tokio::test]
