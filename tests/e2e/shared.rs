@@ -270,6 +270,57 @@ async fn check_flags_bad_shared_settings() {
     assert!(!text.contains("hunter2"), "{text}");
 }
 
+/// A password in any place a Redis URL takes one (`user:pass@` over TCP and TLS, `?pass=` on a
+/// Unix socket, `?password=`) is shown as `***` by `certgate check` and in the daemon's log,
+/// which names the Redis it cannot reach.
+#[tokio::test]
+async fn no_redis_url_password_is_printed_or_logged() {
+    let backend = Backend::start().await;
+    let dir = scratch_dir("shared-redact");
+    for f in ["server.crt", "server.key", "ca-bundle.crt", "ca.crl"] {
+        std::fs::copy(test_pki().dir.join(f), dir.join(f)).unwrap();
+    }
+    let path = dir.join("certgate.toml");
+    let socket = dir.join("missing-redis.sock");
+    let secret = "Hunter2-in-the-url";
+    let s = socket.display();
+    for url in [
+        format!("unix://{s}?pass={secret}"),
+        format!("redis+unix://{s}?db=0&pass={secret}"),
+        format!("unix://{s}?password={secret}"),
+        format!("redis://user:{secret}@127.0.0.1:1/0"),
+        format!("rediss://:{secret}@localhost:1/0"),
+    ] {
+        std::fs::write(
+            &path,
+            shared_config(backend.addr, &url, "timeout = \"100ms\"", 1),
+        )
+        .unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_certgate"))
+            .args(["check", "-c"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{url}: {text}");
+        assert!(text.contains("***"), "{url}: {text}");
+        assert!(
+            !text.contains(secret),
+            "check printed the password of {url}: {text}"
+        );
+
+        let mut daemon = Daemon::start(&path);
+        let warning = daemon.wait_for("shared limits unavailable").await;
+        assert!(warning.contains("***"), "{warning}");
+        let log = daemon.stop_and_read().await;
+        assert!(
+            !log.contains(secret),
+            "the log carried the password of {url}: {log}"
+        );
+    }
+}
+
 /// The handshake-failure throttle counts every replica's failures: a scanner that fails twice
 /// on one replica and twice on another is over a limit of 3 a minute, and the second replica
 /// refuses it before the handshake from then on, even for a certificate that would pass.

@@ -81,6 +81,16 @@ impl Daemon {
             .unwrap();
     }
 
+    /// SIGTERM, waits for it to exit, and returns its whole log.
+    pub async fn stop_and_read(mut self) -> String {
+        use tokio::io::AsyncReadExt as _;
+        self.signal("TERM");
+        let mut rest = String::new();
+        let _ = tokio::time::timeout(LIMIT, self.lines.read_to_string(&mut rest)).await;
+        let _ = tokio::time::timeout(LIMIT, self.child.wait()).await;
+        self.log + &rest
+    }
+
     /// SIGTERM, and waits for it to exit.
     pub async fn stop(mut self) {
         self.signal("TERM");
