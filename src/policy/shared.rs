@@ -192,7 +192,7 @@ impl SharedLimits {
             }
             Ok(Ok((_, wait))) => {
                 self.available();
-                Verdict::Wait(Duration::from_micros(u64::try_from(wait).unwrap_or(0)))
+                Verdict::Wait(wait_from_redis(wait, interval))
             }
             Ok(Err(e)) => {
                 self.unavailable(&e.to_string());
@@ -237,6 +237,17 @@ impl SharedLimits {
             tracing::info!(redis = %self.config.shown, "shared limits available again");
         }
     }
+}
+
+/// The wait Redis answered, in microseconds, as a duration no longer than `interval` (the
+/// zone's emission interval): the script never honestly answers more, since a refused
+/// request's theoretical arrival time is at most one interval past the burst tolerance. Redis
+/// is another process on the network; a wrong or hostile answer (`i64::MAX`) must not become
+/// an instant past the end of time in a caller (`now + wait` panics) or a client refused for
+/// ever.
+fn wait_from_redis(wait: i64, interval: u128) -> Duration {
+    let cap = u64::try_from(interval).unwrap_or(u64::MAX);
+    Duration::from_micros(u64::try_from(wait).unwrap_or(0).min(cap))
 }
 
 /// Connects, with backoff, until it succeeds or the limiter is gone; the connection manager
@@ -305,5 +316,26 @@ async fn recover(shared: Weak<SharedLimits>) {
             s.available();
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wait_from_redis_is_clamped_to_the_interval() {
+        let minute = 60_000_000;
+        assert_eq!(wait_from_redis(1_500, minute), Duration::from_micros(1_500));
+        assert_eq!(
+            wait_from_redis(i64::MAX, minute),
+            Duration::from_secs(60),
+            "a huge wait"
+        );
+        assert_eq!(
+            wait_from_redis(-5, minute),
+            Duration::ZERO,
+            "a negative wait"
+        );
     }
 }

@@ -321,6 +321,41 @@ async fn no_redis_url_password_is_printed_or_logged() {
     }
 }
 
+/// A Redis that answers a wait no honest bucket gives (its key set to a theoretical arrival
+/// time hundreds of thousands of years ahead) refuses the request, but with a Retry-After no
+/// longer than the zone's interval (one a minute: 60 s), not one that says "never".
+#[tokio::test]
+async fn a_huge_wait_from_redis_is_clamped() {
+    let (logs, _guard) = LogCapture::start();
+    let redis = Redis::start(None, None).await;
+    let backend = Backend::start().await;
+    let proxy = Proxy::start_with(&shared_config(
+        backend.addr,
+        &redis.url(),
+        "timeout = \"1s\"",
+        5,
+    ))
+    .await;
+    logs.wait_for(&["shared limits connected to Redis"]).await;
+    assert_eq!(status(proxy.addr, "/api/first").await.0, 200);
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &redis.port.to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "redis-cli {args:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let keys = cli(&["--scan", "--pattern", "certgate:rl:api:*"]);
+    let key = keys.lines().next().expect("the zone's bucket in Redis");
+    cli(&["SET", key, "9000000000000000000"]);
+    let (code, retry) = status(proxy.addr, "/api/second").await;
+    assert_eq!(code, 429);
+    let retry: u64 = retry.expect("Retry-After").parse().unwrap();
+    assert!((1..=60).contains(&retry), "Retry-After: {retry}");
+}
+
 /// The handshake-failure throttle counts every replica's failures: a scanner that fails twice
 /// on one replica and twice on another is over a limit of 3 a minute, and the second replica
 /// refuses it before the handshake from then on, even for a certificate that would pass.
