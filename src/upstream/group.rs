@@ -20,9 +20,14 @@ use super::{POOL_IDLE_TIMEOUT, Upstream};
 use crate::ops::metrics::{Metrics, ServerStats};
 use crate::response::body::LimitedBody;
 
-/// Most clients a group remembers bindings for; beyond it new clients are placed by the hash
-/// alone (which every replica agrees on) until stale bindings are evicted.
+/// Most clients a group remembers bindings for. A newcomer past it is still bound: the least
+/// recently seen bindings make room, clients without a certificate first, so a flood of
+/// addresses cannot refuse bindings to newcomers or push out the people with certificates.
 const MAX_BINDINGS: usize = 100_000;
+
+/// How many bindings one eviction frees when the table is full (1/16 of it): one pass over
+/// the table per that many newcomers, not one per newcomer.
+const EVICT_BATCH: usize = MAX_BINDINGS / 16;
 
 /// One server of a group, as configured.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -314,7 +319,10 @@ impl Group {
                 b.server = Arc::from(server.settings.url.as_str());
             }
             b.seen = now;
-        } else if bindings.len() < MAX_BINDINGS {
+        } else {
+            if bindings.len() >= MAX_BINDINGS {
+                evict(&mut bindings, now, self.affinity_timeout, EVICT_BATCH);
+            }
             server.stats.bound.inc();
             let order = self.rendezvous(key);
             bindings.insert(
@@ -395,6 +403,36 @@ impl Group {
     pub(super) fn any_available(&self) -> bool {
         let now = Instant::now();
         self.servers.len() == 1 || self.servers.iter().any(|s| s.available(now))
+    }
+}
+
+/// Makes room in a full table: drops the stale bindings, and if that freed fewer than `batch`,
+/// the least recently seen until it has, anonymous clients' before certificate holders'. (The
+/// bound-clients gauges are recounted by the next housekeeping.)
+fn evict(
+    bindings: &mut HashMap<ClientKey, Binding>,
+    now: Instant,
+    affinity_timeout: Duration,
+    batch: usize,
+) {
+    let full = bindings.len();
+    bindings.retain(|_, b| now.duration_since(b.seen) < affinity_timeout);
+    let freed = full - bindings.len();
+    if freed >= batch {
+        return;
+    }
+    // Oldest first, anonymous before certified: sort keys by (certified, seen).
+    let mut ages: Vec<(bool, Instant, ClientKey)> = bindings
+        .iter()
+        .map(|(k, b)| (matches!(k, ClientKey::Cert(_)), b.seen, k.clone()))
+        .collect();
+    let n = (batch - freed).min(ages.len());
+    if n == 0 {
+        return;
+    }
+    ages.select_nth_unstable_by(n - 1, |a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    for (_, _, key) in ages.drain(..n) {
+        bindings.remove(&key);
     }
 }
 
@@ -493,4 +531,97 @@ fn random() -> u64 {
     let mut b = [0u8; 8];
     let _ = aws_lc_rs::rand::fill(&mut b);
     u64::from_ne_bytes(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group(affinity_timeout: Duration) -> Group {
+        let server = |url: &str| ServerSettings {
+            url: url.to_string(),
+            authority: url.trim_start_matches("http://").parse().unwrap(),
+            weight: 1,
+            drain: false,
+        };
+        let settings = Upstream {
+            name: "default".into(),
+            servers: vec![server("http://10.0.0.1:80"), server("http://10.0.0.2:80")],
+            balance: Balance::Identity,
+            affinity_timeout,
+            health: None,
+            max_fails: 2,
+            fail_timeout: Duration::from_secs(10),
+            max_idle_connections: 1,
+            connect_timeout: Duration::from_secs(1),
+            response_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+        };
+        Group::new(&settings, &Metrics::new(), None)
+    }
+
+    fn cert(i: usize) -> ClientKey {
+        ClientKey::Cert(Arc::from(format!("{i:064x}").as_str()))
+    }
+
+    fn anonymous(i: usize) -> ClientKey {
+        ClientKey::anonymous(std::net::IpAddr::V4((i as u32).into()))
+    }
+
+    /// An anonymous flood that fills the table: every newcomer is still bound, and the people
+    /// with certificates, seen before the flood, keep their bindings.
+    #[test]
+    fn a_full_table_binds_newcomers_and_keeps_certified_clients() {
+        let g = group(Duration::from_secs(3600));
+        let server = g.servers[1].clone();
+        for i in 0..100 {
+            g.served(&cert(i), &server);
+        }
+        for i in 0..MAX_BINDINGS + 3 * EVICT_BATCH {
+            let key = anonymous(i);
+            g.served(&key, &server);
+            assert!(
+                g.bound(&key, Instant::now()).is_some(),
+                "newcomer {i} unbound"
+            );
+        }
+        let now = Instant::now();
+        for i in 0..100 {
+            assert!(
+                g.bound(&cert(i), now).is_some(),
+                "certified client {i} evicted"
+            );
+        }
+        let len = g.bindings.lock().unwrap().len();
+        assert!(len <= MAX_BINDINGS, "{len} bindings");
+    }
+
+    /// Past stale bindings, eviction takes the least recently seen anonymous clients first,
+    /// then the least recently seen certificate holders.
+    #[test]
+    fn eviction_drops_stale_then_oldest_anonymous_then_oldest_certified() {
+        let start = Instant::now();
+        let order: Ranked = Arc::from(Vec::<Arc<str>>::new());
+        let binding = |secs: u64| Binding {
+            server: Arc::from("http://10.0.0.1:80"),
+            seen: start + Duration::from_secs(secs),
+            order: order.clone(),
+        };
+        let mut b = HashMap::new();
+        b.insert(cert(1), binding(0));
+        b.insert(cert(2), binding(5));
+        b.insert(anonymous(1), binding(1));
+        b.insert(anonymous(2), binding(50));
+        b.insert(anonymous(3), binding(60));
+        let now = start + Duration::from_secs(100);
+        let timeout = Duration::from_secs(99);
+        // cert(1) is stale (100 s unseen): that frees one, then the oldest anonymous goes.
+        evict(&mut b, now, timeout, 2);
+        assert_eq!(b.len(), 3, "{:?}", b.keys());
+        assert!(!b.contains_key(&cert(1)) && !b.contains_key(&anonymous(1)));
+        evict(&mut b, now, timeout, 2);
+        assert_eq!(b.keys().collect::<Vec<_>>(), vec![&cert(2)]);
+        evict(&mut b, now, timeout, 1);
+        assert!(b.is_empty());
+    }
 }

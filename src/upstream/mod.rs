@@ -155,7 +155,7 @@ impl Forwarder {
         let group = &self.groups[group.min(self.groups.len() - 1)];
         let key = (group.servers.len() > 1).then(|| match &origin.peer.identity {
             Some(id) => ClientKey::Cert(Arc::from(id.fingerprint.as_str())),
-            None => ClientKey::Ip(peer.ip()),
+            None => ClientKey::anonymous(peer.ip()),
         });
         // A group of one server (the common case) is used as it is, without a list.
         let candidates: std::borrow::Cow<'_, [Arc<Server>]> = match &key {
