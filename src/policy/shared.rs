@@ -250,6 +250,83 @@ fn wait_from_redis(wait: i64, interval: u128) -> Duration {
     Duration::from_micros(u64::try_from(wait).unwrap_or(0).min(cap))
 }
 
+/// Longest server URL taken from a binding in Redis: a configured server's URL is far shorter;
+/// anything longer is not one of them and is not worth comparing.
+const MAX_BOUND_URL: usize = 2048;
+
+/// A year in milliseconds: the longest a binding is kept in Redis.
+const YEAR_MS: u64 = 365 * 86_400_000;
+
+/// Identity bindings across replicas (spec §12): `{key_prefix}bind:{group}:{client}` holds the
+/// URL of the server the client was last bound or moved to, expiring after the group's
+/// `affinity_timeout`. The client is its certificate's fingerprint or its address, never a
+/// secret; nothing of it is logged. Same connection, timeout and outage handling as the
+/// limits: a read Redis does not answer in time is "no binding", and the replica chooses by
+/// itself.
+impl crate::upstream::SharedBindings for SharedLimits {
+    fn recall<'a>(&'a self, group: &'a str, client: &'a str) -> crate::upstream::Recalled<'a> {
+        Box::pin(async move {
+            let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let Some(mut conn) = conn else {
+                self.unavailable("not connected yet");
+                return None;
+            };
+            let mut cmd = redis::cmd("GET");
+            cmd.arg(self.binding_key(group, client));
+            match tokio::time::timeout(
+                self.config.timeout,
+                cmd.query_async::<Option<String>>(&mut conn),
+            )
+            .await
+            {
+                Ok(Ok(url)) => {
+                    self.available();
+                    url.filter(|u| u.len() <= MAX_BOUND_URL)
+                }
+                Ok(Err(e)) => {
+                    self.unavailable(&e.to_string());
+                    None
+                }
+                Err(_) => {
+                    self.unavailable(&format!(
+                        "no answer within {}",
+                        humantime::format_duration(self.config.timeout)
+                    ));
+                    None
+                }
+            }
+        })
+    }
+
+    fn remember(&self, group: &str, client: &str, server: &str, ttl: std::time::Duration) {
+        let Some(me) = self.me.upgrade() else { return };
+        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let Some(mut conn) = conn else { return };
+        let mut cmd = redis::cmd("SET");
+        // Within what Redis accepts for PX: a year is longer than any binding needs.
+        let ttl_ms = u64::try_from(ttl.as_millis()).map_or(YEAR_MS, |ms| ms.clamp(1, YEAR_MS));
+        cmd.arg(self.binding_key(group, client))
+            .arg(server)
+            .arg("PX")
+            .arg(ttl_ms);
+        tokio::spawn(async move {
+            let done =
+                tokio::time::timeout(me.config.timeout, cmd.query_async::<()>(&mut conn)).await;
+            match done {
+                Ok(Ok(())) => me.available(),
+                Ok(Err(e)) => me.unavailable(&e.to_string()),
+                Err(_) => me.unavailable("a binding was not stored in time"),
+            }
+        });
+    }
+}
+
+impl SharedLimits {
+    fn binding_key(&self, group: &str, client: &str) -> String {
+        format!("{}bind:{group}:{client}", self.config.key_prefix)
+    }
+}
+
 /// Connects, with backoff, until it succeeds or the limiter is gone; the connection manager
 /// then reconnects by itself after any later failure.
 async fn connect(shared: Weak<SharedLimits>) {

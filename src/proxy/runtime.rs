@@ -218,6 +218,10 @@ impl Runtime {
             metrics,
             previous.map(|p| &p.policy),
         );
+        // The Redis of `[shared]` keeps identity bindings too, so replicas agree on a moved client.
+        let shared_bindings = policy
+            .shared()
+            .map(|s| s.clone() as Arc<dyn crate::upstream::SharedBindings>);
         Ok(Runtime {
             generation,
             acceptor: TlsAcceptor::from(tls.server_config),
@@ -239,6 +243,7 @@ impl Runtime {
                 header_policy,
                 metrics.clone(),
                 previous.map(|p| &p.forwarder),
+                shared_bindings,
             ),
             headers: config.headers.clone(),
             access_log: config.log.access,

@@ -58,6 +58,12 @@ impl ClientKey {
         })
     }
 
+    /// The key as other replicas know it (`c:FINGERPRINT` or `i:ADDRESS`): no secret, only what
+    /// the access log shows anyway.
+    pub fn label(&self) -> String {
+        String::from_utf8_lossy(&self.bytes()).into_owned()
+    }
+
     fn bytes(&self) -> Vec<u8> {
         match self {
             ClientKey::Cert(f) => [b"c:", f.as_bytes()].concat(),

@@ -29,6 +29,26 @@ const MAX_BINDINGS: usize = 100_000;
 /// the table per that many newcomers, not one per newcomer.
 const EVICT_BATCH: usize = MAX_BINDINGS / 16;
 
+/// A binding this replica has not used for this long is checked against the shared store on
+/// the client's next request: another replica may have moved the client meanwhile (its
+/// server failed there), and a person's next connection may land on either replica. Within a
+/// burst of requests the local binding stands alone; a pause costs one read.
+const RECHECK_AFTER: Duration = Duration::from_secs(5);
+
+/// The answer of a [`SharedBindings`] read.
+pub type Recalled<'a> = std::pin::Pin<Box<dyn Future<Output = Option<String>> + Send + 'a>>;
+
+/// Where identity bindings are shared with the other replicas (`[shared]`'s Redis): the server
+/// a client was bound or moved to, for `affinity_timeout`. Both sides are bounded by the
+/// store's own timeout and degrade to the replica's own choice, as the shared limits do.
+pub trait SharedBindings: Send + Sync + std::fmt::Debug {
+    /// The server URL a replica last bound `client` (a [`ClientKey`] label) of `group` to;
+    /// `None` when there is none or the store cannot answer in time.
+    fn recall<'a>(&'a self, group: &'a str, client: &'a str) -> Recalled<'a>;
+    /// Records, in the background, that `client` of `group` is bound to `server` for `ttl`.
+    fn remember(&self, group: &str, client: &str, server: &str, ttl: Duration);
+}
+
 /// One server of a group, as configured.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerSettings {
@@ -139,6 +159,8 @@ struct Binding {
     /// The client's rendezvous order over the servers when it was bound, kept so a bound
     /// client's requests hash nothing.
     order: Ranked,
+    /// When the shared store was last told (`None`: not yet, or it must be told again).
+    written: Option<Instant>,
 }
 
 /// Server URLs in a client's rendezvous order.
@@ -154,6 +176,8 @@ pub(super) struct Group {
     max_fails: u32,
     fail_timeout: Duration,
     bindings: Arc<Mutex<HashMap<ClientKey, Binding>>>,
+    /// With `[shared]`: the bindings other replicas see.
+    shared: Option<Arc<dyn SharedBindings>>,
     next: AtomicUsize,
     /// Stops the active checks when the group is replaced by a reload.
     _checks: Option<DropGuard>,
@@ -163,7 +187,12 @@ impl Group {
     /// Builds a group from its settings. Health, load and bindings of servers that `previous`
     /// (the group of the same name before a reload) also had are carried over, so a reload
     /// moves nobody and forgets no failure.
-    pub(super) fn new(settings: &Upstream, metrics: &Metrics, previous: Option<&Group>) -> Group {
+    pub(super) fn new(
+        settings: &Upstream,
+        metrics: &Metrics,
+        previous: Option<&Group>,
+        shared: Option<Arc<dyn SharedBindings>>,
+    ) -> Group {
         let name: Arc<str> = Arc::from(settings.name.as_str());
         let servers: Vec<Arc<Server>> = settings
             .servers
@@ -200,6 +229,7 @@ impl Group {
             max_fails: settings.max_fails,
             fail_timeout: settings.fail_timeout,
             bindings,
+            shared,
             next: AtomicUsize::new(0),
             _checks: None,
         };
@@ -219,12 +249,74 @@ impl Group {
     }
 
     /// The servers a request from `key` tries, in order: for `identity` its bound server while
-    /// it is available, then the rendezvous order over available servers that are not
-    /// draining; for the others the balancer's pick first. Empty when no server is available.
-    pub(super) fn candidates(&self, key: &ClientKey) -> Vec<Arc<Server>> {
+    /// it is available (another replica's binding when this one has none of its own or has
+    /// not used it for a while), then the rendezvous order over available servers that are
+    /// not draining; for the others the balancer's pick first. Empty when no server is
+    /// available.
+    pub(super) async fn candidates(&self, key: &ClientKey) -> Vec<Arc<Server>> {
         if let [only] = self.servers.as_slice() {
             return vec![only.clone()];
         }
+        if self.balance == Balance::Identity {
+            self.recall(key).await;
+        }
+        self.order(key)
+    }
+
+    /// With `[shared]`: adopts the binding another replica made for `key`, when this replica
+    /// has none or has not used its own for [`RECHECK_AFTER`]. What the store answers is
+    /// taken only if it names a server of this group.
+    async fn recall(&self, key: &ClientKey) {
+        let Some(store) = &self.shared else { return };
+        let now = Instant::now();
+        let recent = self
+            .bindings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .is_some_and(|b| now.duration_since(b.seen) < RECHECK_AFTER);
+        if recent {
+            return;
+        }
+        let Some(url) = store.recall(&self.name, &key.label()).await else {
+            return;
+        };
+        let Some(server) = self.servers.iter().find(|s| s.settings.url == url) else {
+            return;
+        };
+        let now = Instant::now();
+        let mut bindings = self.bindings.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(b) = bindings.get_mut(key) {
+            if *b.server != *url {
+                if let Some(old) = self.servers.iter().find(|s| *s.settings.url == *b.server) {
+                    old.stats.bound.dec();
+                }
+                server.stats.bound.inc();
+                b.server = Arc::from(url.as_str());
+            }
+            b.seen = now;
+        } else {
+            if bindings.len() >= MAX_BINDINGS {
+                evict(&mut bindings, now, self.affinity_timeout, EVICT_BATCH);
+            }
+            server.stats.bound.inc();
+            let order = self.rendezvous(key);
+            bindings.insert(
+                key.clone(),
+                Binding {
+                    server: Arc::from(url.as_str()),
+                    seen: now,
+                    order,
+                    // Its time left in the store is another replica's: told again on the next
+                    // answered request, with this replica's full affinity_timeout.
+                    written: None,
+                },
+            );
+        }
+    }
+
+    /// [`Group::candidates`] once any shared binding has been adopted.
+    fn order(&self, key: &ClientKey) -> Vec<Arc<Server>> {
         let now = Instant::now();
         let open: Vec<usize> = (0..self.servers.len())
             .filter(|&i| self.servers[i].available(now))
@@ -308,7 +400,7 @@ impl Group {
         }
         let mut bindings = self.bindings.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        if let Some(b) = bindings.get_mut(key) {
+        let binding = if let Some(b) = bindings.get_mut(key) {
             if *b.server != *server.settings.url {
                 // Moved (its server failed): the gauges follow at once; housekeeping
                 // recounts them anyway.
@@ -317,21 +409,36 @@ impl Group {
                 }
                 server.stats.bound.inc();
                 b.server = Arc::from(server.settings.url.as_str());
+                b.written = None;
             }
             b.seen = now;
+            b
         } else {
             if bindings.len() >= MAX_BINDINGS {
                 evict(&mut bindings, now, self.affinity_timeout, EVICT_BATCH);
             }
             server.stats.bound.inc();
             let order = self.rendezvous(key);
-            bindings.insert(
-                key.clone(),
-                Binding {
-                    server: Arc::from(server.settings.url.as_str()),
-                    seen: now,
-                    order,
-                },
+            bindings.entry(key.clone()).or_insert(Binding {
+                server: Arc::from(server.settings.url.as_str()),
+                seen: now,
+                order,
+                written: None,
+            })
+        };
+        // Bound or moved: the other replicas learn it. Still there: told again before the
+        // store's copy lapses, so a long session stays known.
+        if let Some(store) = &self.shared
+            && binding
+                .written
+                .is_none_or(|w| now.duration_since(w) >= self.affinity_timeout / 2)
+        {
+            binding.written = Some(now);
+            store.remember(
+                &self.name,
+                &key.label(),
+                &server.settings.url,
+                self.affinity_timeout,
             );
         }
     }
@@ -557,7 +664,7 @@ mod tests {
             response_timeout: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(1),
         };
-        Group::new(&settings, &Metrics::new(), None)
+        Group::new(&settings, &Metrics::new(), None, None)
     }
 
     fn cert(i: usize) -> ClientKey {
@@ -606,6 +713,7 @@ mod tests {
             server: Arc::from("http://10.0.0.1:80"),
             seen: start + Duration::from_secs(secs),
             order: order.clone(),
+            written: None,
         };
         let mut b = HashMap::new();
         b.insert(cert(1), binding(0));

@@ -29,7 +29,7 @@ mod websocket;
 pub use balance::Balance;
 use balance::ClientKey;
 use group::{Group, InFlightGuard, Server};
-pub use group::{HealthSettings, ServerSettings};
+pub use group::{HealthSettings, Recalled, ServerSettings, SharedBindings};
 pub use headers::HeaderPolicy;
 #[doc(hidden)]
 pub use headers::fuzz_sanitize;
@@ -77,18 +77,20 @@ pub struct Forwarder {
 impl Forwarder {
     /// A forwarder for `groups` (the default group first). Servers that `previous` (the
     /// forwarder before a reload) had in a group of the same name keep their health, load and
-    /// bound clients.
+    /// bound clients. With `shared` (`[shared]` Redis), identity bindings are shared with the
+    /// other replicas.
     pub fn new(
         groups: &[&Upstream],
         headers: Arc<HeaderPolicy>,
         metrics: Arc<Metrics>,
         previous: Option<&Forwarder>,
+        shared: Option<Arc<dyn SharedBindings>>,
     ) -> Forwarder {
         let groups = groups
             .iter()
             .map(|g| {
                 let before = previous.and_then(|p| p.groups.iter().find(|o| *o.name == *g.name));
-                Group::new(g, &metrics, before)
+                Group::new(g, &metrics, before, shared.clone())
             })
             .collect();
         Forwarder {
@@ -159,7 +161,7 @@ impl Forwarder {
         });
         // A group of one server (the common case) is used as it is, without a list.
         let candidates: std::borrow::Cow<'_, [Arc<Server>]> = match &key {
-            Some(key) => std::borrow::Cow::Owned(group.candidates(key)),
+            Some(key) => std::borrow::Cow::Owned(group.candidates(key).await),
             None => std::borrow::Cow::Borrowed(&group.servers),
         };
         if candidates.is_empty() {
