@@ -254,3 +254,84 @@ async fn replicas_agree_where_a_moved_person_lives() {
         );
     }
 }
+
+/// The Kubernetes topology of deploy/kubernetes end to end: two certgate processes run the
+/// shipped certgate.toml (the certgate-config ConfigMap's file; pod DNS names, Secret paths and
+/// the `rediss://` Redis with its password substituted by local ones, the pods' names by
+/// `localhost` so each connection resolves a name as in the cluster; `/gradio_api/info`, which
+/// the test's gradio_client needs, allowed) in front of two real
+/// Gradio apps: every person's sessions all run on one app, through either certgate, and the
+/// people are spread over both apps.
+#[tokio::test]
+async fn the_kubernetes_topology_keeps_each_session_on_one_app() {
+    let (logs, _guard) = LogCapture::start();
+    let secret = "k8s-redis-secret";
+    let redis = Redis::start_tls_with_password(secret).await;
+    let ((_alpha, a), (_beta, b)) = tokio::join!(gradio("alpha"), gradio("beta"));
+    let dir = scratch_dir("gradio-k8s");
+    std::fs::write(dir.join("password"), format!("{secret}\n")).unwrap();
+    let pki = test_pki().dir.display().to_string();
+    let shipped = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes/certgate.toml"),
+    )
+    .unwrap();
+    let toml = shipped
+        .replace("0.0.0.0:8443", "127.0.0.1:0")
+        .replace("0.0.0.0:9090", "127.0.0.1:0")
+        .replace("/etc/certgate/tls/ca.crt", &format!("{pki}/ca-bundle.crt"))
+        .replace("/etc/certgate/tls/", &format!("{pki}/"))
+        .replace("/etc/certgate/redis/ca.crt", &format!("{pki}/ca.crt"))
+        .replace(
+            "/etc/certgate/redis/password",
+            &dir.join("password").display().to_string(),
+        )
+        .replace(
+            "rediss://redis:6380/0",
+            &format!("rediss://localhost:{}/0", redis.port),
+        )
+        .replace("gradio-0.gradio:7860", &format!("localhost:{}", a.port()))
+        .replace("gradio-1.gradio:7860", &format!("localhost:{}", b.port()))
+        // gradio_client, the test's browser stand-in, reads the API description first, which
+        // a browser does not; the shipped config denies it to anyone else.
+        .replace(
+            "path = \"/gradio_api/info\"\naction = \"deny\"",
+            "path = \"/gradio_api/info\"\naction = \"allow\"",
+        );
+    for pod in [
+        "gradio-0",
+        "gradio-1",
+        "/etc/certgate",
+        "redis:6380",
+        "\"deny\"",
+    ] {
+        assert!(!toml.contains(pod), "{pod} left in the config");
+    }
+    let one = Proxy::start_with(&toml).await;
+    let two = Proxy::start_with(&toml).await;
+    logs.wait_count("shared limits connected to Redis", 2).await;
+
+    let people = scratch_dir("gradio-k8s-people");
+    let users: Vec<(String, String)> = (0..12).map(|i| person(&people, i)).collect();
+    // One after the other: Gradio caches an upload under the hash of its bytes, and the same
+    // image uploaded at once by two clients races in its cache.
+    let through_one = sessions(one.addr, &users).await;
+    let through_two = sessions(two.addr, &users).await;
+    let mut on_alpha = 0;
+    for (i, (r1, r2)) in through_one.iter().zip(&through_two).enumerate() {
+        let all: Vec<&String> = r1.iter().chain(r2).collect();
+        assert!(
+            all.iter().all(|w| *w == all[0]),
+            "person {i} ran on two apps: {r1:?} through one, {r2:?} through two"
+        );
+        on_alpha += usize::from(all[0] == "alpha");
+    }
+    assert!(
+        on_alpha > 0 && on_alpha < users.len(),
+        "everyone on one app ({on_alpha} of {} on alpha)",
+        users.len()
+    );
+    assert!(
+        !logs.text().contains(secret),
+        "the Redis password was logged"
+    );
+}
