@@ -667,6 +667,112 @@ mod tests {
         Group::new(&settings, &Metrics::new(), None, None)
     }
 
+    /// An in-process store: what another replica would have written to Redis.
+    #[derive(Debug, Default)]
+    struct Store {
+        bound: Mutex<HashMap<String, String>>,
+        reads: AtomicUsize,
+        writes: Mutex<Vec<(String, String)>>,
+    }
+
+    impl SharedBindings for Store {
+        fn recall<'a>(&'a self, group: &'a str, client: &'a str) -> Recalled<'a> {
+            self.reads.fetch_add(1, Ordering::Relaxed);
+            let found = self
+                .bound
+                .lock()
+                .unwrap()
+                .get(&format!("{group}:{client}"))
+                .cloned();
+            Box::pin(async move { found })
+        }
+        fn remember(&self, group: &str, client: &str, server: &str, _ttl: Duration) {
+            self.writes
+                .lock()
+                .unwrap()
+                .push((format!("{group}:{client}"), server.to_string()));
+        }
+    }
+
+    fn shared_group(store: &Arc<Store>) -> Group {
+        let mut g = group(Duration::from_secs(3600));
+        g.shared = Some(store.clone() as Arc<dyn SharedBindings>);
+        g
+    }
+
+    /// A client this replica never saw goes where another replica bound it; a binding this
+    /// replica used a moment ago is not read again; one it has not used for a while is
+    /// checked and follows the other replica's move; a value that names no server of the
+    /// group is ignored.
+    #[tokio::test]
+    async fn a_shared_binding_is_adopted_when_this_replica_has_none_or_an_old_one() {
+        let store = Arc::new(Store::default());
+        let g = shared_group(&store);
+        let (a, b) = (&g.servers[0], &g.servers[1]);
+        let url = |s: &Server| s.settings.url.clone();
+        let k = cert(7);
+        let first = g.rendezvous(&k)[0].to_string();
+        let other = if first == url(a) { url(b) } else { url(a) };
+        let label = format!("default:{}", k.label());
+        store
+            .bound
+            .lock()
+            .unwrap()
+            .insert(label.clone(), other.clone());
+        assert_eq!(g.candidates(&k).await[0].settings.url, other, "not adopted");
+
+        // Used just now: the store is not asked again.
+        let reads = store.reads.load(Ordering::Relaxed);
+        let _ = g.candidates(&k).await;
+        assert_eq!(store.reads.load(Ordering::Relaxed), reads);
+
+        // Another replica moved it back; this replica's binding is old: it follows.
+        store
+            .bound
+            .lock()
+            .unwrap()
+            .insert(label.clone(), first.clone());
+        g.bindings.lock().unwrap().get_mut(&k).unwrap().seen -= RECHECK_AFTER * 2;
+        assert_eq!(
+            g.candidates(&k).await[0].settings.url,
+            first,
+            "move not followed"
+        );
+
+        // Garbage from the store changes nothing.
+        let k2 = cert(8);
+        let label2 = format!("default:{}", k2.label());
+        store
+            .bound
+            .lock()
+            .unwrap()
+            .insert(label2, "http://elsewhere:1".into());
+        let mine = g.rendezvous(&k2)[0].to_string();
+        assert_eq!(g.candidates(&k2).await[0].settings.url, mine);
+    }
+
+    /// The store is told when a client is bound and when it moves, not on every request.
+    #[test]
+    fn bindings_are_written_when_made_or_moved_only() {
+        let store = Arc::new(Store::default());
+        let g = shared_group(&store);
+        let (a, b) = (g.servers[0].clone(), g.servers[1].clone());
+        let k = cert(3);
+        g.served(&k, &a);
+        g.served(&k, &a);
+        g.served(&k, &b);
+        g.served(&k, &b);
+        let label = format!("default:{}", k.label());
+        let writes = store.writes.lock().unwrap().clone();
+        assert_eq!(
+            writes,
+            vec![
+                (label.clone(), a.settings.url.clone()),
+                (label, b.settings.url.clone())
+            ]
+        );
+    }
+
     fn cert(i: usize) -> ClientKey {
         ClientKey::Cert(Arc::from(format!("{i:064x}").as_str()))
     }
