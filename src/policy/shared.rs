@@ -298,10 +298,18 @@ impl crate::upstream::SharedBindings for SharedLimits {
         })
     }
 
-    fn remember(&self, group: &str, client: &str, server: &str, ttl: std::time::Duration) {
-        let Some(me) = self.me.upgrade() else { return };
+    fn remember(
+        &self,
+        group: &str,
+        client: &str,
+        server: &str,
+        ttl: std::time::Duration,
+    ) -> crate::upstream::Stored {
+        let me = self.me.upgrade();
         let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let Some(mut conn) = conn else { return };
+        let (Some(me), Some(mut conn)) = (me, conn) else {
+            return Box::pin(async { false });
+        };
         let mut cmd = redis::cmd("SET");
         // Within what Redis accepts for PX: a year is longer than any binding needs.
         let ttl_ms = u64::try_from(ttl.as_millis()).map_or(YEAR_MS, |ms| ms.clamp(1, YEAR_MS));
@@ -309,15 +317,24 @@ impl crate::upstream::SharedBindings for SharedLimits {
             .arg(server)
             .arg("PX")
             .arg(ttl_ms);
-        tokio::spawn(async move {
+        Box::pin(async move {
             let done =
                 tokio::time::timeout(me.config.timeout, cmd.query_async::<()>(&mut conn)).await;
             match done {
-                Ok(Ok(())) => me.available(),
-                Ok(Err(e)) => me.unavailable(&e.to_string()),
-                Err(_) => me.unavailable("a binding was not stored in time"),
+                Ok(Ok(())) => {
+                    me.available();
+                    true
+                }
+                Ok(Err(e)) => {
+                    me.unavailable(&e.to_string());
+                    false
+                }
+                Err(_) => {
+                    me.unavailable("a binding was not stored in time");
+                    false
+                }
             }
-        });
+        })
     }
 }
 

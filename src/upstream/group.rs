@@ -38,6 +38,9 @@ const RECHECK_AFTER: Duration = Duration::from_secs(5);
 /// The answer of a [`SharedBindings`] read.
 pub type Recalled<'a> = std::pin::Pin<Box<dyn Future<Output = Option<String>> + Send + 'a>>;
 
+/// Whether a [`SharedBindings`] write was stored.
+pub type Stored = std::pin::Pin<Box<dyn Future<Output = bool> + Send + 'static>>;
+
 /// Where identity bindings are shared with the other replicas (`[shared]`'s Redis): the server
 /// a client was bound or moved to, for `affinity_timeout`. Both sides are bounded by the
 /// store's own timeout and degrade to the replica's own choice, as the shared limits do.
@@ -45,8 +48,9 @@ pub trait SharedBindings: Send + Sync + std::fmt::Debug {
     /// The server URL a replica last bound `client` (a [`ClientKey`] label) of `group` to;
     /// `None` when there is none or the store cannot answer in time.
     fn recall<'a>(&'a self, group: &'a str, client: &'a str) -> Recalled<'a>;
-    /// Records, in the background, that `client` of `group` is bound to `server` for `ttl`.
-    fn remember(&self, group: &str, client: &str, server: &str, ttl: Duration);
+    /// Records that `client` of `group` is bound to `server` for `ttl`; the future says
+    /// whether the store has it (within the store's timeout).
+    fn remember(&self, group: &str, client: &str, server: &str, ttl: Duration) -> Stored;
 }
 
 /// One server of a group, as configured.
@@ -159,7 +163,9 @@ struct Binding {
     /// The client's rendezvous order over the servers when it was bound, kept so a bound
     /// client's requests hash nothing.
     order: Ranked,
-    /// When the shared store was last told (`None`: not yet, or it must be told again).
+    /// When the shared store was last told (`None`: not yet, it could not be told, or it must
+    /// be told again). A binding the store does not have yet is newer than what the store
+    /// says, so it is not checked against it.
     written: Option<Instant>,
 }
 
@@ -264,18 +270,19 @@ impl Group {
     }
 
     /// With `[shared]`: adopts the binding another replica made for `key`, when this replica
-    /// has none or has not used its own for [`RECHECK_AFTER`]. What the store answers is
-    /// taken only if it names a server of this group.
+    /// has none, or has not used its own for [`RECHECK_AFTER`] and the store has it (a move
+    /// this replica could not store, during a Redis outage, is newer than what Redis says).
+    /// What the store answers is taken only if it names a server of this group.
     async fn recall(&self, key: &ClientKey) {
         let Some(store) = &self.shared else { return };
         let now = Instant::now();
-        let recent = self
+        let keep = self
             .bindings
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(key)
-            .is_some_and(|b| now.duration_since(b.seen) < RECHECK_AFTER);
-        if recent {
+            .is_some_and(|b| now.duration_since(b.seen) < RECHECK_AFTER || b.written.is_none());
+        if keep {
             return;
         }
         let Some(url) = store.recall(&self.name, &key.label()).await else {
@@ -434,12 +441,24 @@ impl Group {
                 .is_none_or(|w| now.duration_since(w) >= self.affinity_timeout / 2)
         {
             binding.written = Some(now);
-            store.remember(
+            let stored = store.remember(
                 &self.name,
                 &key.label(),
                 &server.settings.url,
                 self.affinity_timeout,
             );
+            // Not stored (Redis down or slow): told again on the client's next request.
+            let (bindings, key) = (self.bindings.clone(), key.clone());
+            tokio::spawn(async move {
+                if !stored.await
+                    && let Some(b) = bindings
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get_mut(&key)
+                {
+                    b.written = None;
+                }
+            });
         }
     }
 
@@ -673,6 +692,7 @@ mod tests {
         bound: Mutex<HashMap<String, String>>,
         reads: AtomicUsize,
         writes: Mutex<Vec<(String, String)>>,
+        failing: AtomicBool,
     }
 
     impl SharedBindings for Store {
@@ -686,11 +706,13 @@ mod tests {
                 .cloned();
             Box::pin(async move { found })
         }
-        fn remember(&self, group: &str, client: &str, server: &str, _ttl: Duration) {
+        fn remember(&self, group: &str, client: &str, server: &str, _ttl: Duration) -> Stored {
             self.writes
                 .lock()
                 .unwrap()
                 .push((format!("{group}:{client}"), server.to_string()));
+            let stored = !self.failing.load(Ordering::Relaxed);
+            Box::pin(async move { stored })
         }
     }
 
@@ -719,7 +741,9 @@ mod tests {
             .lock()
             .unwrap()
             .insert(label.clone(), other.clone());
-        assert_eq!(g.candidates(&k).await[0].settings.url, other, "not adopted");
+        let adopted = g.candidates(&k).await[0].clone();
+        assert_eq!(adopted.settings.url, other, "not adopted");
+        g.served(&k, &adopted);
 
         // Used just now: the store is not asked again.
         let reads = store.reads.load(Ordering::Relaxed);
@@ -752,8 +776,8 @@ mod tests {
     }
 
     /// The store is told when a client is bound and when it moves, not on every request.
-    #[test]
-    fn bindings_are_written_when_made_or_moved_only() {
+    #[tokio::test]
+    async fn bindings_are_written_when_made_or_moved_only() {
         let store = Arc::new(Store::default());
         let g = shared_group(&store);
         let (a, b) = (g.servers[0].clone(), g.servers[1].clone());
@@ -770,6 +794,39 @@ mod tests {
                 (label.clone(), a.settings.url.clone()),
                 (label, b.settings.url.clone())
             ]
+        );
+    }
+
+    /// A move the store could not take (Redis down) is told again on the next request, and
+    /// until then the store's older answer does not undo it.
+    #[tokio::test]
+    async fn a_move_redis_missed_is_retried_and_not_undone() {
+        let store = Arc::new(Store::default());
+        let g = shared_group(&store);
+        let (a, b) = (g.servers[0].clone(), g.servers[1].clone());
+        let k = cert(5);
+        let label = format!("default:{}", k.label());
+        g.served(&k, &a);
+        store
+            .bound
+            .lock()
+            .unwrap()
+            .insert(label.clone(), a.settings.url.clone());
+        store.failing.store(true, Ordering::Relaxed);
+        g.served(&k, &b);
+        // The failed write's task runs.
+        while g.bindings.lock().unwrap()[&k].written.is_some() {
+            tokio::task::yield_now().await;
+        }
+        g.bindings.lock().unwrap().get_mut(&k).unwrap().seen -= RECHECK_AFTER * 2;
+        assert_eq!(g.candidates(&k).await[0].settings.url, b.settings.url);
+        store.failing.store(false, Ordering::Relaxed);
+        let before = store.writes.lock().unwrap().len();
+        g.served(&k, &b);
+        assert_eq!(
+            store.writes.lock().unwrap().len(),
+            before + 1,
+            "not retried"
         );
     }
 

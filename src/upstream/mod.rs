@@ -29,7 +29,7 @@ mod websocket;
 pub use balance::Balance;
 use balance::ClientKey;
 use group::{Group, InFlightGuard, Server};
-pub use group::{HealthSettings, Recalled, ServerSettings, SharedBindings};
+pub use group::{HealthSettings, Recalled, ServerSettings, SharedBindings, Stored};
 pub use headers::HeaderPolicy;
 #[doc(hidden)]
 pub use headers::fuzz_sanitize;
