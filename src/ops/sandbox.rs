@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 
 use landlock::{
-    ABI, Access, AccessFs, PathBeneath, PathFd, Ruleset, RulesetAttr, RulesetCreatedAttr,
+    ABI, Access, AccessFs, BitFlags, PathBeneath, PathFd, Ruleset, RulesetAttr, RulesetCreatedAttr,
     RulesetStatus,
 };
 
@@ -55,6 +55,15 @@ fn readable_dirs(file: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
+/// What every granted folder allows: reading files and listing folders, and not `Execute`,
+/// which landlock's `from_read` includes. certgate runs no program, so nothing may be run:
+/// an attacker who gets code execution in the process cannot `execve` a shell or a tool from
+/// `/usr/lib` or the config's folders. (Shared libraries loaded by NSS are mapped, not
+/// executed; Landlock's `Execute` covers `execve` only.)
+fn read_access(abi: ABI) -> BitFlags<AccessFs> {
+    AccessFs::from_read(abi) & !BitFlags::from(AccessFs::Execute)
+}
+
 /// Restricts the process to reading `files`' folders and the system files above, and to
 /// reading and deleting files in `consumable` (the enroll folder: an invitation's bundle is
 /// deleted when it is downloaded; nothing may be written there or anywhere).
@@ -77,14 +86,14 @@ pub fn restrict(enabled: bool, files: &[PathBuf], consumable: &[PathBuf]) -> Out
             .chain(SYSTEM_READ.iter().map(Path::new))
         {
             if let Ok(fd) = PathFd::new(path) {
-                ruleset = ruleset.add_rule(PathBeneath::new(fd, AccessFs::from_read(abi)))?;
+                ruleset = ruleset.add_rule(PathBeneath::new(fd, read_access(abi)))?;
             }
         }
         for path in consumable {
             if let Ok(fd) = PathFd::new(path) {
                 ruleset = ruleset.add_rule(PathBeneath::new(
                     fd,
-                    AccessFs::from_read(abi) | AccessFs::RemoveFile,
+                    read_access(abi) | AccessFs::RemoveFile,
                 ))?;
             }
         }
@@ -124,6 +133,41 @@ pub fn restrict(enabled: bool, files: &[PathBuf], consumable: &[PathBuf]) -> Out
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn granted_folders_are_read_only_without_execute() {
+        let access = read_access(ABI::V3);
+        assert!(!access.contains(AccessFs::Execute), "{access:?}");
+        assert!(
+            access.contains(AccessFs::ReadFile | AccessFs::ReadDir),
+            "{access:?}"
+        );
+    }
+
+    /// The sandbox, applied for real to a thread of its own (Landlock confines the thread that
+    /// asks and what it starts): a program in a granted folder can be read but not run.
+    #[test]
+    fn a_granted_program_can_be_read_but_not_run() {
+        let program = PathBuf::from("/usr/bin/true");
+        if !program.exists() {
+            return;
+        }
+        let (read, ran, outcome) = std::thread::spawn(move || {
+            let outcome = restrict(true, std::slice::from_ref(&program), &[]);
+            let read = std::fs::read(&program).is_ok();
+            let ran = std::process::Command::new(&program).status();
+            (read, ran, outcome)
+        })
+        .join()
+        .unwrap();
+        if outcome == Outcome::Unsupported {
+            eprintln!("skipping: no Landlock in this kernel");
+            return;
+        }
+        assert!(read, "the granted folder is not readable");
+        let err = ran.expect_err("a program ran under the sandbox");
+        assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied, "{err}");
+    }
 
     #[test]
     fn a_linked_file_grants_its_configured_folder_and_where_it_points() {

@@ -210,7 +210,12 @@ impl HandshakeThrottle {
     /// refused already.
     pub fn block(&self, ip: IpAddr, wait: std::time::Duration) -> bool {
         let ip = ip.to_canonical();
-        let until = std::time::Instant::now() + wait;
+        // Checked: `wait` may come from Redis; past what an Instant holds means "a long time".
+        let now = std::time::Instant::now();
+        let until = now
+            .checked_add(wait)
+            .or_else(|| now.checked_add(std::time::Duration::from_secs(86_400 * 365)))
+            .unwrap_or(now);
         let mut blocked = self.blocked.lock().unwrap_or_else(|e| e.into_inner());
         let now = std::time::Instant::now();
         match blocked.get(&ip) {
@@ -320,6 +325,14 @@ mod tests {
         assert!(left > std::time::Duration::ZERO && left <= wait, "{left:?}");
         assert!(t.blocked_for("10.1.2.4".parse().unwrap()).is_none());
         assert!(!t.is_blocked("10.1.2.4".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_block_longer_than_time_holds_does_not_panic() {
+        let t = HandshakeThrottle::new(crate::policy::ratelimit::Rate::parse("3/m").unwrap());
+        let ip: IpAddr = "10.1.2.3".parse().unwrap();
+        assert!(t.block(ip, std::time::Duration::MAX));
+        assert!(t.is_blocked(ip));
     }
 
     #[test]

@@ -55,8 +55,8 @@ pub struct SharedConfig {
     pub on_unavailable: OnUnavailable,
     /// Prepended to every key.
     pub key_prefix: String,
-    /// With `rediss://`: the CA bundle (PEM) Redis's certificate must chain to; the system's
-    /// roots without it.
+    /// With `rediss://`: the roots (PEM) Redis's certificate must chain to, read before the
+    /// sandbox closes: `tls_ca`, or the system's roots without it. `None` for plain `redis://`.
     pub tls_ca: Option<Vec<u8>>,
 }
 
@@ -198,7 +198,7 @@ impl SharedLimits {
             }
             Ok(Ok((_, wait))) => {
                 self.available();
-                Verdict::Wait(Duration::from_micros(u64::try_from(wait).unwrap_or(0)))
+                Verdict::Wait(wait_from_redis(wait, interval))
             }
             Ok(Err(e)) => {
                 self.unavailable(&e.to_string());
@@ -245,6 +245,111 @@ impl SharedLimits {
     }
 }
 
+/// The wait Redis answered, in microseconds, as a duration no longer than `interval` (the
+/// zone's emission interval): the script never honestly answers more, since a refused
+/// request's theoretical arrival time is at most one interval past the burst tolerance. Redis
+/// is another process on the network; a wrong or hostile answer (`i64::MAX`) must not become
+/// an instant past the end of time in a caller (`now + wait` panics) or a client refused for
+/// ever.
+fn wait_from_redis(wait: i64, interval: u128) -> Duration {
+    let cap = u64::try_from(interval).unwrap_or(u64::MAX);
+    Duration::from_micros(u64::try_from(wait).unwrap_or(0).min(cap))
+}
+
+/// Longest server URL taken from a binding in Redis: a configured server's URL is far shorter;
+/// anything longer is not one of them and is not worth comparing.
+const MAX_BOUND_URL: usize = 2048;
+
+/// A year in milliseconds: the longest a binding is kept in Redis.
+const YEAR_MS: u64 = 365 * 86_400_000;
+
+/// Identity bindings across replicas (spec §12): `{key_prefix}bind:{group}:{client}` holds the
+/// URL of the server the client was last bound or moved to, expiring after the group's
+/// `affinity_timeout`. The client is its certificate's fingerprint or its address, never a
+/// secret; nothing of it is logged. Same connection, timeout and outage handling as the
+/// limits: a read Redis does not answer in time is "no binding", and the replica chooses by
+/// itself.
+impl crate::upstream::SharedBindings for SharedLimits {
+    fn recall<'a>(&'a self, group: &'a str, client: &'a str) -> crate::upstream::Recalled<'a> {
+        Box::pin(async move {
+            let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let Some(mut conn) = conn else {
+                self.unavailable("not connected yet");
+                return None;
+            };
+            let mut cmd = redis::cmd("GET");
+            cmd.arg(self.binding_key(group, client));
+            match tokio::time::timeout(
+                self.config.timeout,
+                cmd.query_async::<Option<String>>(&mut conn),
+            )
+            .await
+            {
+                Ok(Ok(url)) => {
+                    self.available();
+                    url.filter(|u| u.len() <= MAX_BOUND_URL)
+                }
+                Ok(Err(e)) => {
+                    self.unavailable(&e.to_string());
+                    None
+                }
+                Err(_) => {
+                    self.unavailable(&format!(
+                        "no answer within {}",
+                        humantime::format_duration(self.config.timeout)
+                    ));
+                    None
+                }
+            }
+        })
+    }
+
+    fn remember(
+        &self,
+        group: &str,
+        client: &str,
+        server: &str,
+        ttl: std::time::Duration,
+    ) -> crate::upstream::Stored {
+        let me = self.me.upgrade();
+        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let (Some(me), Some(mut conn)) = (me, conn) else {
+            return Box::pin(async { false });
+        };
+        let mut cmd = redis::cmd("SET");
+        // Within what Redis accepts for PX: a year is longer than any binding needs.
+        let ttl_ms = u64::try_from(ttl.as_millis()).map_or(YEAR_MS, |ms| ms.clamp(1, YEAR_MS));
+        cmd.arg(self.binding_key(group, client))
+            .arg(server)
+            .arg("PX")
+            .arg(ttl_ms);
+        Box::pin(async move {
+            let done =
+                tokio::time::timeout(me.config.timeout, cmd.query_async::<()>(&mut conn)).await;
+            match done {
+                Ok(Ok(())) => {
+                    me.available();
+                    true
+                }
+                Ok(Err(e)) => {
+                    me.unavailable(&e.to_string());
+                    false
+                }
+                Err(_) => {
+                    me.unavailable("a binding was not stored in time");
+                    false
+                }
+            }
+        })
+    }
+}
+
+impl SharedLimits {
+    fn binding_key(&self, group: &str, client: &str) -> String {
+        format!("{}bind:{group}:{client}", self.config.key_prefix)
+    }
+}
+
 /// Connects, with backoff, until it succeeds or the limiter is gone; the connection manager
 /// then reconnects by itself after any later failure.
 async fn connect(shared: Weak<SharedLimits>) {
@@ -258,7 +363,10 @@ async fn connect(shared: Weak<SharedLimits>) {
             .set_max_delay(Duration::from_secs(5));
         let attempt = async {
             let client = match &s.config.tls_ca {
-                // rustls, on the process's one crypto provider, verifying against this CA.
+                // rustls, on the process's one crypto provider, verifying against these roots
+                // only. (The crate's `tls-rustls-webpki-roots` feature is on so that it does not
+                // read the system's roots itself on every connect: under the sandbox that read
+                // fails, and so would every connection.)
                 Some(ca) => redis::Client::build_with_tls(
                     s.config.info.clone(),
                     redis::TlsCertificates {
@@ -308,5 +416,26 @@ async fn recover(shared: Weak<SharedLimits>) {
             s.available();
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wait_from_redis_is_clamped_to_the_interval() {
+        let minute = 60_000_000;
+        assert_eq!(wait_from_redis(1_500, minute), Duration::from_micros(1_500));
+        assert_eq!(
+            wait_from_redis(i64::MAX, minute),
+            Duration::from_secs(60),
+            "a huge wait"
+        );
+        assert_eq!(
+            wait_from_redis(-5, minute),
+            Duration::ZERO,
+            "a negative wait"
+        );
     }
 }

@@ -225,6 +225,10 @@ impl Runtime {
             metrics,
             previous.map(|p| &p.policy),
         );
+        // The Redis of `[shared]` keeps identity bindings too, so replicas agree on a moved client.
+        let shared_bindings = policy
+            .shared()
+            .map(|s| s.clone() as Arc<dyn crate::upstream::SharedBindings>);
         Ok(Runtime {
             generation,
             acceptor: TlsAcceptor::from(tls.server_config),
@@ -248,6 +252,7 @@ impl Runtime {
                 metrics.clone(),
                 previous.map(|p| &p.forwarder),
                 config.limits.body_timeout,
+                shared_bindings,
             ),
             headers: config.headers.clone(),
             access_log: config.log.access,

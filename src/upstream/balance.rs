@@ -45,6 +45,25 @@ pub enum ClientKey {
 }
 
 impl ClientKey {
+    /// The key of a client without a certificate: its address, an IPv6 one cut to its /64.
+    /// One host or one home gets a /64 and picks addresses in it at will (privacy addresses
+    /// rotate daily), so per address it would be a new client every time, and one machine
+    /// could fill every binding a group keeps; per /64 it is the one client it is.
+    pub fn anonymous(ip: IpAddr) -> ClientKey {
+        ClientKey::Ip(match ip.to_canonical() {
+            IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from_bits(
+                v6.to_bits() & !((1u128 << 64) - 1),
+            )),
+            v4 => v4,
+        })
+    }
+
+    /// The key as other replicas know it (`c:FINGERPRINT` or `i:ADDRESS`): no secret, only what
+    /// the access log shows anyway.
+    pub fn label(&self) -> String {
+        String::from_utf8_lossy(&self.bytes()).into_owned()
+    }
+
     fn bytes(&self) -> Vec<u8> {
         match self {
             ClientKey::Cert(f) => [b"c:", f.as_bytes()].concat(),
@@ -151,12 +170,24 @@ mod tests {
             rendezvous_order(&k, &servers),
             rendezvous_order(&k, &servers)
         );
-        let ip = ClientKey::Ip("127.0.0.1".parse().unwrap());
-        let mapped = ClientKey::Ip("127.0.0.1".parse().unwrap());
+        let ip = ClientKey::anonymous("127.0.0.1".parse().unwrap());
+        let mapped = ClientKey::anonymous("::ffff:127.0.0.1".parse().unwrap());
         assert_eq!(
             rendezvous_order(&ip, &servers),
             rendezvous_order(&mapped, &servers)
         );
+    }
+
+    #[test]
+    fn an_anonymous_ipv6_client_is_its_slash_64() {
+        let a = ClientKey::anonymous("2001:db8:1:2:aaaa::1".parse().unwrap());
+        let b = ClientKey::anonymous("2001:db8:1:2:ffff:1:2:3".parse().unwrap());
+        let other = ClientKey::anonymous("2001:db8:1:3::1".parse().unwrap());
+        assert_eq!(a, b);
+        assert_ne!(a, other);
+        assert_eq!(a, ClientKey::Ip("2001:db8:1:2::".parse().unwrap()));
+        let v4 = ClientKey::anonymous("192.0.2.7".parse().unwrap());
+        assert_ne!(v4, ClientKey::anonymous("192.0.2.8".parse().unwrap()));
     }
 
     #[test]

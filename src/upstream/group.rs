@@ -20,9 +20,38 @@ use super::{POOL_IDLE_TIMEOUT, Upstream};
 use crate::ops::metrics::{Metrics, ServerStats};
 use crate::response::body::LimitedBody;
 
-/// Most clients a group remembers bindings for; beyond it new clients are placed by the hash
-/// alone (which every replica agrees on) until stale bindings are evicted.
+/// Most clients a group remembers bindings for. A newcomer past it is still bound: the least
+/// recently seen bindings make room, clients without a certificate first, so a flood of
+/// addresses cannot refuse bindings to newcomers or push out the people with certificates.
 const MAX_BINDINGS: usize = 100_000;
+
+/// How many bindings one eviction frees when the table is full (1/16 of it): one pass over
+/// the table per that many newcomers, not one per newcomer.
+const EVICT_BATCH: usize = MAX_BINDINGS / 16;
+
+/// A binding this replica has not used for this long is checked against the shared store on
+/// the client's next request: another replica may have moved the client meanwhile (its
+/// server failed there), and a person's next connection may land on either replica. Within a
+/// burst of requests the local binding stands alone; a pause costs one read.
+const RECHECK_AFTER: Duration = Duration::from_secs(5);
+
+/// The answer of a [`SharedBindings`] read.
+pub type Recalled<'a> = std::pin::Pin<Box<dyn Future<Output = Option<String>> + Send + 'a>>;
+
+/// Whether a [`SharedBindings`] write was stored.
+pub type Stored = std::pin::Pin<Box<dyn Future<Output = bool> + Send + 'static>>;
+
+/// Where identity bindings are shared with the other replicas (`[shared]`'s Redis): the server
+/// a client was bound or moved to, for `affinity_timeout`. Both sides are bounded by the
+/// store's own timeout and degrade to the replica's own choice, as the shared limits do.
+pub trait SharedBindings: Send + Sync + std::fmt::Debug {
+    /// The server URL a replica last bound `client` (a [`ClientKey`] label) of `group` to;
+    /// `None` when there is none or the store cannot answer in time.
+    fn recall<'a>(&'a self, group: &'a str, client: &'a str) -> Recalled<'a>;
+    /// Records that `client` of `group` is bound to `server` for `ttl`; the future says
+    /// whether the store has it (within the store's timeout).
+    fn remember(&self, group: &str, client: &str, server: &str, ttl: Duration) -> Stored;
+}
 
 /// One server of a group, as configured.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,6 +191,10 @@ struct Binding {
     /// The client's rendezvous order over the servers when it was bound, kept so a bound
     /// client's requests hash nothing.
     order: Ranked,
+    /// When the shared store was last told (`None`: not yet, it could not be told, or it must
+    /// be told again). A binding the store does not have yet is newer than what the store
+    /// says, so it is not checked against it.
+    written: Option<Instant>,
 }
 
 /// Server URLs in a client's rendezvous order.
@@ -177,6 +210,8 @@ pub(super) struct Group {
     max_fails: u32,
     fail_timeout: Duration,
     bindings: Arc<Mutex<HashMap<ClientKey, Binding>>>,
+    /// With `[shared]`: the bindings other replicas see.
+    shared: Option<Arc<dyn SharedBindings>>,
     next: AtomicUsize,
     /// Stops the active checks when the group is replaced by a reload.
     _checks: Option<DropGuard>,
@@ -186,7 +221,12 @@ impl Group {
     /// Builds a group from its settings. Health, load and bindings of servers that `previous`
     /// (the group of the same name before a reload) also had are carried over, so a reload
     /// moves nobody and forgets no failure.
-    pub(super) fn new(settings: &Upstream, metrics: &Metrics, previous: Option<&Group>) -> Group {
+    pub(super) fn new(
+        settings: &Upstream,
+        metrics: &Metrics,
+        previous: Option<&Group>,
+        shared: Option<Arc<dyn SharedBindings>>,
+    ) -> Group {
         let name: Arc<str> = Arc::from(settings.name.as_str());
         let servers: Vec<Arc<Server>> = settings
             .servers
@@ -223,6 +263,7 @@ impl Group {
             max_fails: settings.max_fails,
             fail_timeout: settings.fail_timeout,
             bindings,
+            shared,
             next: AtomicUsize::new(0),
             _checks: None,
         };
@@ -242,12 +283,75 @@ impl Group {
     }
 
     /// The servers a request from `key` tries, in order: for `identity` its bound server while
-    /// it is available, then the rendezvous order over available servers that are not
-    /// draining; for the others the balancer's pick first. Empty when no server is available.
-    pub(super) fn candidates(&self, key: &ClientKey) -> Vec<Arc<Server>> {
+    /// it is available (another replica's binding when this one has none of its own or has
+    /// not used it for a while), then the rendezvous order over available servers that are
+    /// not draining; for the others the balancer's pick first. Empty when no server is
+    /// available.
+    pub(super) async fn candidates(&self, key: &ClientKey) -> Vec<Arc<Server>> {
         if let [only] = self.servers.as_slice() {
             return vec![only.clone()];
         }
+        if self.balance == Balance::Identity {
+            self.recall(key).await;
+        }
+        self.order(key)
+    }
+
+    /// With `[shared]`: adopts the binding another replica made for `key`, when this replica
+    /// has none, or has not used its own for [`RECHECK_AFTER`] and the store has it (a move
+    /// this replica could not store, during a Redis outage, is newer than what Redis says).
+    /// What the store answers is taken only if it names a server of this group.
+    async fn recall(&self, key: &ClientKey) {
+        let Some(store) = &self.shared else { return };
+        let now = Instant::now();
+        let keep = self
+            .bindings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .is_some_and(|b| now.duration_since(b.seen) < RECHECK_AFTER || b.written.is_none());
+        if keep {
+            return;
+        }
+        let Some(url) = store.recall(&self.name, &key.label()).await else {
+            return;
+        };
+        let Some(server) = self.servers.iter().find(|s| s.settings.url == url) else {
+            return;
+        };
+        let now = Instant::now();
+        let mut bindings = self.bindings.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(b) = bindings.get_mut(key) {
+            if *b.server != *url {
+                if let Some(old) = self.servers.iter().find(|s| *s.settings.url == *b.server) {
+                    old.stats.bound.dec();
+                }
+                server.stats.bound.inc();
+                b.server = Arc::from(url.as_str());
+            }
+            b.seen = now;
+        } else {
+            if bindings.len() >= MAX_BINDINGS {
+                evict(&mut bindings, now, self.affinity_timeout, EVICT_BATCH);
+            }
+            server.stats.bound.inc();
+            let order = self.rendezvous(key);
+            bindings.insert(
+                key.clone(),
+                Binding {
+                    server: Arc::from(url.as_str()),
+                    seen: now,
+                    order,
+                    // Its time left in the store is another replica's: told again on the next
+                    // answered request, with this replica's full affinity_timeout.
+                    written: None,
+                },
+            );
+        }
+    }
+
+    /// [`Group::candidates`] once any shared binding has been adopted.
+    fn order(&self, key: &ClientKey) -> Vec<Arc<Server>> {
         let now = Instant::now();
         let open: Vec<usize> = (0..self.servers.len())
             .filter(|&i| self.servers[i].available(now))
@@ -331,7 +435,7 @@ impl Group {
         }
         let mut bindings = self.bindings.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        if let Some(b) = bindings.get_mut(key) {
+        let binding = if let Some(b) = bindings.get_mut(key) {
             if *b.server != *server.settings.url {
                 // Moved (its server failed): the gauges follow at once; housekeeping
                 // recounts them anyway.
@@ -340,19 +444,49 @@ impl Group {
                 }
                 server.stats.bound.inc();
                 b.server = Arc::from(server.settings.url.as_str());
+                b.written = None;
             }
             b.seen = now;
-        } else if bindings.len() < MAX_BINDINGS {
+            b
+        } else {
+            if bindings.len() >= MAX_BINDINGS {
+                evict(&mut bindings, now, self.affinity_timeout, EVICT_BATCH);
+            }
             server.stats.bound.inc();
             let order = self.rendezvous(key);
-            bindings.insert(
-                key.clone(),
-                Binding {
-                    server: Arc::from(server.settings.url.as_str()),
-                    seen: now,
-                    order,
-                },
+            bindings.entry(key.clone()).or_insert(Binding {
+                server: Arc::from(server.settings.url.as_str()),
+                seen: now,
+                order,
+                written: None,
+            })
+        };
+        // Bound or moved: the other replicas learn it. Still there: told again before the
+        // store's copy lapses, so a long session stays known.
+        if let Some(store) = &self.shared
+            && binding
+                .written
+                .is_none_or(|w| now.duration_since(w) >= self.affinity_timeout / 2)
+        {
+            binding.written = Some(now);
+            let stored = store.remember(
+                &self.name,
+                &key.label(),
+                &server.settings.url,
+                self.affinity_timeout,
             );
+            // Not stored (Redis down or slow): told again on the client's next request.
+            let (bindings, key) = (self.bindings.clone(), key.clone());
+            tokio::spawn(async move {
+                if !stored.await
+                    && let Some(b) = bindings
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get_mut(&key)
+                {
+                    b.written = None;
+                }
+            });
         }
     }
 
@@ -485,6 +619,36 @@ impl Group {
     }
 }
 
+/// Makes room in a full table: drops the stale bindings, and if that freed fewer than `batch`,
+/// the least recently seen until it has, anonymous clients' before certificate holders'. (The
+/// bound-clients gauges are recounted by the next housekeeping.)
+fn evict(
+    bindings: &mut HashMap<ClientKey, Binding>,
+    now: Instant,
+    affinity_timeout: Duration,
+    batch: usize,
+) {
+    let full = bindings.len();
+    bindings.retain(|_, b| now.duration_since(b.seen) < affinity_timeout);
+    let freed = full - bindings.len();
+    if freed >= batch {
+        return;
+    }
+    // Oldest first, anonymous before certified: sort keys by (certified, seen).
+    let mut ages: Vec<(bool, Instant, ClientKey)> = bindings
+        .iter()
+        .map(|(k, b)| (matches!(k, ClientKey::Cert(_)), b.seen, k.clone()))
+        .collect();
+    let n = (batch - freed).min(ages.len());
+    if n == 0 {
+        return;
+    }
+    ages.select_nth_unstable_by(n - 1, |a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    for (_, _, key) in ages.drain(..n) {
+        bindings.remove(&key);
+    }
+}
+
 /// Logs a change of a server's availability once, and sets its health gauge.
 fn report(group: &str, server: &Server, up: bool, why: &str) {
     let down = !up;
@@ -580,4 +744,242 @@ fn random() -> u64 {
     let mut b = [0u8; 8];
     let _ = aws_lc_rs::rand::fill(&mut b);
     u64::from_ne_bytes(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group(affinity_timeout: Duration) -> Group {
+        let server = |url: &str| ServerSettings {
+            url: url.to_string(),
+            authority: url.trim_start_matches("http://").parse().unwrap(),
+            weight: 1,
+            drain: false,
+        };
+        let settings = Upstream {
+            name: "default".into(),
+            servers: vec![server("http://10.0.0.1:80"), server("http://10.0.0.2:80")],
+            balance: Balance::Identity,
+            affinity_timeout,
+            health: None,
+            max_fails: 2,
+            fail_timeout: Duration::from_secs(10),
+            max_idle_connections: 1,
+            connect_timeout: Duration::from_secs(1),
+            response_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+        };
+        Group::new(&settings, &Metrics::new(), None, None)
+    }
+
+    /// An in-process store: what another replica would have written to Redis.
+    #[derive(Debug, Default)]
+    struct Store {
+        bound: Mutex<HashMap<String, String>>,
+        reads: AtomicUsize,
+        writes: Mutex<Vec<(String, String)>>,
+        failing: AtomicBool,
+    }
+
+    impl SharedBindings for Store {
+        fn recall<'a>(&'a self, group: &'a str, client: &'a str) -> Recalled<'a> {
+            self.reads.fetch_add(1, Ordering::Relaxed);
+            let found = self
+                .bound
+                .lock()
+                .unwrap()
+                .get(&format!("{group}:{client}"))
+                .cloned();
+            Box::pin(async move { found })
+        }
+        fn remember(&self, group: &str, client: &str, server: &str, _ttl: Duration) -> Stored {
+            self.writes
+                .lock()
+                .unwrap()
+                .push((format!("{group}:{client}"), server.to_string()));
+            let stored = !self.failing.load(Ordering::Relaxed);
+            Box::pin(async move { stored })
+        }
+    }
+
+    fn shared_group(store: &Arc<Store>) -> Group {
+        let mut g = group(Duration::from_secs(3600));
+        g.shared = Some(store.clone() as Arc<dyn SharedBindings>);
+        g
+    }
+
+    /// A client this replica never saw goes where another replica bound it; a binding this
+    /// replica used a moment ago is not read again; one it has not used for a while is
+    /// checked and follows the other replica's move; a value that names no server of the
+    /// group is ignored.
+    #[tokio::test]
+    async fn a_shared_binding_is_adopted_when_this_replica_has_none_or_an_old_one() {
+        let store = Arc::new(Store::default());
+        let g = shared_group(&store);
+        let (a, b) = (&g.servers[0], &g.servers[1]);
+        let url = |s: &Server| s.settings.url.clone();
+        let k = cert(7);
+        let first = g.rendezvous(&k)[0].to_string();
+        let other = if first == url(a) { url(b) } else { url(a) };
+        let label = format!("default:{}", k.label());
+        store
+            .bound
+            .lock()
+            .unwrap()
+            .insert(label.clone(), other.clone());
+        let adopted = g.candidates(&k).await[0].clone();
+        assert_eq!(adopted.settings.url, other, "not adopted");
+        g.served(&k, &adopted);
+
+        // Used just now: the store is not asked again.
+        let reads = store.reads.load(Ordering::Relaxed);
+        let _ = g.candidates(&k).await;
+        assert_eq!(store.reads.load(Ordering::Relaxed), reads);
+
+        // Another replica moved it back; this replica's binding is old: it follows.
+        store
+            .bound
+            .lock()
+            .unwrap()
+            .insert(label.clone(), first.clone());
+        g.bindings.lock().unwrap().get_mut(&k).unwrap().seen -= RECHECK_AFTER * 2;
+        assert_eq!(
+            g.candidates(&k).await[0].settings.url,
+            first,
+            "move not followed"
+        );
+
+        // Garbage from the store changes nothing.
+        let k2 = cert(8);
+        let label2 = format!("default:{}", k2.label());
+        store
+            .bound
+            .lock()
+            .unwrap()
+            .insert(label2, "http://elsewhere:1".into());
+        let mine = g.rendezvous(&k2)[0].to_string();
+        assert_eq!(g.candidates(&k2).await[0].settings.url, mine);
+    }
+
+    /// The store is told when a client is bound and when it moves, not on every request.
+    #[tokio::test]
+    async fn bindings_are_written_when_made_or_moved_only() {
+        let store = Arc::new(Store::default());
+        let g = shared_group(&store);
+        let (a, b) = (g.servers[0].clone(), g.servers[1].clone());
+        let k = cert(3);
+        g.served(&k, &a);
+        g.served(&k, &a);
+        g.served(&k, &b);
+        g.served(&k, &b);
+        let label = format!("default:{}", k.label());
+        let writes = store.writes.lock().unwrap().clone();
+        assert_eq!(
+            writes,
+            vec![
+                (label.clone(), a.settings.url.clone()),
+                (label, b.settings.url.clone())
+            ]
+        );
+    }
+
+    /// A move the store could not take (Redis down) is told again on the next request, and
+    /// until then the store's older answer does not undo it.
+    #[tokio::test]
+    async fn a_move_redis_missed_is_retried_and_not_undone() {
+        let store = Arc::new(Store::default());
+        let g = shared_group(&store);
+        let (a, b) = (g.servers[0].clone(), g.servers[1].clone());
+        let k = cert(5);
+        let label = format!("default:{}", k.label());
+        g.served(&k, &a);
+        store
+            .bound
+            .lock()
+            .unwrap()
+            .insert(label.clone(), a.settings.url.clone());
+        store.failing.store(true, Ordering::Relaxed);
+        g.served(&k, &b);
+        // The failed write's task runs.
+        while g.bindings.lock().unwrap()[&k].written.is_some() {
+            tokio::task::yield_now().await;
+        }
+        g.bindings.lock().unwrap().get_mut(&k).unwrap().seen -= RECHECK_AFTER * 2;
+        assert_eq!(g.candidates(&k).await[0].settings.url, b.settings.url);
+        store.failing.store(false, Ordering::Relaxed);
+        let before = store.writes.lock().unwrap().len();
+        g.served(&k, &b);
+        assert_eq!(
+            store.writes.lock().unwrap().len(),
+            before + 1,
+            "not retried"
+        );
+    }
+
+    fn cert(i: usize) -> ClientKey {
+        ClientKey::Cert(Arc::from(format!("{i:064x}").as_str()))
+    }
+
+    fn anonymous(i: usize) -> ClientKey {
+        ClientKey::anonymous(std::net::IpAddr::V4((i as u32).into()))
+    }
+
+    /// An anonymous flood that fills the table: every newcomer is still bound, and the people
+    /// with certificates, seen before the flood, keep their bindings.
+    #[test]
+    fn a_full_table_binds_newcomers_and_keeps_certified_clients() {
+        let g = group(Duration::from_secs(3600));
+        let server = g.servers[1].clone();
+        for i in 0..100 {
+            g.served(&cert(i), &server);
+        }
+        for i in 0..MAX_BINDINGS + 3 * EVICT_BATCH {
+            let key = anonymous(i);
+            g.served(&key, &server);
+            assert!(
+                g.bound(&key, Instant::now()).is_some(),
+                "newcomer {i} unbound"
+            );
+        }
+        let now = Instant::now();
+        for i in 0..100 {
+            assert!(
+                g.bound(&cert(i), now).is_some(),
+                "certified client {i} evicted"
+            );
+        }
+        let len = g.bindings.lock().unwrap().len();
+        assert!(len <= MAX_BINDINGS, "{len} bindings");
+    }
+
+    /// Past stale bindings, eviction takes the least recently seen anonymous clients first,
+    /// then the least recently seen certificate holders.
+    #[test]
+    fn eviction_drops_stale_then_oldest_anonymous_then_oldest_certified() {
+        let start = Instant::now();
+        let order: Ranked = Arc::from(Vec::<Arc<str>>::new());
+        let binding = |secs: u64| Binding {
+            server: Arc::from("http://10.0.0.1:80"),
+            seen: start + Duration::from_secs(secs),
+            order: order.clone(),
+            written: None,
+        };
+        let mut b = HashMap::new();
+        b.insert(cert(1), binding(0));
+        b.insert(cert(2), binding(5));
+        b.insert(anonymous(1), binding(1));
+        b.insert(anonymous(2), binding(50));
+        b.insert(anonymous(3), binding(60));
+        let now = start + Duration::from_secs(100);
+        let timeout = Duration::from_secs(99);
+        // cert(1) is stale (100 s unseen): that frees one, then the oldest anonymous goes.
+        evict(&mut b, now, timeout, 2);
+        assert_eq!(b.len(), 3, "{:?}", b.keys());
+        assert!(!b.contains_key(&cert(1)) && !b.contains_key(&anonymous(1)));
+        evict(&mut b, now, timeout, 2);
+        assert_eq!(b.keys().collect::<Vec<_>>(), vec![&cert(2)]);
+        evict(&mut b, now, timeout, 1);
+        assert!(b.is_empty());
+    }
 }

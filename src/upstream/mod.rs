@@ -29,7 +29,7 @@ mod websocket;
 pub use balance::Balance;
 use balance::ClientKey;
 use group::{Group, InFlightGuard, Server};
-pub use group::{GroupStatus, HealthSettings, ServerSettings};
+pub use group::{GroupStatus, HealthSettings, Recalled, ServerSettings, SharedBindings, Stored};
 pub use headers::HeaderPolicy;
 #[doc(hidden)]
 pub use headers::fuzz_sanitize;
@@ -80,18 +80,21 @@ impl Forwarder {
     /// A forwarder for `groups` (the default group first). Servers that `previous` (the
     /// forwarder before a reload) had in a group of the same name keep their health, load and
     /// bound clients. A client whose request body goes silent for `body_timeout` gets 408.
+    /// With `shared` (`[shared]` Redis), identity bindings are shared with the
+    /// other replicas.
     pub fn new(
         groups: &[&Upstream],
         headers: Arc<HeaderPolicy>,
         metrics: Arc<Metrics>,
         previous: Option<&Forwarder>,
         body_timeout: Duration,
+        shared: Option<Arc<dyn SharedBindings>>,
     ) -> Forwarder {
         let groups = groups
             .iter()
             .map(|g| {
                 let before = previous.and_then(|p| p.groups.iter().find(|o| *o.name == *g.name));
-                Group::new(g, &metrics, before)
+                Group::new(g, &metrics, before, shared.clone())
             })
             .collect();
         Forwarder {
@@ -172,11 +175,11 @@ impl Forwarder {
         let group = &self.groups[group.min(self.groups.len() - 1)];
         let key = (group.servers.len() > 1).then(|| match &origin.peer.identity {
             Some(id) => ClientKey::Cert(Arc::from(id.fingerprint.as_str())),
-            None => ClientKey::Ip(peer.ip()),
+            None => ClientKey::anonymous(peer.ip()),
         });
         // A group of one server (the common case) is used as it is, without a list.
         let candidates: std::borrow::Cow<'_, [Arc<Server>]> = match &key {
-            Some(key) => std::borrow::Cow::Owned(group.candidates(key)),
+            Some(key) => std::borrow::Cow::Owned(group.candidates(key).await),
             None => std::borrow::Cow::Borrowed(&group.servers),
         };
         if candidates.is_empty() {

@@ -909,9 +909,22 @@ pub fn systemd_verify_clean(units: &[PathBuf], root: Option<&Path>) {
 
 use crate::common::backend;
 
-/// deploy/kubernetes: the Deployment and the Service pass the Kubernetes schemas strictly
-/// (kubernetes-validate, installed by scripts/test), and the sidecar's certgate.toml loads —
-/// with the Secret's files where the test PKI has them and a Redis password file.
+/// The manifests of deploy/kubernetes, every one that kustomization.yaml lists.
+const KUBERNETES_MANIFESTS: [&str; 6] = [
+    "deployment.yaml",
+    "service.yaml",
+    "gradio-statefulset.yaml",
+    "gradio-service.yaml",
+    "networkpolicy-certgate.yaml",
+    "networkpolicy-gradio.yaml",
+];
+
+/// deploy/kubernetes: every manifest passes the Kubernetes schemas strictly
+/// (kubernetes-validate, installed by scripts/test) and is in kustomization.yaml; the topology
+/// holds together (the StatefulSet's headless Service is the DNS name `servers` lists, one
+/// entry per pod; the admin port is in no NetworkPolicy rule; Gradio admits only certgate's
+/// pods; Redis is `rediss://`); and certgate.toml loads — with the Secret's files where the
+/// test PKI has them and a Redis password file.
 #[test]
 fn kubernetes_manifests_validate_and_the_sidecar_config_loads() {
     let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes");
@@ -921,14 +934,54 @@ fn kubernetes_manifests_validate_and_the_sidecar_config_loads() {
         .join("kubernetes-validate");
     let out = std::process::Command::new(&validator)
         .arg("--strict")
-        .arg(deploy.join("deployment.yaml"))
-        .arg(deploy.join("service.yaml"))
+        .args(KUBERNETES_MANIFESTS.map(|m| deploy.join(m)))
         .output()
         .unwrap_or_else(|e| panic!("{}: {e}; run scripts/test", validator.display()));
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{text}");
-    assert_eq!(text.matches(" passed ").count(), 2, "{text}");
+    assert_eq!(
+        text.matches(" passed ").count(),
+        KUBERNETES_MANIFESTS.len(),
+        "{text}"
+    );
+    let read = |f: &str| std::fs::read_to_string(deploy.join(f)).unwrap();
+    let kustomization = read("kustomization.yaml");
+    for m in KUBERNETES_MANIFESTS {
+        assert!(
+            kustomization.contains(&format!("- {m}")),
+            "{m} not in kustomization.yaml"
+        );
+    }
+    let statefulset = read("gradio-statefulset.yaml");
+    assert!(
+        statefulset.contains("kind: StatefulSet") && statefulset.contains("serviceName: gradio")
+    );
+    assert!(read("gradio-service.yaml").contains("clusterIP: None"));
+    let replicas: usize = statefulset
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("replicas: "))
+        .and_then(|n| n.parse().ok())
+        .expect("replicas");
+    let shipped = read("certgate.toml");
+    for pod in 0..replicas {
+        assert!(
+            shipped.contains(&format!("\"http://gradio-{pod}.gradio:7860\"")),
+            "gradio-{pod} not in servers"
+        );
+    }
+    assert!(shipped.contains("redis = \"rediss://"), "Redis without TLS");
+    let rules = |f: &str| {
+        read(f)
+            .lines()
+            .filter(|l| !l.trim_start().starts_with('#'))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let certgate_policy = rules("networkpolicy-certgate.yaml");
+    assert!(certgate_policy.contains("port: 8443") && !certgate_policy.contains("9090"));
+    let gradio_policy = rules("networkpolicy-gradio.yaml");
+    assert!(gradio_policy.contains("app.kubernetes.io/name: certgate"));
 
     let dir = scratch_dir("k8s-sidecar");
     std::fs::write(dir.join("password"), "redis-secret\n").unwrap();
@@ -944,7 +997,8 @@ fn kubernetes_manifests_validate_and_the_sidecar_config_loads() {
         .replace(
             "/etc/certgate/redis/password",
             &dir.join("password").display().to_string(),
-        );
+        )
+        .replace("/etc/certgate/redis/ca.crt", &format!("{pki}/ca.crt"));
     let config = certgate::config::Config::from_str(&toml, &dir.join("certgate.toml"))
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(config.shared.is_some());

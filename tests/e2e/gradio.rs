@@ -23,6 +23,11 @@ async fn gradio(name: &str) -> (Child, std::net::SocketAddr) {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
+    gradio_at(name, addr).await
+}
+
+/// Starts a Gradio app named `name` on `addr` (a restart on the same port).
+async fn gradio_at(name: &str, addr: std::net::SocketAddr) -> (Child, std::net::SocketAddr) {
     let mut child = Command::new(python())
         .arg(tool("gradio_app.py"))
         .arg(addr.port().to_string())
@@ -145,4 +150,188 @@ async fn two_gradio_apps_keep_every_session_on_its_process() {
             );
         }
     }
+}
+
+/// The server URL every identity binding in `redis` names, polled until there are `n`.
+async fn bindings_in_redis(redis: &Redis, n: usize) -> Vec<String> {
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &redis.port.to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let keys = cli(&["--scan", "--pattern", "certgate:bind:*"]);
+        let keys: Vec<&str> = keys.lines().collect();
+        if keys.len() >= n {
+            return keys
+                .iter()
+                .map(|k| cli(&["GET", k]).trim().to_string())
+                .collect();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} bindings in Redis, want {n}",
+            keys.len()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Two certgate replicas sharing a Redis (`[shared]`), in front of two real Gradio apps: app
+/// alpha dies, its people's sessions move to beta through replica one; alpha comes back; the
+/// same people's next sessions through replica two, which never saw them, stay on beta,
+/// where their sessions now live (without the shared binding replica two's own choice is
+/// alpha: the flap-back a rolling update would do to everyone). Redis holds one binding per
+/// person, naming a server of the group.
+#[tokio::test]
+async fn replicas_agree_where_a_moved_person_lives() {
+    let (logs, _guard) = LogCapture::start();
+    let redis = Redis::start(None, None).await;
+    let ((mut alpha, a), (_beta, b)) = tokio::join!(gradio("alpha"), gradio("beta"));
+    let toml = test_config_servers(
+        &[
+            format!("{{ url = \"http://{a}\" }}"),
+            format!("{{ url = \"http://{b}\" }}"),
+        ],
+        "max_fails = 1\nfail_timeout = \"60s\"\n",
+        &format!("[shared]\nredis = \"{}\"\ntimeout = \"1s\"\n", redis.url()),
+    );
+    let one = Proxy::start_with(&toml).await;
+    let two = Proxy::start_with(&toml).await;
+    logs.wait_count("shared limits connected to Redis", 2).await;
+    let dir = scratch_dir("gradio-replicas");
+    let users: Vec<(String, String)> = (0..10).map(|i| person(&dir, i)).collect();
+
+    let first = sessions(one.addr, &users).await;
+    let movers: Vec<(String, String)> = first
+        .iter()
+        .zip(&users)
+        .filter(|(runs, _)| runs[0] == "alpha")
+        .map(|(_, u)| u.clone())
+        .collect();
+    assert!(!movers.is_empty(), "nobody on alpha: {first:?}");
+    let stored = bindings_in_redis(&redis, users.len()).await;
+    assert!(
+        stored
+            .iter()
+            .all(|s| *s == format!("http://{a}") || *s == format!("http://{b}")),
+        "{stored:?}"
+    );
+
+    alpha.kill().await.unwrap();
+    for (i, runs) in sessions(one.addr, &movers).await.iter().enumerate() {
+        assert!(
+            runs.iter().all(|w| w == "beta"),
+            "mover {i} through replica one: {runs:?}"
+        );
+    }
+    // Replica one has told Redis where they went.
+    let beta_url = format!("http://{b}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while bindings_in_redis(&redis, users.len())
+        .await
+        .iter()
+        .filter(|s| **s == beta_url)
+        .count()
+        < users.len()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the moves never reached Redis"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    let (_alpha_again, _) = gradio_at("alpha", a).await;
+    for (i, runs) in sessions(two.addr, &movers).await.iter().enumerate() {
+        assert!(
+            runs.iter().all(|w| w == "beta"),
+            "mover {i} went back to alpha through replica two: {runs:?}"
+        );
+    }
+}
+
+/// The Kubernetes topology of deploy/kubernetes end to end: two certgate processes run the
+/// shipped certgate.toml (the certgate-config ConfigMap's file; pod DNS names, Secret paths and
+/// the `rediss://` Redis with its password substituted by local ones, the pods' names by
+/// `localhost` so each connection resolves a name as in the cluster; `/gradio_api/info`, which
+/// the test's gradio_client needs, allowed) in front of two real
+/// Gradio apps: every person's sessions all run on one app, through either certgate, and the
+/// people are spread over both apps.
+#[tokio::test]
+async fn the_kubernetes_topology_keeps_each_session_on_one_app() {
+    let (logs, _guard) = LogCapture::start();
+    let secret = "k8s-redis-secret";
+    let redis = Redis::start_tls_with_password(secret).await;
+    let ((_alpha, a), (_beta, b)) = tokio::join!(gradio("alpha"), gradio("beta"));
+    let dir = scratch_dir("gradio-k8s");
+    std::fs::write(dir.join("password"), format!("{secret}\n")).unwrap();
+    let pki = test_pki().dir.display().to_string();
+    let shipped = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes/certgate.toml"),
+    )
+    .unwrap();
+    let toml = shipped
+        .replace("0.0.0.0:8443", "127.0.0.1:0")
+        .replace("0.0.0.0:9090", "127.0.0.1:0")
+        .replace("/etc/certgate/tls/ca.crt", &format!("{pki}/ca-bundle.crt"))
+        .replace("/etc/certgate/tls/", &format!("{pki}/"))
+        .replace("/etc/certgate/redis/ca.crt", &format!("{pki}/ca.crt"))
+        .replace(
+            "/etc/certgate/redis/password",
+            &dir.join("password").display().to_string(),
+        )
+        .replace(
+            "rediss://redis:6380/0",
+            &format!("rediss://localhost:{}/0", redis.port),
+        )
+        .replace("gradio-0.gradio:7860", &format!("localhost:{}", a.port()))
+        .replace("gradio-1.gradio:7860", &format!("localhost:{}", b.port()))
+        // gradio_client, the test's browser stand-in, reads the API description first, which
+        // a browser does not; the shipped config denies it to anyone else.
+        .replace(
+            "path = \"/gradio_api/info\"\naction = \"deny\"",
+            "path = \"/gradio_api/info\"\naction = \"allow\"",
+        );
+    for pod in [
+        "gradio-0",
+        "gradio-1",
+        "/etc/certgate",
+        "redis:6380",
+        "\"deny\"",
+    ] {
+        assert!(!toml.contains(pod), "{pod} left in the config");
+    }
+    let one = Proxy::start_with(&toml).await;
+    let two = Proxy::start_with(&toml).await;
+    logs.wait_count("shared limits connected to Redis", 2).await;
+
+    let people = scratch_dir("gradio-k8s-people");
+    let users: Vec<(String, String)> = (0..12).map(|i| person(&people, i)).collect();
+    // One after the other: Gradio caches an upload under the hash of its bytes, and the same
+    // image uploaded at once by two clients races in its cache.
+    let through_one = sessions(one.addr, &users).await;
+    let through_two = sessions(two.addr, &users).await;
+    let mut on_alpha = 0;
+    for (i, (r1, r2)) in through_one.iter().zip(&through_two).enumerate() {
+        let all: Vec<&String> = r1.iter().chain(r2).collect();
+        assert!(
+            all.iter().all(|w| *w == all[0]),
+            "person {i} ran on two apps: {r1:?} through one, {r2:?} through two"
+        );
+        on_alpha += usize::from(all[0] == "alpha");
+    }
+    assert!(
+        on_alpha > 0 && on_alpha < users.len(),
+        "everyone on one app ({on_alpha} of {} on alpha)",
+        users.len()
+    );
+    assert!(
+        !logs.text().contains(secret),
+        "the Redis password was logged"
+    );
 }

@@ -270,6 +270,92 @@ async fn check_flags_bad_shared_settings() {
     assert!(!text.contains("hunter2"), "{text}");
 }
 
+/// A password in any place a Redis URL takes one (`user:pass@` over TCP and TLS, `?pass=` on a
+/// Unix socket, `?password=`) is shown as `***` by `certgate check` and in the daemon's log,
+/// which names the Redis it cannot reach.
+#[tokio::test]
+async fn no_redis_url_password_is_printed_or_logged() {
+    let backend = Backend::start().await;
+    let dir = scratch_dir("shared-redact");
+    for f in ["server.crt", "server.key", "ca-bundle.crt", "ca.crl"] {
+        std::fs::copy(test_pki().dir.join(f), dir.join(f)).unwrap();
+    }
+    let path = dir.join("certgate.toml");
+    let socket = dir.join("missing-redis.sock");
+    let secret = "Hunter2-in-the-url";
+    let s = socket.display();
+    for url in [
+        format!("unix://{s}?pass={secret}"),
+        format!("redis+unix://{s}?db=0&pass={secret}"),
+        format!("unix://{s}?password={secret}"),
+        format!("redis://user:{secret}@127.0.0.1:1/0"),
+        format!("rediss://:{secret}@localhost:1/0"),
+    ] {
+        std::fs::write(
+            &path,
+            shared_config(backend.addr, &url, "timeout = \"100ms\"", 1),
+        )
+        .unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_certgate"))
+            .args(["check", "-c"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{url}: {text}");
+        assert!(text.contains("***"), "{url}: {text}");
+        assert!(
+            !text.contains(secret),
+            "check printed the password of {url}: {text}"
+        );
+
+        let mut daemon = Daemon::start(&path);
+        let warning = daemon.wait_for("shared limits unavailable").await;
+        assert!(warning.contains("***"), "{warning}");
+        let log = daemon.stop_and_read().await;
+        assert!(
+            !log.contains(secret),
+            "the log carried the password of {url}: {log}"
+        );
+    }
+}
+
+/// A Redis that answers a wait no honest bucket gives (its key set to a theoretical arrival
+/// time hundreds of thousands of years ahead) refuses the request, but with a Retry-After no
+/// longer than the zone's interval (one a minute: 60 s), not one that says "never".
+#[tokio::test]
+async fn a_huge_wait_from_redis_is_clamped() {
+    let (logs, _guard) = LogCapture::start();
+    let redis = Redis::start(None, None).await;
+    let backend = Backend::start().await;
+    let proxy = Proxy::start_with(&shared_config(
+        backend.addr,
+        &redis.url(),
+        "timeout = \"1s\"",
+        5,
+    ))
+    .await;
+    logs.wait_for(&["shared limits connected to Redis"]).await;
+    assert_eq!(status(proxy.addr, "/api/first").await.0, 200);
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &redis.port.to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "redis-cli {args:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let keys = cli(&["--scan", "--pattern", "certgate:rl:api:*"]);
+    let key = keys.lines().next().expect("the zone's bucket in Redis");
+    cli(&["SET", key, "9000000000000000000"]);
+    let (code, retry) = status(proxy.addr, "/api/second").await;
+    assert_eq!(code, 429);
+    let retry: u64 = retry.expect("Retry-After").parse().unwrap();
+    assert!((1..=60).contains(&retry), "Retry-After: {retry}");
+}
+
 /// The handshake-failure throttle counts every replica's failures: a scanner that fails twice
 /// on one replica and twice on another is over a limit of 3 a minute, and the second replica
 /// refuses it before the handshake from then on, even for a certificate that would pass.
@@ -331,6 +417,56 @@ async fn rediss_is_verified_against_tls_ca() {
     let proxy = Proxy::start_with(&impostor).await;
     logs.wait_for(&["shared limits unavailable", &url]).await;
     assert_eq!(status(proxy.addr, "/api/untrusted").await.0, 200);
+}
+
+/// `rediss://` from the real daemon under its default Landlock sandbox: the roots are read
+/// before the sandbox closes `/etc/ssl`, so TLS to Redis connects both with `tls_ca` and with
+/// the system's roots (here `SSL_CERT_FILE` names the test CA, in a folder the sandbox does not
+/// grant), and the two daemons share the zone through it. (Skipped where the kernel has no
+/// Landlock, since then there is nothing to get wrong.)
+#[tokio::test]
+async fn rediss_connects_under_the_sandbox() {
+    let redis = Redis::start_tls().await;
+    let backend = Backend::start().await;
+    let url = format!("rediss://localhost:{}/0", redis.port);
+    let mut daemons = Vec::new();
+    for (name, tls_ca) in [("rediss-sandbox-ca", true), ("rediss-sandbox-roots", false)] {
+        let dir = scratch_dir(name);
+        for f in [
+            "server.crt",
+            "server.key",
+            "ca-bundle.crt",
+            "ca.crl",
+            "ca.crt",
+        ] {
+            std::fs::copy(test_pki().dir.join(f), dir.join(f)).unwrap();
+        }
+        let extra = if tls_ca {
+            "timeout = \"1s\"\ntls_ca = \"ca.crt\""
+        } else {
+            "timeout = \"1s\""
+        };
+        let path = dir.join("certgate.toml");
+        std::fs::write(&path, shared_config(backend.addr, &url, extra, 2)).unwrap();
+        let ca = test_pki().dir.join("ca.crt");
+        let mut daemon = Daemon::start_with_env(&path, &[("SSL_CERT_FILE", &ca)]);
+        let sandbox = daemon.wait_for("sandbox:").await;
+        if sandbox.contains("no Landlock") || sandbox.contains("could not be applied") {
+            eprintln!("skipping: {sandbox}");
+            return;
+        }
+        assert!(sandbox.contains("landlock enforced"), "{sandbox}");
+        let addr = daemon.https_addr().await;
+        daemon.wait_for("shared limits connected to Redis").await;
+        daemons.push((daemon, addr));
+    }
+    let addrs: Vec<SocketAddr> = daemons.iter().map(|(_, a)| *a).collect();
+    let admitted = futures_count(&addrs, "/api/sandboxed", 2).await;
+    assert_eq!(admitted, 2, "the daemons together admitted {admitted}");
+    for (daemon, _) in daemons {
+        assert!(!daemon.log.contains("unavailable"), "{}", daemon.log);
+        daemon.stop().await;
+    }
 }
 
 /// Nothing listening at the Redis address when certgate starts: it starts anyway, serves with

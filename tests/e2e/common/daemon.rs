@@ -21,10 +21,16 @@ pub struct Daemon {
 impl Daemon {
     /// Starts the daemon on `config`, logging to a pipe this reads.
     pub fn start(config: &Path) -> Daemon {
+        Daemon::start_with_env(config, &[])
+    }
+
+    /// As [`Daemon::start`], with `env` added to its environment.
+    pub fn start_with_env(config: &Path, env: &[(&str, &Path)]) -> Daemon {
         let mut child = Command::new(env!("CARGO_BIN_EXE_certgate"))
             .args(["run", "-c"])
             .arg(config)
             .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
             .kill_on_drop(true)
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -56,6 +62,16 @@ impl Daemon {
         .unwrap_or_else(|_| panic!("no {needle:?} in: {}", self.log))
     }
 
+    /// Waits for `certgate listening` and returns its `https=` address.
+    pub async fn https_addr(&mut self) -> std::net::SocketAddr {
+        let line = self.wait_for("certgate listening").await;
+        line.split("https=")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .and_then(|s| s.trim_matches('"').parse().ok())
+            .unwrap_or_else(|| panic!("no https= address in {line}"))
+    }
+
     /// Sends `signal` (`HUP`, `TERM`, ...).
     pub fn signal(&self, signal: &str) {
         let pid = self.child.id().unwrap().to_string();
@@ -63,6 +79,16 @@ impl Daemon {
             .args([format!("-{signal}").as_str(), &pid])
             .status()
             .unwrap();
+    }
+
+    /// SIGTERM, waits for it to exit, and returns its whole log.
+    pub async fn stop_and_read(mut self) -> String {
+        use tokio::io::AsyncReadExt as _;
+        self.signal("TERM");
+        let mut rest = String::new();
+        let _ = tokio::time::timeout(LIMIT, self.lines.read_to_string(&mut rest)).await;
+        let _ = tokio::time::timeout(LIMIT, self.child.wait()).await;
+        self.log + &rest
     }
 
     /// SIGTERM, and waits for it to exit.

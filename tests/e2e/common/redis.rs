@@ -25,6 +25,11 @@ impl Redis {
         Redis::launch(None, None, true).await
     }
 
+    /// As [`Redis::start_tls`], requiring `password`.
+    pub async fn start_tls_with_password(password: &str) -> Redis {
+        Redis::launch(None, Some(password), true).await
+    }
+
     async fn launch(port: Option<u16>, password: Option<&str>, tls: bool) -> Redis {
         let port = port.unwrap_or_else(|| {
             std::net::TcpListener::bind("127.0.0.1:0")
