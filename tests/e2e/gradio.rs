@@ -177,7 +177,7 @@ async fn bindings_in_redis(redis: &Redis, n: usize) -> Vec<String> {
             "{} bindings in Redis, want {n}",
             keys.len()
         );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        poll_pause().await;
     }
 }
 
@@ -243,7 +243,7 @@ async fn replicas_agree_where_a_moved_person_lives() {
             std::time::Instant::now() < deadline,
             "the moves never reached Redis"
         );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        poll_pause().await;
     }
 
     let (_alpha_again, _) = gradio_at("alpha", a).await;

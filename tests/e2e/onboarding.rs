@@ -750,7 +750,7 @@ async fn guesses_on_an_open_connection_are_locked_out() {
             break h2(proxy.addr, client_config(None, &["h2"])).await;
         }
         assert!(std::time::Instant::now() < deadline, "still refused");
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        poll_pause().await;
     };
     let got = read(send.send_request(get(&link, true)).await.unwrap()).await;
     assert_eq!(got.status, 200, "{}", got.body);

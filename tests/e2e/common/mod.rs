@@ -150,6 +150,13 @@ pub fn test_config_servers(servers: &[String], group_extra: &str, extra: &str) -
     )
 }
 
+/// The pause between two looks at state the test cannot be told about (a key in Redis, a
+/// process's port, a throttle that runs out): every caller polls with a deadline, so this only
+/// spaces the looks, it never stands in for an event.
+pub async fn poll_pause() {
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+}
+
 /// The Python the tests drive (`http_sfv`, `cryptography`, `gradio`): `scripts/test` makes one
 /// and names it in `CERTGATE_TEST_PYTHON`; otherwise `python3` must have them.
 pub fn python() -> String {
