@@ -135,6 +135,9 @@ fn route_conditions(r: &crate::policy::routes::Route, c: &Config) -> String {
     if let Some(z) = rules.rate_limit.and_then(|i| c.rate_limits.get(i)) {
         parts.push(format!("rate_limit {}", z.name));
     }
+    if let Some(q) = rules.queue.and_then(|i| c.queues.get(i)) {
+        parts.push(format!("queue {}", q.name));
+    }
     if let Some(mb) = rules.max_body {
         parts.push(format!(
             "max_body {}",
@@ -383,6 +386,19 @@ pub fn summary(c: &Config) -> String {
             z.rate.count,
             humantime::format_duration(z.rate.per),
             z.burst
+        );
+    }
+    for q in &c.queues {
+        let _ = writeln!(
+            w,
+            "\n[[queue]] {}: {} slot(s) per server, {} per person at once, {} waiting per person at most, max_wait {}, key {:?}, protocol {:?}",
+            q.name,
+            q.slots,
+            q.per_identity,
+            q.max_waiting,
+            humantime::format_duration(q.max_wait),
+            q.key,
+            q.protocol
         );
     }
     if let Some(j) = &c.jwt {

@@ -89,6 +89,18 @@ pub struct Metrics {
     server_bound: Family<Labels, Gauge>,
     shared_unavailable: Counter,
     shared_available: Gauge,
+    queue_slots: Family<Labels, Gauge>,
+    queue_busy: Family<Labels, Gauge>,
+    queue_waiting: Family<Labels, Gauge>,
+    queue_wait: Family<Labels, Histogram, fn() -> Histogram>,
+    queue_jobs: Family<Labels, Counter>,
+    queue_rejected: Family<Labels, Counter>,
+    queue_busy_seconds: Family<Labels, Counter<f64, std::sync::atomic::AtomicU64>>,
+}
+
+/// Queue waits: from 10 ms to about 45 minutes.
+fn queue_wait_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.01, 2.0, 19))
 }
 
 impl Default for Metrics {
@@ -122,6 +134,13 @@ impl Metrics {
             server_bound: Family::default(),
             shared_unavailable: Counter::default(),
             shared_available: Gauge::default(),
+            queue_slots: Family::default(),
+            queue_busy: Family::default(),
+            queue_waiting: Family::default(),
+            queue_wait: Family::new_with_constructor(queue_wait_histogram),
+            queue_jobs: Family::default(),
+            queue_rejected: Family::default(),
+            queue_busy_seconds: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -215,7 +234,83 @@ impl Metrics {
             "The earliest expiry among client certificates seen since start, Unix time",
             m.client_cert_soonest_expiry.clone(),
         );
+        registry.register(
+            "queue_slots",
+            "Jobs each queue lets the backend run at once (per server)",
+            m.queue_slots.clone(),
+        );
+        registry.register(
+            "queue_busy",
+            "Slots of each queue in use now",
+            m.queue_busy.clone(),
+        );
+        registry.register(
+            "queue_waiting",
+            "Jobs waiting in each queue now",
+            m.queue_waiting.clone(),
+        );
+        registry.register(
+            "queue_wait_seconds",
+            "How long jobs waited for their turn",
+            m.queue_wait.clone(),
+        );
+        registry.register(
+            "queue_jobs",
+            "Jobs each queue ran to their end",
+            m.queue_jobs.clone(),
+        );
+        registry.register(
+            "queue_rejected",
+            "Jobs refused by each queue, by reason (full, timeout)",
+            m.queue_rejected.clone(),
+        );
+        registry.register(
+            "queue_busy_seconds",
+            "Slot-seconds each queue's jobs used",
+            m.queue_busy_seconds.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// Queue `queue` has `slots` slots per server.
+    pub fn queue_slots(&self, queue: &str, slots: usize) {
+        self.queue_slots
+            .get_or_create(&labels(&[("queue", queue)]))
+            .set(i64::try_from(slots).unwrap_or(i64::MAX));
+    }
+
+    /// Queue `queue` has `busy` slots in use and `waiting` jobs waiting now.
+    pub fn queue_load(&self, queue: &str, busy: usize, waiting: usize) {
+        let l = labels(&[("queue", queue)]);
+        self.queue_busy
+            .get_or_create(&l)
+            .set(i64::try_from(busy).unwrap_or(i64::MAX));
+        self.queue_waiting
+            .get_or_create(&l)
+            .set(i64::try_from(waiting).unwrap_or(i64::MAX));
+    }
+
+    /// A job of queue `queue` started after waiting `waited`.
+    pub fn queue_waited(&self, queue: &str, waited: std::time::Duration) {
+        self.queue_wait
+            .get_or_create(&labels(&[("queue", queue)]))
+            .observe(waited.as_secs_f64());
+    }
+
+    /// A job of queue `queue` ended after using its slot for `used`.
+    pub fn queue_job_done(&self, queue: &str, used: std::time::Duration) {
+        let l = labels(&[("queue", queue)]);
+        self.queue_jobs.get_or_create(&l).inc();
+        self.queue_busy_seconds
+            .get_or_create(&l)
+            .inc_by(used.as_secs_f64());
+    }
+
+    /// Queue `queue` refused a job: `full` or `timeout`.
+    pub fn queue_rejected(&self, queue: &str, reason: &str) {
+        self.queue_rejected
+            .get_or_create(&labels(&[("queue", queue), ("reason", reason)]))
+            .inc();
     }
 
     /// The counters for one route label (`route[2] /api`, or `none`).

@@ -341,6 +341,8 @@ pub struct RouteRules {
     pub strip_prefix: Option<String>,
     /// The upstream group: 0 is `[upstream]`, then `[upstreams.NAME]` in name order.
     pub upstream: usize,
+    /// Index of the `[[queue]]` its requests wait in.
+    pub queue: Option<usize>,
 }
 
 impl RouteRules {

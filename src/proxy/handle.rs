@@ -82,6 +82,7 @@ pub(super) async fn handle(
     }
     add_response_headers(&mut resp, &rt.response_headers);
     let status = resp.status().as_u16();
+    let queue_wait = resp.extensions().get::<crate::queue::Waited>().map(|w| w.0);
     resp.body_mut().set_log(AccessRecord {
         start: cx.start,
         peer: conn.peer.addr,
@@ -99,6 +100,7 @@ pub(super) async fn handle(
         log: rt.access_log,
         metrics: shared.metrics.clone(),
         request,
+        queue_wait,
     });
     resp
 }

@@ -239,7 +239,12 @@ impl Runtime {
                 header_policy,
                 metrics.clone(),
                 previous.map(|p| &p.forwarder),
-            ),
+            )
+            .with_queues(crate::queue::Queues::new(
+                &config.queues,
+                metrics,
+                previous.map(|p| p.forwarder.queues()),
+            )),
             headers: config.headers.clone(),
             access_log: config.log.access,
             allow_ips: config.allow_ips.clone(),

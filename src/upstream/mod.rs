@@ -52,6 +52,8 @@ pub struct Outbound {
     pub max_body: u64,
     /// The upstream group: 0 is `[upstream]`, then the `[upstreams.NAME]` groups in order.
     pub group: usize,
+    /// The queue it waits in for its turn, and whose job it is.
+    pub queue: Option<crate::queue::Ticket>,
 }
 
 /// Where a request comes from, as forwarding needs it.
@@ -72,6 +74,8 @@ pub struct Forwarder {
     groups: Vec<Group>,
     headers: Arc<HeaderPolicy>,
     metrics: Arc<Metrics>,
+    /// `[[queue]]`: where queued routes' requests wait for their turn.
+    queues: crate::queue::Queues,
 }
 
 impl Forwarder {
@@ -95,7 +99,20 @@ impl Forwarder {
             groups,
             headers,
             metrics,
+            queues: crate::queue::Queues::default(),
         }
+    }
+
+    /// The forwarder with its queues (routes name them by index).
+    #[must_use]
+    pub fn with_queues(mut self, queues: crate::queue::Queues) -> Forwarder {
+        self.queues = queues;
+        self
+    }
+
+    /// The queues, for the reload that takes them over, shutdown and `/usage`.
+    pub fn queues(&self) -> &crate::queue::Queues {
+        &self.queues
     }
 
     /// Forgets stale bindings and refreshes the per-server gauges.
@@ -141,6 +158,7 @@ impl Forwarder {
             extra,
             max_body,
             group,
+            queue,
         } = out;
         let peer = origin.peer.addr;
         let declared = req
@@ -166,6 +184,16 @@ impl Forwarder {
             self.metrics.upstream_error("no_healthy_backend");
             return Err(Reject::no_healthy_backend(&group.name));
         }
+        // A queued route's request waits here for its turn on the server chosen above (spec
+        // §15), its body unread; the permit holds the slot until the response has ended.
+        let permit = match &queue {
+            Some(ticket) => Some(
+                self.queues
+                    .wait(ticket, &candidates[0].settings.url)
+                    .await?,
+            ),
+            None => None,
+        };
         let overflow = std::sync::Arc::new(Overflow::default());
         let mut req =
             req.map(|b| LimitedBody::new(b, max_body, overflow.clone(), origin.requests.clone()));
@@ -209,6 +237,7 @@ impl Forwarder {
                         resp,
                         lease,
                         in_flight,
+                        permit,
                     };
                     return Ok(self.respond(answer, client_upgrade, peer, origin));
                 }
@@ -319,9 +348,13 @@ impl Forwarder {
             resp,
             lease,
             in_flight,
+            permit,
         } = answer;
         let (mut parts, body) = resp.into_parts();
         parts.version = Version::HTTP_11;
+        if let Some(p) = &permit {
+            parts.extensions.insert(crate::queue::Waited(p.waited()));
+        }
         if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) =
             (client_upgrade, parts.status)
         {
@@ -333,8 +366,8 @@ impl Forwarder {
         }
         headers::remove_hop_by_hop(&mut parts.headers, false);
         let mut body = ProxyBody::stream(body, in_flight.idle_timeout());
-        // One allocation per request holds both until the body is done with.
-        body.on_done(Box::new((in_flight, lease)));
+        // One allocation per request holds them until the body is done with.
+        body.on_done(Box::new((in_flight, lease, permit)));
         Response::from_parts(parts, body)
     }
 
@@ -388,6 +421,8 @@ struct Answer {
     lease: Lease,
     /// The server's count of this request in flight.
     in_flight: InFlightGuard,
+    /// A queued request's slot.
+    permit: Option<crate::queue::Permit>,
 }
 
 /// Safe to send twice (RFC 9110 §9.2.2).

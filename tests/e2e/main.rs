@@ -19,6 +19,7 @@ mod paths;
 mod policy;
 mod profiles;
 mod properties;
+mod queue;
 mod servlet_view;
 mod shared;
 mod tls;

@@ -1,0 +1,434 @@
+//! Queues in front of the backend (spec §15), against a stand-in one-job-at-a-time backend that
+//! counts the jobs it runs at once and holds each until the test lets it finish: turns per
+//! person, the refusals, clients that leave while waiting (HTTP/1.1 and HTTP/2), reload,
+//! shutdown, and what the operator sees (`/usage`, `/metrics`, the access log).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::common::*;
+
+/// A backend that runs jobs as a GPU would: each request is a job that lasts until the test
+/// releases it. It records the order in which jobs arrived and the most it ran at once.
+struct GpuBackend {
+    addr: SocketAddr,
+    arrived: Arc<Mutex<Vec<String>>>,
+    running: Arc<AtomicUsize>,
+    most: Arc<AtomicUsize>,
+    done: Arc<Semaphore>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl GpuBackend {
+    async fn start() -> GpuBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let arrived = Arc::new(Mutex::new(Vec::new()));
+        let running = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let done = Arc::new(Semaphore::new(0));
+        let (a, r, m, d) = (arrived.clone(), running.clone(), most.clone(), done.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let (a, r, m, d) = (a.clone(), r.clone(), m.clone(), d.clone());
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let (a, r, m, d) = (a.clone(), r.clone(), m.clone(), d.clone());
+                        async move {
+                            let job = req
+                                .uri()
+                                .query()
+                                .unwrap_or("")
+                                .trim_start_matches("job=")
+                                .to_string();
+                            let now = r.fetch_add(1, Ordering::SeqCst) + 1;
+                            m.fetch_max(now, Ordering::SeqCst);
+                            a.lock().unwrap().push(job.clone());
+                            // The job runs until the test lets one finish.
+                            if let Ok(p) = d.acquire().await {
+                                p.forget();
+                            }
+                            r.fetch_sub(1, Ordering::SeqCst);
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                                Bytes::from(format!("done {job}")),
+                            )))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .await;
+                });
+            }
+        });
+        GpuBackend {
+            addr,
+            arrived,
+            running,
+            most,
+            done,
+            task,
+        }
+    }
+
+    fn arrived(&self) -> Vec<String> {
+        self.arrived.lock().unwrap().clone()
+    }
+
+    /// Lets `n` running (or future) jobs finish.
+    fn finish(&self, n: usize) {
+        self.done.add_permits(n);
+    }
+
+    /// Polls until `n` jobs have arrived.
+    async fn wait_arrived(&self, n: usize) {
+        poll(|| self.arrived.lock().unwrap().len() >= n, "jobs to arrive").await;
+    }
+}
+
+impl Drop for GpuBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Polls `cond` every 10 ms for up to 10 s.
+async fn poll(mut cond: impl FnMut() -> bool, what: &str) {
+    for _ in 0..1000 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// The queue's `waiting` count, from the admin listener's `/usage`.
+async fn waiting(admin: SocketAddr) -> u64 {
+    let (status, body) = admin_get(admin, "/usage").await;
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["queues"][0]["waiting"].as_u64().unwrap()
+}
+
+/// Polls `/usage` until the queue has `n` jobs waiting.
+async fn wait_waiting(admin: SocketAddr, n: u64) {
+    for _ in 0..1000 {
+        if waiting(admin).await == n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the queue never had {n} jobs waiting");
+}
+
+fn queue_config(queue: &str) -> String {
+    format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n\n[[queue]]\nname = \"gpu\"\n{queue}\n\n\
+         [[route]]\npath = \"/api\"\naction = \"allow\"\nqueue = \"gpu\"\n"
+    )
+}
+
+/// Sends one job over a fresh HTTP/1.1 connection as `who`; the answer's status and body.
+fn job(
+    proxy: SocketAddr,
+    who: Arc<rustls::ClientConfig>,
+    name: &str,
+) -> tokio::task::JoinHandle<Got> {
+    let path = format!("/api/run?job={name}");
+    tokio::spawn(async move { get_once(proxy, who, &path).await })
+}
+
+fn zhang() -> Arc<rustls::ClientConfig> {
+    client_config(Some(&test_pki().zhang), &["http/1.1"])
+}
+
+/// One person floods the queue with ten jobs; another's single job then waits for at most one
+/// job of the flooder, all of the flooder's jobs still finish, the backend never runs more than
+/// `slots` at once, and `/usage`, `/metrics` and the access log show who used the GPU.
+#[tokio::test]
+async fn a_flood_of_one_person_does_not_starve_another() {
+    let (logs, _guard) = LogCapture::start();
+    let gpu = GpuBackend::start().await;
+    let proxy = Proxy::start(gpu.addr, &queue_config("slots = 1\nmax_waiting = 20")).await;
+    let admin = proxy.admin.unwrap();
+    let mut jobs = Vec::new();
+    jobs.push(job(proxy.addr, alice(), "a0"));
+    gpu.wait_arrived(1).await;
+    for i in 1..10 {
+        jobs.push(job(proxy.addr, alice(), &format!("a{i}")));
+        // In order, so the flooder's own jobs have a known order.
+        wait_waiting(admin, i).await;
+    }
+    let b = job(proxy.addr, zhang(), "b0");
+    wait_waiting(admin, 10).await;
+    // The flooder's first job finishes: the other person's job is next, ahead of nine.
+    gpu.finish(1);
+    gpu.wait_arrived(2).await;
+    assert_eq!(gpu.arrived()[1], "b0", "{:?}", gpu.arrived());
+    gpu.finish(10);
+    let b = b.await.unwrap();
+    assert_eq!(b.status, 200);
+    assert_eq!(b.body, "done b0");
+    for (i, j) in jobs.into_iter().enumerate() {
+        let got = j.await.unwrap();
+        assert_eq!(got.status, 200, "a{i}: {}", got.body);
+        assert_eq!(got.body, format!("done a{i}"));
+    }
+    let order = gpu.arrived();
+    let expected: Vec<String> = std::iter::once("a0".to_string())
+        .chain(std::iter::once("b0".to_string()))
+        .chain((1..10).map(|i| format!("a{i}")))
+        .collect();
+    assert_eq!(order, expected, "each job ran once, the flooder's in order");
+    assert_eq!(gpu.most.load(Ordering::SeqCst), 1, "never more than slots");
+    assert_eq!(gpu.running.load(Ordering::SeqCst), 0);
+
+    let (_, usage) = admin_get(admin, "/usage").await;
+    let usage: serde_json::Value = serde_json::from_str(&usage).unwrap();
+    let q = &usage["queues"][0];
+    assert_eq!(q["name"], "gpu");
+    assert_eq!(q["busy"], 0);
+    let people = q["people"].as_array().unwrap();
+    assert_eq!(people.len(), 2, "{usage}");
+    let alice_row = people
+        .iter()
+        .find(|p| {
+            p["subject_dn"]
+                .as_str()
+                .is_some_and(|d| d.contains("CN=admin@face.analyze"))
+        })
+        .unwrap_or_else(|| panic!("no row for alice: {usage}"));
+    assert_eq!(alice_row["jobs_done"], 10);
+    assert_eq!(alice_row["running"], 0);
+    assert_eq!(alice_row["waiting"], 0);
+    assert_eq!(alice_row["fingerprint"].as_str().unwrap().len(), 64);
+    assert!(alice_row["busy_seconds"].as_f64().unwrap() > 0.0);
+    assert!(alice_row["last_seen"].as_str().unwrap().ends_with('Z'));
+
+    let (_, metrics) = admin_get(admin, "/metrics").await;
+    for line in [
+        "certgate_queue_jobs_total{queue=\"gpu\"} 11",
+        "certgate_queue_slots{queue=\"gpu\"} 1",
+        "certgate_queue_busy{queue=\"gpu\"} 0",
+        "certgate_queue_waiting{queue=\"gpu\"} 0",
+        "certgate_queue_wait_seconds_count{queue=\"gpu\"} 11",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from\n{metrics}");
+    }
+    assert!(metrics.contains("certgate_queue_busy_seconds_total{queue=\"gpu\"}"));
+    // The access-log line of a job that waited says how long.
+    let text = logs.wait_for(&["queue_wait_ms", "/api/run"]).await;
+    assert!(text.contains("queue_wait_ms"), "{text}");
+}
+
+/// Beyond `max_waiting` a person's job is refused at once with 429 `queue_full` and
+/// `Retry-After`; another person may still queue; a job that waits `max_wait` gets 503
+/// `queue_timeout` with `Retry-After`. Neither reaches the backend.
+#[tokio::test]
+async fn queue_full_and_queue_timeout_are_refused_with_retry_after() {
+    let gpu = GpuBackend::start().await;
+    let proxy = Proxy::start(
+        gpu.addr,
+        &queue_config("slots = 1\nmax_waiting = 2\nmax_wait = \"1500ms\""),
+    )
+    .await;
+    let admin = proxy.admin.unwrap();
+    let first = job(proxy.addr, alice(), "a0");
+    gpu.wait_arrived(1).await;
+    let w1 = job(proxy.addr, alice(), "a1");
+    let w2 = job(proxy.addr, alice(), "a2");
+    wait_waiting(admin, 2).await;
+    let full = get_once(proxy.addr, alice(), "/api/run?job=a3").await;
+    assert_eq!(full.status, 429, "{}", full.body);
+    assert_eq!(full.json()["error"], "queue_full");
+    let retry: u64 = full.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry >= 1);
+    // Someone else is not refused for the flooder's jobs.
+    let other = job(proxy.addr, zhang(), "b0");
+    wait_waiting(admin, 3).await;
+    // Nothing finishes: every waiting job times out.
+    for w in [w1, w2, other] {
+        let got = w.await.unwrap();
+        assert_eq!(got.status, 503, "{}", got.body);
+        assert_eq!(got.json()["error"], "queue_timeout");
+        assert!(got.headers.contains_key("retry-after"));
+    }
+    assert_eq!(waiting(admin).await, 0);
+    gpu.finish(1);
+    assert_eq!(first.await.unwrap().status, 200);
+    assert_eq!(
+        gpu.arrived(),
+        ["a0"],
+        "refused jobs never reach the backend"
+    );
+    let (_, metrics) = admin_get(admin, "/metrics").await;
+    assert!(metrics.contains("certgate_queue_rejected_total{queue=\"gpu\",reason=\"full\"} 1"));
+    assert!(metrics.contains("certgate_queue_rejected_total{queue=\"gpu\",reason=\"timeout\"} 3"));
+}
+
+/// A client that hangs up while its job waits (HTTP/1.1: the connection closes) gives its place
+/// up at once, and its job is never forwarded.
+#[tokio::test]
+async fn a_job_abandoned_while_waiting_is_never_forwarded_http1() {
+    let gpu = GpuBackend::start().await;
+    let proxy = Proxy::start(gpu.addr, &queue_config("slots = 1")).await;
+    let admin = proxy.admin.unwrap();
+    let first = job(proxy.addr, alice(), "a0");
+    gpu.wait_arrived(1).await;
+    let mut tls = tls_connect(proxy.addr, zhang()).await.unwrap();
+    tls.write_all(b"GET /api/run?job=gone HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    wait_waiting(admin, 1).await;
+    drop(tls);
+    wait_waiting(admin, 0).await;
+    let next = job(proxy.addr, zhang(), "b1");
+    wait_waiting(admin, 1).await;
+    gpu.finish(2);
+    assert_eq!(first.await.unwrap().status, 200);
+    assert_eq!(next.await.unwrap().body, "done b1");
+    assert_eq!(gpu.arrived(), ["a0", "b1"]);
+}
+
+/// Over HTTP/2 a waiting job whose stream the client resets gives its place up and is never
+/// forwarded; other streams of the same connection go on and are served in turn.
+#[tokio::test]
+async fn a_job_abandoned_while_waiting_is_never_forwarded_http2() {
+    let gpu = GpuBackend::start().await;
+    let proxy = Proxy::start(gpu.addr, &queue_config("slots = 1\nper_identity = 1")).await;
+    let admin = proxy.admin.unwrap();
+    let first = job(proxy.addr, alice(), "a0");
+    gpu.wait_arrived(1).await;
+    let send = h2(proxy.addr, client_config(Some(&test_pki().zhang), &["h2"])).await;
+    let request = |name: &str| {
+        Request::get(format!("https://localhost/api/run?job={name}"))
+            .body(empty())
+            .unwrap()
+    };
+    let mut s1 = send.clone();
+    let gone = tokio::spawn({
+        let r = request("gone");
+        async move { s1.send_request(r).await }
+    });
+    wait_waiting(admin, 1).await;
+    // Dropping the response future resets the stream.
+    gone.abort();
+    wait_waiting(admin, 0).await;
+    let mut s2 = send.clone();
+    let kept = tokio::spawn({
+        let r = request("b1");
+        async move { read(s2.send_request(r).await.unwrap()).await }
+    });
+    wait_waiting(admin, 1).await;
+    gpu.finish(2);
+    assert_eq!(first.await.unwrap().status, 200);
+    let kept = kept.await.unwrap();
+    assert_eq!((kept.status.as_u16(), kept.body.as_str()), (200, "done b1"));
+    assert_eq!(gpu.arrived(), ["a0", "b1"]);
+}
+
+/// A reload that keeps the queue's name keeps its running and waiting jobs, and its new
+/// `slots` apply at once: a waiting job starts the moment the reload raises the slots. Every
+/// job runs exactly once.
+#[tokio::test]
+async fn reload_keeps_jobs_and_applies_new_slots_at_once() {
+    let gpu = GpuBackend::start().await;
+    let path = own_config("queue-reload", gpu.addr, "", &queue_config("slots = 1"));
+    let proxy = Proxy::start_file(&path).await;
+    let admin = proxy.admin.unwrap();
+    let a0 = job(proxy.addr, alice(), "a0");
+    gpu.wait_arrived(1).await;
+    let b0 = job(proxy.addr, zhang(), "b0");
+    wait_waiting(admin, 1).await;
+    let a1 = job(proxy.addr, alice(), "a1");
+    wait_waiting(admin, 2).await;
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("slots = 1", "slots = 2");
+    std::fs::write(&path, text).unwrap();
+    proxy.shared.reload("test").await.expect("reload");
+    // The second slot goes to the waiting job of the person not yet served.
+    gpu.wait_arrived(2).await;
+    assert_eq!(gpu.arrived()[1], "b0");
+    assert_eq!(waiting(admin).await, 1);
+    gpu.finish(3);
+    for (j, name) in [(a0, "a0"), (b0, "b0"), (a1, "a1")] {
+        let got = j.await.unwrap();
+        assert_eq!(got.body, format!("done {name}"));
+    }
+    let mut order = gpu.arrived();
+    order.sort();
+    assert_eq!(order, ["a0", "a1", "b0"], "each job ran exactly once");
+    assert!(gpu.most.load(Ordering::SeqCst) <= 2);
+}
+
+/// Shutdown answers jobs still waiting with 503 at once; the running job finishes.
+#[tokio::test]
+async fn shutdown_answers_waiting_jobs_503() {
+    let gpu = GpuBackend::start().await;
+    let mut proxy = Proxy::start(gpu.addr, &queue_config("slots = 1")).await;
+    let admin = proxy.admin.unwrap();
+    let a0 = job(proxy.addr, alice(), "a0");
+    gpu.wait_arrived(1).await;
+    let b0 = job(proxy.addr, zhang(), "b0");
+    wait_waiting(admin, 1).await;
+    let stopped = proxy.shutdown();
+    let b0 = b0.await.unwrap();
+    assert_eq!(b0.status, 503, "{}", b0.body);
+    assert!(b0.headers.contains_key("retry-after"));
+    gpu.finish(1);
+    assert_eq!(a0.await.unwrap().status, 200);
+    stopped.await.unwrap();
+    assert_eq!(gpu.arrived(), ["a0"]);
+}
+
+/// `certgate check` refuses a route that names a queue that does not exist, naming the file,
+/// line and key.
+#[test]
+fn check_refuses_an_unknown_queue_with_file_line_and_key() {
+    let dir = scratch_dir("queue-check");
+    for f in ["server.crt", "server.key", "ca-bundle.crt", "ca.crl"] {
+        std::fs::copy(test_pki().dir.join(f), dir.join(f)).unwrap();
+    }
+    let path = dir.join("certgate.toml");
+    let text = test_config(
+        "127.0.0.1:9".parse().unwrap(),
+        "",
+        "[[queue]]\nname = \"gpu\"\nslots = 0\n\n[[route]]\npath = \"/api\"\naction = \"allow\"\nqueue = \"gpus\"\n",
+    );
+    std::fs::write(&path, &text).unwrap();
+    let out = certgate_cli(&["check", "-c", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line_of = |needle: &str| text.lines().position(|l| l.contains(needle)).unwrap() + 1;
+    assert!(err.contains("certgate.toml"), "{err}");
+    assert!(
+        err.contains(&format!(":{}:", line_of("queue = \"gpus\"")))
+            && err.contains("route[0].queue"),
+        "{err}"
+    );
+    assert!(err.contains("no [[queue]] named \"gpus\""), "{err}");
+    assert!(
+        err.contains(&format!(":{}:", line_of("slots = 0"))) && err.contains("queue[0].slots"),
+        "{err}"
+    );
+}
