@@ -135,9 +135,6 @@ fn route_conditions(r: &crate::policy::routes::Route, c: &Config) -> String {
     if let Some(z) = rules.rate_limit.and_then(|i| c.rate_limits.get(i)) {
         parts.push(format!("rate_limit {}", z.name));
     }
-    if let Some(q) = rules.queue.and_then(|i| c.queues.get(i)) {
-        parts.push(format!("queue {}", q.name));
-    }
     if let Some(mb) = rules.max_body {
         parts.push(format!(
             "max_body {}",
@@ -153,6 +150,9 @@ fn route_conditions(r: &crate::policy::routes::Route, c: &Config) -> String {
         .and_then(|i| c.upstreams.get(i))
     {
         parts.push(format!("upstream {}", g.name));
+    }
+    if let Some(q) = rules.queue.and_then(|i| c.queues.get(i)) {
+        parts.push(format!("queue {}", q.name));
     }
     if parts.is_empty() {
         String::new()
