@@ -744,18 +744,6 @@ impl Validator<'_> {
                     .as_ref()
                     .map_or(crate::queue::Protocol::Http, |p| *p.get_ref()),
             });
-            // Counting a Gradio job from its join to its `process_completed` on the event
-            // stream is not built yet: holding only the join (answered at once) would look
-            // like a queue and hand out no turns, so the setting is refused, not ignored.
-            if let Some(p) = &q.protocol
-                && *p.get_ref() == crate::queue::Protocol::Gradio
-            {
-                self.problem(
-                    &key("protocol"),
-                    Some(p.span()),
-                    "protocol = \"gradio\" is not available in this release; queue Gradio's direct API routes (/gradio_api/run/..., /run/...) with protocol = \"http\"",
-                );
-            }
         }
         queues
     }
@@ -1688,8 +1676,8 @@ mod tests {
         assert_eq!(dur.at, Some((3, 20)));
     }
 
-    /// Routes may queue by subject when they authenticate; the defaults of `[[queue]]` are
-    /// those of spec §15.
+    /// Routes may queue on a Gradio join or call, and by subject when they authenticate; the
+    /// defaults of `[[queue]]` are those of spec §15.
     #[test]
     fn queues_accept_what_spec_15_allows() {
         let dir = std::env::temp_dir().join(format!("certgate-queue-cfg-{}", std::process::id()));
@@ -1706,9 +1694,9 @@ mod tests {
         let text = "[listen]\nhttps = \"127.0.0.1:8443\"\n[tls]\ncert=\"s.crt\"\nkey=\"s.key\"\nclient_ca=\"ca.crt\"\n\
             [jwt]\nalgorithms = [\"HS256\"]\nsecret_file = \"jwt.secret\"\n\
             [[queue]]\nname = \"gpu\"\n\
-            [[queue]]\nname = \"ui\"\nkey = \"subject\"\nslots = 2\n\
-            [[route]]\npath = \"/gradio_api/run/predict\"\naction = \"allow\"\nauth = \"jwt\"\nqueue = \"ui\"\n\
-            [[route]]\npath = \"/run/predict\"\naction = \"allow\"\nauth = \"jwt\"\nqueue = \"ui\"\n\
+            [[queue]]\nname = \"ui\"\nprotocol = \"gradio\"\nkey = \"subject\"\nslots = 2\n\
+            [[route]]\npath = \"/gradio_api/queue/join\"\naction = \"allow\"\nauth = \"jwt\"\nqueue = \"ui\"\n\
+            [[route]]\npath = \"/gradio_api/call\"\naction = \"allow\"\nauth = \"jwt\"\nqueue = \"ui\"\n\
             [[route]]\npath = \"/api/colorize\"\naction = \"allow\"\nqueue = \"gpu\"\n";
         let c = Config::from_str(text, &dir.join("certgate.toml")).unwrap();
         let _ = std::fs::remove_dir_all(&dir);
@@ -1723,27 +1711,6 @@ mod tests {
         assert_eq!(c.queues[1].slots, 2);
         let queues: Vec<_> = c.routes.iter().map(|r| r.rules.queue).collect();
         assert_eq!(queues, [Some(1), Some(1), Some(0)]);
-    }
-
-    /// A Gradio queue on a route that cannot start a Gradio job is refused on the route, beside
-    /// the protocol itself.
-    #[test]
-    fn a_gradio_queue_on_a_route_that_is_not_a_join_is_refused() {
-        let p = problems(
-            "[listen]\nhttps = \"127.0.0.1:8443\"\n[tls]\ncert=\"a\"\nkey=\"b\"\nclient_ca=\"c\"\n\
-             [[queue]]\nname = \"ui\"\nprotocol = \"gradio\"\n\
-             [[route]]\npath = \"/gradio_api\"\naction = \"allow\"\nqueue = \"ui\"\n",
-        );
-        let route = p.iter().find(|p| p.key == "route[0].queue").unwrap();
-        assert!(
-            route
-                .message
-                .contains("not a Gradio queue join or REST call"),
-            "{}",
-            route.message
-        );
-        assert_eq!(route.at.map(|(line, _)| line), Some(13));
-        assert!(p.iter().any(|p| p.key == "queue[0].protocol"));
     }
 
     #[test]
@@ -1839,9 +1806,9 @@ mod tests {
                 "no auth to give a subject",
             ),
             (
-                "[[queue]]\nname = \"gpu\"\nprotocol = \"gradio\"",
-                "queue[0].protocol",
-                "not available in this release",
+                "[[queue]]\nname = \"gpu\"\nprotocol = \"gradio\"\n[[route]]\npath = \"/gradio_api\"\naction = \"allow\"\nqueue = \"gpu\"",
+                "route[0].queue",
+                "not a Gradio queue join or REST call",
             ),
             ("[reload]\nwatch = \"often\"", "reload.watch", "often"),
             ("[admin]\nlisten = \"nowhere\"", "admin.listen", "nowhere"),

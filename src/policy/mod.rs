@@ -69,8 +69,8 @@ pub struct Policy {
     jwt: Option<Arc<JwtVerifier>>,
     forward_auth: Option<ForwardAuth>,
     max_body: u64,
-    /// Per `[[queue]]`: who a person is.
-    queue_keys: Vec<crate::queue::KeyBy>,
+    /// Per `[[queue]]`: who a person is, and whether a job is a Gradio event.
+    queue_keys: Vec<(crate::queue::KeyBy, bool)>,
 }
 
 impl Policy {
@@ -118,7 +118,11 @@ impl Policy {
             jwt: settings.jwt.cloned(),
             forward_auth: settings.forward_auth.map(|f| ForwardAuth::new(f, headers)),
             max_body: settings.max_body,
-            queue_keys: settings.queues.iter().map(|q| q.key).collect(),
+            queue_keys: settings
+                .queues
+                .iter()
+                .map(|q| (q.key, q.protocol == crate::queue::Protocol::Gradio))
+                .collect(),
         }
     }
 
@@ -315,11 +319,15 @@ impl Policy {
                 max_body = mb;
             }
             group = rules.upstream;
-            if let Some(q) = rules.queue {
-                let key = self.queue_keys.get(q).copied();
+            if let Some(q) = rules.queue
+                && let Some(&(key, gradio)) = self.queue_keys.get(q)
+                // A Gradio job starts with a POST (join, call); the call's result stream
+                // (a GET under the same route) is how it ends, and must not wait its turn.
+                && (!gradio || req.method() == Method::POST)
+            {
                 queue = Some(crate::queue::Ticket {
                     queue: q,
-                    person: person(key, peer, queue_subject),
+                    person: person(Some(key), peer, queue_subject),
                 });
             }
         }

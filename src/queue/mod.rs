@@ -107,6 +107,10 @@ pub struct Queues {
     /// Cancelled at shutdown: every waiting job is answered 503. One token for the daemon's
     /// life, handed from runtime to runtime.
     closing: CancellationToken,
+    /// The Gradio jobs running now, by event id; handed from runtime to runtime.
+    events: Arc<gradio::Events>,
+    /// A queue has `protocol = "gradio"`: event streams are followed.
+    gradio: bool,
 }
 
 impl Queues {
@@ -118,6 +122,8 @@ impl Queues {
         previous: Option<&Queues>,
     ) -> Queues {
         let closing = previous.map(|p| p.closing.clone()).unwrap_or_default();
+        let events = previous.map(|p| p.events.clone()).unwrap_or_default();
+        let gradio = settings.iter().any(|s| s.protocol == Protocol::Gradio);
         let list = settings
             .iter()
             .map(
@@ -130,7 +136,49 @@ impl Queues {
                 },
             )
             .collect();
-        Queues { list, closing }
+        Queues {
+            list,
+            closing,
+            events,
+            gradio,
+        }
+    }
+
+    /// Splits a permit by what its job is: a request's (`protocol = "http"`, kept on the
+    /// response body) or a Gradio event's (followed by [`Queues::follow`]).
+    pub fn split(permit: Option<Permit>) -> (Option<Permit>, Option<GradioJob>) {
+        match permit {
+            Some(p) => match p.gradio_max_wait() {
+                Some(max_wait) => (
+                    None,
+                    Some(GradioJob {
+                        permit: p,
+                        max_wait,
+                    }),
+                ),
+                None => (Some(p), None),
+            },
+            None => (None, None),
+        }
+    }
+
+    /// The Gradio side of a response: a join's (or call's) answer starts the job `job`; an
+    /// event stream is followed for the ends of the jobs it shows. Anything else passes as it
+    /// is.
+    pub async fn follow(
+        &self,
+        job: Option<GradioJob>,
+        method: &http::Method,
+        path: &str,
+        mut resp: http::Response<crate::response::body::ProxyBody>,
+    ) -> http::Response<crate::response::body::ProxyBody> {
+        if let Some(job) = job {
+            return gradio::started(&self.events, job.permit, job.max_wait, resp).await;
+        }
+        if self.gradio {
+            gradio::follow(&self.events, method, path, &mut resp);
+        }
+        resp
     }
 
     /// Waits for `ticket`'s turn on the server `lane` (its URL as configured), and returns the
@@ -292,6 +340,14 @@ impl Queue {
     }
 }
 
+/// A Gradio job whose join is being forwarded: its permit, kept under the join's `event_id`
+/// once the answer names it.
+#[derive(Debug)]
+pub struct GradioJob {
+    permit: Permit,
+    max_wait: Duration,
+}
+
 /// A waiting job's place, given up when the wait ends (a no-op once its turn came: it is no
 /// longer among the waiting).
 struct Leave<'a> {
@@ -344,6 +400,12 @@ impl Permit {
     /// How long the job waited for its turn.
     pub fn waited(&self) -> Duration {
         self.waited
+    }
+
+    /// The queue's `max_wait` when its jobs are Gradio events.
+    fn gradio_max_wait(&self) -> Option<Duration> {
+        let st = self.queue.lock();
+        (st.settings.protocol == Protocol::Gradio).then_some(st.settings.max_wait)
     }
 
     /// Dropped under the queue's lock without a slot to free.

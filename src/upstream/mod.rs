@@ -233,13 +233,18 @@ impl Forwarder {
                     if let Some(key) = &key {
                         group.served(key, server);
                     }
+                    let (permit, gradio) = crate::queue::Queues::split(permit);
                     let answer = Answer {
                         resp,
                         lease,
                         in_flight,
                         permit,
                     };
-                    return Ok(self.respond(answer, client_upgrade, peer, origin));
+                    let resp = self.respond(answer, client_upgrade, peer, origin);
+                    return Ok(self
+                        .queues
+                        .follow(gradio, &method, target.path(), resp)
+                        .await);
                 }
                 Sent::Refused(e) => {
                     group.failed(server, "connect");

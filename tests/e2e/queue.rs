@@ -432,3 +432,200 @@ fn check_refuses_an_unknown_queue_with_file_line_and_key() {
         "{err}"
     );
 }
+
+/// Starts the one-job-at-a-time Gradio app (`tools/gradio_queue_app.py`) on a free port; a job
+/// named X ends when `gate/X` exists.
+async fn gradio_gpu(gate: &std::path::Path) -> (tokio::process::Child, SocketAddr) {
+    use tokio::io::AsyncBufReadExt as _;
+    let addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let mut child = tokio::process::Command::new(python())
+        .arg(format!(
+            "{}/tests/e2e/tools/gradio_queue_app.py",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .arg(addr.port().to_string())
+        .arg(gate)
+        .env("GRADIO_ANALYTICS_ENABLED", "False")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}; run scripts/test", python()));
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready = tokio::time::timeout(Duration::from_secs(120), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.trim() == "ready" {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(ready, Ok(true), "the Gradio app did not start");
+    (child, addr)
+}
+
+/// A real Gradio app (one job at a time) behind a `protocol = "gradio"` queue on its queue
+/// join, used as the browser does (join, then the session's event stream): one person's three
+/// jobs and another's one. certgate forwards a join only when the GPU's slot is free and holds
+/// the rest; the job counts until its `process_completed` passes through the event stream, so
+/// the second person's job runs right after the first person's first — where Gradio's own
+/// first-come queue would have run all three of the first person's before it.
+#[tokio::test]
+async fn a_real_gradio_app_serves_people_in_turns() {
+    let dir = scratch_dir("queue-gradio");
+    let gate = dir.join("gate");
+    std::fs::create_dir_all(&gate).unwrap();
+    let (_app, app) = gradio_gpu(&gate).await;
+    let proxy = Proxy::start(
+        app,
+        "[admin]\nlisten = \"127.0.0.1:0\"\n\n[[queue]]\nname = \"gpu\"\nslots = 1\nprotocol = \"gradio\"\n\n\
+         [[route]]\npath = \"/gradio_api/queue/join\"\naction = \"allow\"\nqueue = \"gpu\"\n",
+    )
+    .await;
+    let (a_cert, a_key) = test_pki().alice.write_pem(&dir, "alice");
+    let (b_cert, b_key) = test_pki().zhang.write_pem(&dir, "zhang");
+    let spec = |name: &str, (cert, key): (&std::path::Path, &std::path::Path), held: u32| serde_json::json!({"name": name, "cert": cert, "key": key, "held": held});
+    let a = (a_cert.as_path(), a_key.as_path());
+    let b = (b_cert.as_path(), b_key.as_path());
+    let job = serde_json::json!({
+        "url": format!("https://localhost:{}", proxy.addr.port()),
+        "prefix": "/gradio_api",
+        "ca": test_pki().dir.join("ca.crt"),
+        "admin": format!("http://{}", proxy.admin.unwrap()),
+        "gate": gate,
+        "jobs": [spec("a0", a, 0), spec("a1", a, 1), spec("a2", a, 2), spec("b0", b, 3)],
+    });
+    let out = run_python_tool("gradio_queue_people.py", &job).await;
+    assert_eq!(out["errors"], serde_json::json!([]), "{out}");
+    assert_eq!(
+        out["completed"],
+        serde_json::json!(["a0", "b0", "a1", "a2"]),
+        "{out}"
+    );
+    assert_eq!(out["outputs"]["b0"], "done b0");
+    // Every job's slot came back with its process_completed.
+    let (_, usage) = admin_get(proxy.admin.unwrap(), "/usage").await;
+    let usage: serde_json::Value = serde_json::from_str(&usage).unwrap();
+    assert_eq!(usage["queues"][0]["busy"], 0, "{usage}");
+    assert_eq!(usage["queues"][0]["protocol"], "gradio");
+}
+
+/// Runs `tests/e2e/tools/NAME` with `input` as JSON on stdin; its JSON output.
+async fn run_python_tool(name: &str, input: &serde_json::Value) -> serde_json::Value {
+    use tokio::io::AsyncWriteExt as _;
+    let mut child = tokio::process::Command::new(python())
+        .arg(format!(
+            "{}/tests/e2e/tools/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input.to_string().as_bytes()).await.unwrap();
+    drop(stdin);
+    let out = tokio::time::timeout(Duration::from_secs(180), child.wait_with_output())
+        .await
+        .expect("the tool did not finish")
+        .unwrap();
+    assert!(out.status.success(), "{name} failed");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// POSTs `body` (JSON) to `path` over a fresh HTTP/1.1 connection as `who`.
+async fn post_json(
+    proxy: SocketAddr,
+    who: Arc<rustls::ClientConfig>,
+    path: &str,
+    body: &str,
+) -> Got {
+    let mut send = h1(proxy, who).await;
+    let req = Request::post(path)
+        .header("host", "localhost")
+        .header("content-type", "application/json")
+        .body(full(body.to_string()))
+        .unwrap();
+    read(send.send_request(req).await.unwrap()).await
+}
+
+/// Gradio's REST entry (`POST …/call/{api_name}`) on a `protocol = "gradio"` queue: a script's
+/// call is held while another person's call runs, and its job counts until its result stream
+/// (`GET …/call/{api_name}/{event_id}`, which does not wait its turn) says `event: complete`.
+#[tokio::test]
+async fn a_gradio_rest_call_waits_its_turn_and_ends_with_its_stream() {
+    let dir = scratch_dir("queue-gradio-call");
+    let gate = dir.join("gate");
+    std::fs::create_dir_all(&gate).unwrap();
+    let (_app, app) = gradio_gpu(&gate).await;
+    let proxy = Proxy::start(
+        app,
+        "[admin]\nlisten = \"127.0.0.1:0\"\n\n[[queue]]\nname = \"gpu\"\nslots = 1\nprotocol = \"gradio\"\n\n\
+         [[route]]\npath = \"/gradio_api/call\"\naction = \"allow\"\nqueue = \"gpu\"\n",
+    )
+    .await;
+    let admin = proxy.admin.unwrap();
+    let load = || async {
+        let (_, body) = admin_get(admin, "/usage").await;
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        (
+            v["queues"][0]["busy"].as_u64().unwrap(),
+            v["queues"][0]["waiting"].as_u64().unwrap(),
+        )
+    };
+    let c0 = post_json(
+        proxy.addr,
+        alice(),
+        "/gradio_api/call/job",
+        r#"{"data":["c0"]}"#,
+    )
+    .await;
+    assert_eq!(c0.status, 200, "{}", c0.body);
+    let c0_id = c0.json()["event_id"].as_str().unwrap().to_string();
+    assert_eq!(load().await, (1, 0));
+    let c0_stream = format!("/gradio_api/call/job/{c0_id}");
+    let stream = tokio::spawn(async move { get_once(proxy.addr, alice(), &c0_stream).await });
+    let b0 = tokio::spawn(post_json(
+        proxy.addr,
+        zhang(),
+        "/gradio_api/call/job",
+        r#"{"data":["b0"]}"#,
+    ));
+    for _ in 0..1000 {
+        if load().await == (1, 1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        load().await,
+        (1, 1),
+        "the second call is held while the first runs"
+    );
+    std::fs::write(gate.join("c0"), "").unwrap();
+    let c0_result = stream.await.unwrap();
+    assert!(
+        c0_result.body.contains("event: complete"),
+        "{}",
+        c0_result.body
+    );
+    assert!(c0_result.body.contains("done c0"), "{}", c0_result.body);
+    let b0 = b0.await.unwrap();
+    assert_eq!(b0.status, 200, "{}", b0.body);
+    let b0_id = b0.json()["event_id"].as_str().unwrap().to_string();
+    std::fs::write(gate.join("b0"), "").unwrap();
+    let b0_result = get_once(
+        proxy.addr,
+        zhang(),
+        &format!("/gradio_api/call/job/{b0_id}"),
+    )
+    .await;
+    assert!(b0_result.body.contains("done b0"), "{}", b0_result.body);
+    assert_eq!(load().await, (0, 0));
+}
