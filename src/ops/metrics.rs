@@ -65,6 +65,27 @@ impl ServerStats {
     }
 }
 
+/// The metrics of one queue (spec §15), label `queue`.
+#[derive(Debug, Clone)]
+pub struct QueueStats {
+    /// Slots per server.
+    pub slots: Gauge,
+    /// Slots in use now.
+    pub busy: Gauge,
+    /// Jobs waiting now.
+    pub waiting: Gauge,
+    /// How long jobs waited, seconds.
+    pub wait: Histogram,
+    /// Jobs that ran to their end.
+    pub jobs: Counter,
+    /// Slot-seconds used.
+    pub busy_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
+    /// Refused: the person had `max_waiting` jobs waiting.
+    pub full: Counter,
+    /// Refused: waited `max_wait`.
+    pub timeout: Counter,
+}
+
 /// All of certgate's metrics.
 #[derive(Debug)]
 pub struct Metrics {
@@ -272,45 +293,25 @@ impl Metrics {
         Metrics { registry, ..m }
     }
 
-    /// Queue `queue` has `slots` slots per server.
-    pub fn queue_slots(&self, queue: &str, slots: usize) {
-        self.queue_slots
-            .get_or_create(&labels(&[("queue", queue)]))
-            .set(i64::try_from(slots).unwrap_or(i64::MAX));
-    }
-
-    /// Queue `queue` has `busy` slots in use and `waiting` jobs waiting now.
-    pub fn queue_load(&self, queue: &str, busy: usize, waiting: usize) {
+    /// The series of queue `queue`, looked up once when the queue is made, so that a job
+    /// costs atomic updates and no label allocation.
+    pub fn queue_stats(&self, queue: &str) -> QueueStats {
         let l = labels(&[("queue", queue)]);
-        self.queue_busy
-            .get_or_create(&l)
-            .set(i64::try_from(busy).unwrap_or(i64::MAX));
-        self.queue_waiting
-            .get_or_create(&l)
-            .set(i64::try_from(waiting).unwrap_or(i64::MAX));
-    }
-
-    /// A job of queue `queue` started after waiting `waited`.
-    pub fn queue_waited(&self, queue: &str, waited: std::time::Duration) {
-        self.queue_wait
-            .get_or_create(&labels(&[("queue", queue)]))
-            .observe(waited.as_secs_f64());
-    }
-
-    /// A job of queue `queue` ended after using its slot for `used`.
-    pub fn queue_job_done(&self, queue: &str, used: std::time::Duration) {
-        let l = labels(&[("queue", queue)]);
-        self.queue_jobs.get_or_create(&l).inc();
-        self.queue_busy_seconds
-            .get_or_create(&l)
-            .inc_by(used.as_secs_f64());
-    }
-
-    /// Queue `queue` refused a job: `full` or `timeout`.
-    pub fn queue_rejected(&self, queue: &str, reason: &str) {
-        self.queue_rejected
-            .get_or_create(&labels(&[("queue", queue), ("reason", reason)]))
-            .inc();
+        let rejected = |reason: &str| {
+            self.queue_rejected
+                .get_or_create(&labels(&[("queue", queue), ("reason", reason)]))
+                .clone()
+        };
+        QueueStats {
+            slots: self.queue_slots.get_or_create(&l).clone(),
+            busy: self.queue_busy.get_or_create(&l).clone(),
+            waiting: self.queue_waiting.get_or_create(&l).clone(),
+            wait: self.queue_wait.get_or_create(&l).clone(),
+            jobs: self.queue_jobs.get_or_create(&l).clone(),
+            busy_seconds: self.queue_busy_seconds.get_or_create(&l).clone(),
+            full: rejected("full"),
+            timeout: rejected("timeout"),
+        }
     }
 
     /// The counters for one route label (`route[2] /api`, or `none`).

@@ -551,7 +551,7 @@ mod tests {
                 protocol: super::super::Protocol::Gradio,
             },
             tokio_util::sync::CancellationToken::new(),
-            Arc::new(crate::ops::metrics::Metrics::new()),
+            &crate::ops::metrics::Metrics::new(),
         ));
         let person = super::super::Person {
             key: "ip:127.0.0.1".into(),

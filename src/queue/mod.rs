@@ -24,7 +24,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use crate::ops::metrics::Metrics;
+use crate::ops::metrics::{Metrics, QueueStats};
 use crate::response::reply::Reject;
 use state::State;
 
@@ -132,7 +132,7 @@ impl Queues {
                         q.update(s.clone());
                         q.clone()
                     }
-                    None => Arc::new(Queue::new(s.clone(), closing.clone(), metrics.clone())),
+                    None => Arc::new(Queue::new(s.clone(), closing.clone(), metrics)),
                 },
             )
             .collect();
@@ -215,12 +215,13 @@ pub struct Queue {
     name: Arc<str>,
     state: Mutex<State>,
     closing: CancellationToken,
-    metrics: Arc<Metrics>,
+    metrics: QueueStats,
 }
 
 impl Queue {
-    fn new(settings: QueueSettings, closing: CancellationToken, metrics: Arc<Metrics>) -> Queue {
-        metrics.queue_slots(&settings.name, settings.slots);
+    fn new(settings: QueueSettings, closing: CancellationToken, metrics: &Metrics) -> Queue {
+        let metrics = metrics.queue_stats(&settings.name);
+        metrics.slots.set(gauge(settings.slots));
         Queue {
             name: settings.name.as_str().into(),
             state: Mutex::new(State::new(settings)),
@@ -244,7 +245,7 @@ impl Queue {
 
     /// New limits, at once: more slots start waiting jobs now; fewer let running jobs finish.
     fn update(self: &Arc<Self>, settings: QueueSettings) {
-        self.metrics.queue_slots(&settings.name, settings.slots);
+        self.metrics.slots.set(gauge(settings.slots));
         let mut st = self.lock();
         st.settings = settings;
         st.dispatch(self);
@@ -253,7 +254,8 @@ impl Queue {
 
     fn publish(&self, st: &State) {
         let (busy, waiting) = st.totals();
-        self.metrics.queue_load(&self.name, busy, waiting);
+        self.metrics.busy.set(gauge(busy));
+        self.metrics.waiting.set(gauge(waiting));
     }
 
     async fn wait(self: &Arc<Self>, person: &Person, lane: &str) -> Result<Permit, Reject> {
@@ -265,12 +267,12 @@ impl Queue {
                     self.publish(&st);
                     drop(st);
                     permit.claimed = true;
-                    self.metrics.queue_waited(&self.name, Duration::ZERO);
+                    self.metrics.wait.observe(0.0);
                     return Ok(permit);
                 }
                 state::Enqueued::Full(retry) => {
                     drop(st);
-                    self.metrics.queue_rejected(&self.name, "full");
+                    self.metrics.full.inc();
                     return Err(Reject::queue_full(&self.name, retry));
                 }
                 state::Enqueued::Waiting { id, rx } => {
@@ -290,7 +292,7 @@ impl Queue {
             granted = rx => match granted {
                 Ok(mut permit) => {
                     permit.claimed = true;
-                    self.metrics.queue_waited(&self.name, permit.waited);
+                    self.metrics.wait.observe(permit.waited.as_secs_f64());
                     Ok(permit)
                 }
                 // The sender is dropped unsent only with the queue's state.
@@ -299,7 +301,7 @@ impl Queue {
             () = self.closing.cancelled() => Err(Reject::queue_closed(&self.name)),
             () = tokio::time::sleep_until(deadline) => {
                 let retry = self.lock().retry_after();
-                self.metrics.queue_rejected(&self.name, "timeout");
+                self.metrics.timeout.inc();
                 Err(Reject::queue_timeout(&self.name, max_wait, retry))
             }
         }
@@ -426,9 +428,15 @@ impl Drop for Permit {
         q.publish(&st);
         drop(st);
         if self.claimed {
-            q.metrics.queue_job_done(&q.name, used);
+            q.metrics.jobs.inc();
+            q.metrics.busy_seconds.inc_by(used.as_secs_f64());
         }
     }
+}
+
+/// A count as a gauge value.
+fn gauge(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 /// When a person was last seen, for `/usage`.
