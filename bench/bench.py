@@ -271,6 +271,8 @@ SCENARIOS = {
     "i": ("first response on a new TLS 1.3 connection, Nagle on (50 in a row)", "ttfb", [], "/100b"),
     "j": ("as (a) with a rate-limit zone on every request, shared through a local Redis", "us_per_req",
           ["-c", "64"], "/zoned/100b"),
+    "k": ("as (a) with every request a job of a [[queue]] (slots to spare: the bookkeeping, no wait)",
+          "us_per_req", ["-c", "64"], "/queued/100b"),
 }
 
 # Scenarios that compare a certgate variant with another certgate in the same run rather than
@@ -279,6 +281,7 @@ PAIRED = {
     "g": ("certgate+log", "certgate", "log on", "certgate without log"),
     "h": ("certgate+group", "certgate", "group", "certgate with one backend"),
     "j": ("certgate+shared", "certgate+zone", "shared", "the same zone kept locally"),
+    "k": ("certgate+queue", "certgate+unqueued", "queued", "the same route unqueued"),
 }
 
 REDIS_PORT = 16379
@@ -441,7 +444,21 @@ backend be
         f.write(common.format(port=ports["certgate+shared"]) + zone.format(scope="")
                 + f'[shared]\nredis = "redis://127.0.0.1:{REDIS_PORT}/0"\ntimeout = "25ms"\n'
                 + "[log]\naccess = false\n")
-    return cg, cg_same, cg_log, cg_group, cg_zone, cg_shared, ng, hp
+    # (k): a route whose every request is a queue's job, with slots and a per-person limit
+    # above oha's 64 connections (all one client certificate), so nothing ever waits: what is
+    # measured is the queue's bookkeeping per request, against the same route without a queue.
+    queued = ('{queue}[[route]]\npath = "/queued"\naction = "allow"\nstrip_prefix = "/queued"\n{use}')
+    cg_queue = os.path.join(work, "certgate-queue.toml")
+    with open(cg_queue, "w") as f:
+        f.write(common.format(port=ports["certgate+queue"])
+                + queued.format(queue='[[queue]]\nname = "gpu"\nslots = 1024\nper_identity = 1024\n',
+                                use='queue = "gpu"\n')
+                + "[log]\naccess = false\n")
+    cg_unqueued = os.path.join(work, "certgate-unqueued.toml")
+    with open(cg_unqueued, "w") as f:
+        f.write(common.format(port=ports["certgate+unqueued"]) + queued.format(queue="", use="")
+                + "[log]\naccess = false\n")
+    return cg, cg_same, cg_log, cg_group, cg_zone, cg_shared, cg_queue, cg_unqueued, ng, hp
 
 
 def make_pki(work, rsa):
@@ -523,8 +540,9 @@ def main():
     bport = backend(work)
     ports = {"certgate": 19443, "nginx": 19444, "haproxy": 19445, "certgate+log": 19446,
              "certgate+group": 19440, "certgate+zone": 19441, "certgate+shared": 19442,
-             "certgate=peers": 19439}
-    cg, cg_same, cg_log, cg_group, cg_zone, cg_shared, ng, hp = configs(work, pki, bport, ports)
+             "certgate=peers": 19439, "certgate+queue": 19438, "certgate+unqueued": 19437}
+    cg, cg_same, cg_log, cg_group, cg_zone, cg_shared, cg_queue, cg_unqueued, ng, hp = configs(
+        work, pki, bport, ports)
     redis(work)
     one_worker = {"TOKIO_WORKER_THREADS": "1"}
     targets = {
@@ -540,6 +558,10 @@ def main():
                                 one_worker),
         "certgate+shared": Target("certgate+shared", [BIN, "run", "-c", cg_shared],
                                   ports["certgate+shared"], one_worker),
+        "certgate+queue": Target("certgate+queue", [BIN, "run", "-c", cg_queue],
+                                 ports["certgate+queue"], one_worker),
+        "certgate+unqueued": Target("certgate+unqueued", [BIN, "run", "-c", cg_unqueued],
+                                    ports["certgate+unqueued"], one_worker),
     }
     a.baselines = [b.split("=", 1) for b in a.baseline]
     for i, (name, path) in enumerate(a.baselines):
