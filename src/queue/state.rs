@@ -280,3 +280,169 @@ impl State {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::super::{KeyBy, Protocol, Queue, QueueSettings};
+    use super::*;
+
+    fn queue(slots: usize, per_identity: usize) -> Arc<Queue> {
+        Arc::new(Queue::new(
+            QueueSettings {
+                name: "gpu".into(),
+                slots,
+                per_identity,
+                max_waiting: 3,
+                max_wait: Duration::from_secs(600),
+                key: KeyBy::Client,
+                protocol: Protocol::Http,
+            },
+            tokio_util::sync::CancellationToken::new(),
+            &crate::ops::metrics::Metrics::new(),
+        ))
+    }
+
+    fn person(name: &str) -> Person {
+        Person {
+            key: name.into(),
+            subject_dn: None,
+            fingerprint: None,
+            ip: "127.0.0.1".parse().unwrap(),
+        }
+    }
+
+    enum Job {
+        Running(Permit),
+        Waiting(oneshot::Receiver<Permit>),
+    }
+
+    fn arrive(q: &Arc<Queue>, who: &str) -> Job {
+        let got = q.lock().enqueue(q, &person(who), "http://gpu");
+        match got {
+            Enqueued::Started(mut p) => {
+                p.claimed = true;
+                Job::Running(p)
+            }
+            Enqueued::Waiting { rx, .. } => Job::Waiting(rx),
+            Enqueued::Full(_) => panic!("{who}: full"),
+        }
+    }
+
+    fn started(job: &mut Job) -> Option<Permit> {
+        match job {
+            Job::Running(_) => None,
+            Job::Waiting(rx) => rx.try_recv().ok().map(|mut p| {
+                // As the waiting request does when its turn comes.
+                p.claimed = true;
+                p
+            }),
+        }
+    }
+
+    /// When a slot frees, the person served least recently goes next (never served first, in
+    /// order of arrival), and one person's jobs go first come first served.
+    #[test]
+    fn turns_go_to_the_least_recently_served_person() {
+        let q = queue(1, 1);
+        let Job::Running(a0) = arrive(&q, "a") else {
+            panic!("a free slot is taken at once")
+        };
+        let mut a1 = arrive(&q, "a");
+        let mut a2 = arrive(&q, "a");
+        let mut b0 = arrive(&q, "b");
+        let mut c0 = arrive(&q, "c");
+        assert_eq!(q.lock().totals(), (1, 4));
+        drop(a0);
+        let b = started(&mut b0).expect("b is next: never served");
+        assert!(started(&mut a1).is_none() && started(&mut c0).is_none());
+        drop(b);
+        let c = started(&mut c0).expect("c is next");
+        drop(c);
+        let a = started(&mut a1).expect("then a's oldest");
+        assert!(started(&mut a2).is_none());
+        drop(a);
+        drop(started(&mut a2).expect("then a's next"));
+        assert_eq!(q.lock().totals(), (0, 0));
+        assert_eq!(q.lock().people["a"].jobs, 3);
+    }
+
+    /// `per_identity` keeps a person's second job waiting while a slot is free for others;
+    /// `max_waiting` refuses a person's job beyond it, not another person's.
+    #[test]
+    fn per_identity_and_max_waiting_are_per_person() {
+        let q = queue(2, 1);
+        let Job::Running(_a0) = arrive(&q, "a") else {
+            panic!()
+        };
+        let mut a1 = arrive(&q, "a");
+        assert!(
+            started(&mut a1).is_none(),
+            "a's second job ran beside its first"
+        );
+        let Job::Running(_b0) = arrive(&q, "b") else {
+            panic!("the free slot goes to b")
+        };
+        let _a2 = arrive(&q, "a");
+        let _a3 = arrive(&q, "a");
+        let full = q.lock().enqueue(&q, &person("a"), "http://gpu");
+        assert!(matches!(full, Enqueued::Full(_)));
+        assert!(matches!(arrive(&q, "c"), Job::Waiting(_)));
+    }
+
+    /// A waiting job that leaves frees its place; a turn given to a job whose receiver is gone
+    /// goes to the next.
+    #[test]
+    fn leaving_frees_the_place_and_a_lost_turn_goes_on() {
+        let q = queue(1, 1);
+        let Job::Running(a0) = arrive(&q, "a") else {
+            panic!()
+        };
+        let gone = q.lock().enqueue(&q, &person("b"), "http://gpu");
+        let Enqueued::Waiting { id, rx } = gone else {
+            panic!()
+        };
+        q.lock().leave(id);
+        drop(rx);
+        let lost = arrive(&q, "c");
+        drop(lost);
+        let mut d0 = arrive(&q, "d");
+        assert_eq!(q.lock().totals(), (1, 2));
+        drop(a0);
+        let d = started(&mut d0).expect("the turn c lost goes to d");
+        assert_eq!(q.lock().totals(), (1, 0));
+        drop(d);
+        assert_eq!(q.lock().totals(), (0, 0));
+    }
+
+    /// Past the bound, idle people are forgotten; people with jobs never are.
+    #[test]
+    fn people_are_bounded() {
+        let q = queue(1, 1);
+        let Job::Running(_held) = arrive(&q, "holder") else {
+            panic!()
+        };
+        q.lock().people.get_mut("holder").unwrap().last_seen = SystemTime::UNIX_EPOCH;
+        for i in 0..MAX_PEOPLE + 10 {
+            let p = person(&format!("p{i}"));
+            let mut st = q.lock();
+            st.forget_idle_people();
+            st.people.insert(
+                p.key.clone(),
+                PersonState {
+                    info: p,
+                    running: 0,
+                    waiting: 0,
+                    jobs: 1,
+                    busy: Duration::ZERO,
+                    last_seen: SystemTime::now(),
+                    last_served: 0,
+                },
+            );
+        }
+        let st = q.lock();
+        assert!(st.people.len() <= MAX_PEOPLE, "{}", st.people.len());
+        assert!(st.people.contains_key("holder"));
+    }
+}

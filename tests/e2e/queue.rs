@@ -629,3 +629,41 @@ async fn a_gradio_rest_call_waits_its_turn_and_ends_with_its_stream() {
     assert!(b0_result.body.contains("done b0"), "{}", b0_result.body);
     assert_eq!(load().await, (0, 0));
 }
+
+/// With a group of servers, `slots` is per server and a client bound to a server (identity
+/// affinity) waits for that server's slot, even while another server is idle: its Gradio
+/// session lives on its own server.
+#[tokio::test]
+async fn a_bound_client_waits_for_its_own_servers_slot() {
+    let (g1, g2) = (GpuBackend::start().await, GpuBackend::start().await);
+    let toml = test_config_servers(
+        &[
+            format!("{{ url = \"http://{}\" }}", g1.addr),
+            format!("{{ url = \"http://{}\" }}", g2.addr),
+        ],
+        "[upstream.health]\nenabled = false\n",
+        &queue_config("slots = 1\nper_identity = 2"),
+    );
+    let proxy = Proxy::start_with(&toml).await;
+    let admin = proxy.admin.unwrap();
+    let arrived = || g1.arrived().len() + g2.arrived().len();
+    let a0 = job(proxy.addr, alice(), "a0");
+    poll(|| arrived() == 1, "the first job").await;
+    let (mine, other) = if g1.arrived().len() == 1 {
+        (&g1, &g2)
+    } else {
+        (&g2, &g1)
+    };
+    let a1 = job(proxy.addr, alice(), "a1");
+    wait_waiting(admin, 1).await;
+    assert!(
+        other.arrived().is_empty(),
+        "the job went to a server its client is not bound to"
+    );
+    mine.finish(2);
+    assert_eq!(a0.await.unwrap().body, "done a0");
+    assert_eq!(a1.await.unwrap().body, "done a1");
+    assert_eq!(mine.arrived(), ["a0", "a1"]);
+    assert!(other.arrived().is_empty());
+    assert_eq!(mine.most.load(Ordering::SeqCst), 1);
+}
