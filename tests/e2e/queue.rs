@@ -58,6 +58,16 @@ impl GpuBackend {
                                 .to_string();
                             let now = r.fetch_add(1, Ordering::SeqCst) + 1;
                             m.fetch_max(now, Ordering::SeqCst);
+                            // The job's input, read whole as a GPU app does before it runs.
+                            let body = http_body_util::BodyExt::collect(req.into_body())
+                                .await
+                                .map(|b| b.to_bytes().len())
+                                .unwrap_or(usize::MAX);
+                            let job = if body > 0 {
+                                format!("{job}:{body}")
+                            } else {
+                                job
+                            };
                             a.lock().unwrap().push(job.clone());
                             // The job runs until the test lets one finish.
                             if let Ok(p) = d.acquire().await {
@@ -666,4 +676,51 @@ async fn a_bound_client_waits_for_its_own_servers_slot() {
     assert_eq!(mine.arrived(), ["a0", "a1"]);
     assert!(other.arrived().is_empty());
     assert_eq!(mine.most.load(Ordering::SeqCst), 1);
+}
+
+/// A job with a body (an upload) waits like any other, its body unread, and reaches the backend
+/// whole when its turn comes.
+#[tokio::test]
+async fn an_upload_waits_its_turn_and_arrives_whole() {
+    let gpu = GpuBackend::start().await;
+    let proxy = Proxy::start(gpu.addr, &queue_config("slots = 1")).await;
+    let admin = proxy.admin.unwrap();
+    let a0 = job(proxy.addr, alice(), "a0");
+    gpu.wait_arrived(1).await;
+    let photo = vec![b'p'; 300_000];
+    let upload = tokio::spawn(async move {
+        let mut send = h1(proxy.addr, zhang()).await;
+        let req = Request::post("/api/run?job=b0")
+            .header("host", "localhost")
+            .body(full(photo))
+            .unwrap();
+        read(send.send_request(req).await.unwrap()).await
+    });
+    wait_waiting(admin, 1).await;
+    assert_eq!(gpu.arrived(), ["a0"]);
+    gpu.finish(2);
+    assert_eq!(a0.await.unwrap().status, 200);
+    let b0 = upload.await.unwrap();
+    assert_eq!(b0.body, "done b0:300000");
+    assert_eq!(gpu.arrived(), ["a0", "b0:300000"]);
+}
+
+/// A job whose backend cannot be reached ends with the 502 and frees its slot at once: the
+/// next job is not held behind it.
+#[tokio::test]
+async fn a_backend_failure_frees_the_slot_with_the_502() {
+    let proxy = Proxy::start(
+        crate::common::backend::dead_addr().await,
+        &queue_config("slots = 1"),
+    )
+    .await;
+    let admin = proxy.admin.unwrap();
+    for name in ["a0", "a1"] {
+        let got = get_once(proxy.addr, alice(), &format!("/api/run?job={name}")).await;
+        assert_eq!(got.status, 502, "{}", got.body);
+    }
+    let (_, usage) = admin_get(admin, "/usage").await;
+    let usage: serde_json::Value = serde_json::from_str(&usage).unwrap();
+    assert_eq!(usage["queues"][0]["busy"], 0, "{usage}");
+    assert_eq!(usage["queues"][0]["people"][0]["jobs_done"], 2, "{usage}");
 }
