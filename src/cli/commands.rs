@@ -391,14 +391,14 @@ pub fn summary(c: &Config) -> String {
     for q in &c.queues {
         let _ = writeln!(
             w,
-            "\n[[queue]] {}: {} slot(s) per server, {} per person at once, {} waiting per person at most, max_wait {}, key {:?}, protocol {:?}",
+            "\n[[queue]] {}: {} slot(s) per server, {} per person at once, {} waiting per person at most, max_wait {}, key \"{}\", protocol \"{}\"",
             q.name,
             q.slots,
             q.per_identity,
             q.max_waiting,
             humantime::format_duration(q.max_wait),
-            q.key,
-            q.protocol
+            q.key.as_str(),
+            q.protocol.as_str()
         );
     }
     if let Some(j) = &c.jwt {

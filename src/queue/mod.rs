@@ -44,6 +44,17 @@ pub enum KeyBy {
     Subject,
 }
 
+impl KeyBy {
+    /// As written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyBy::Client => "client",
+            KeyBy::Ip => "ip",
+            KeyBy::Subject => "subject",
+        }
+    }
+}
+
 /// What one job is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -52,6 +63,16 @@ pub enum Protocol {
     Http,
     /// One Gradio queue event, from the join's answer until its `process_completed`.
     Gradio,
+}
+
+impl Protocol {
+    /// As written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http => "http",
+            Protocol::Gradio => "gradio",
+        }
+    }
 }
 
 /// One `[[queue]]`, validated.
@@ -333,7 +354,7 @@ impl Queue {
             .collect();
         serde_json::json!({
             "name": &*self.name,
-            "protocol": match st.settings.protocol { Protocol::Http => "http", Protocol::Gradio => "gradio" },
+            "protocol": st.settings.protocol.as_str(),
             "slots": st.settings.slots,
             "busy": busy,
             "waiting": waiting,

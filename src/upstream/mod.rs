@@ -185,7 +185,8 @@ impl Forwarder {
             return Err(Reject::no_healthy_backend(&group.name));
         }
         // A queued route's request waits here for its turn on the server chosen above (spec
-        // §15), its body unread; the permit holds the slot until the response has ended.
+        // §15), its body unread; the permit holds the slot until the response has ended (a
+        // failover keeps it: the server that refused the connection runs nothing of the job).
         let permit = match &queue {
             Some(ticket) => Some(
                 self.queues

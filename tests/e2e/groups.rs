@@ -481,7 +481,7 @@ fn shipped_gpu_example_loads() {
         "balance              = least_requests",
         "upstream colorize, queue colorize",
         "[[queue]] ui: 1 slot(s) per server",
-        "protocol Gradio",
+        "protocol \"gradio\"",
     ] {
         assert!(summary.contains(want), "{want:?} not in:\n{summary}");
     }
