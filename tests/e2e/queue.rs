@@ -483,7 +483,8 @@ async fn gradio_gpu(gate: &std::path::Path) -> (tokio::process::Child, SocketAdd
 /// jobs and another's one. certgate forwards a join only when the GPU's slot is free and holds
 /// the rest; the job counts until its `process_completed` passes through the event stream, so
 /// the second person's job runs right after the first person's first — where Gradio's own
-/// first-come queue would have run all three of the first person's before it.
+/// first-come queue would have run all three of the first person's before it. A
+/// `gradio_client` script's job then goes through the same queue.
 #[tokio::test]
 async fn a_real_gradio_app_serves_people_in_turns() {
     let dir = scratch_dir("queue-gradio");
@@ -508,6 +509,7 @@ async fn a_real_gradio_app_serves_people_in_turns() {
         "admin": format!("http://{}", proxy.admin.unwrap()),
         "gate": gate,
         "jobs": [spec("a0", a, 0), spec("a1", a, 1), spec("a2", a, 2), spec("b0", b, 3)],
+        "client": spec("gc", a, 0),
     });
     let out = run_python_tool("gradio_queue_people.py", &job).await;
     assert_eq!(out["errors"], serde_json::json!([]), "{out}");
@@ -517,6 +519,8 @@ async fn a_real_gradio_app_serves_people_in_turns() {
         "{out}"
     );
     assert_eq!(out["outputs"]["b0"], "done b0");
+    // gradio_client, as a script uses it, goes through the same queue.
+    assert_eq!(out["client_output"], "done gc");
     // Every job's slot came back with its process_completed.
     let (_, usage) = admin_get(proxy.admin.unwrap(), "/usage").await;
     let usage: serde_json::Value = serde_json::from_str(&usage).unwrap();

@@ -8,7 +8,9 @@ Reads on stdin: {"url": "https://localhost:PORT", "prefix": "/gradio_api", "ca":
 "admin": "http://127.0.0.1:PORT", "gate": DIR,
 "jobs": [{"name": "a0", "cert": ..., "key": ..., "held": N}, ...]} where `held` is the number
 of jobs certgate must show waiting once this one is submitted.
-Prints: {"completed": ["a0", ...], "outputs": {...}, "errors": [...]}
+With "client": {"name": ..., "cert": ..., "key": ...}, one more job then runs through
+gradio_client (its gate opened first), as a script would: its result is "client_output".
+Prints: {"completed": ["a0", ...], "outputs": {...}, "errors": [...], "client_output": ...}
 """
 import json
 import os
@@ -81,4 +83,20 @@ for spec in job["jobs"]:
     open(os.path.join(job["gate"], spec["name"]), "w").close()
 for t in threads:
     t.join(timeout=120)
-json.dump({"completed": completed, "outputs": outputs, "errors": errors}, sys.stdout)
+client_output = None
+if job.get("client"):
+    import ssl
+
+    from gradio_client import Client
+
+    c = job["client"]
+    open(os.path.join(job["gate"], c["name"]), "w").close()
+    try:
+        tls = ssl.create_default_context(cafile=job["ca"])
+        tls.load_cert_chain(c["cert"], c["key"])
+        client = Client(job["url"] + "/", ssl_verify=tls, verbose=False)
+        client_output = client.predict(c["name"], api_name="/job")
+    except Exception as e:  # noqa: BLE001 - reported to the test
+        errors.append(f"gradio_client: {type(e).__name__}: {e}")
+json.dump({"completed": completed, "outputs": outputs, "errors": errors,
+           "client_output": client_output}, sys.stdout)
