@@ -194,7 +194,14 @@ impl Queues {
         mut resp: http::Response<crate::response::body::ProxyBody>,
     ) -> http::Response<crate::response::body::ProxyBody> {
         if let Some(job) = job {
-            return gradio::started(&self.events, job.permit, job.max_wait, resp).await;
+            // Boxed: the forwarding future of every request would otherwise carry its size.
+            return Box::pin(gradio::started(
+                &self.events,
+                job.permit,
+                job.max_wait,
+                resp,
+            ))
+            .await;
         }
         if self.gradio {
             gradio::follow(&self.events, method, path, &mut resp);
