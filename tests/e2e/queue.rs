@@ -74,9 +74,30 @@ impl GpuBackend {
                                 p.forget();
                             }
                             r.fetch_sub(1, Ordering::SeqCst);
-                            Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
-                                Bytes::from(format!("done {job}")),
-                            )))
+                            use http_body_util::BodyExt as _;
+                            if job.starts_with("endless") {
+                                // A result that never ends, for a client that never reads.
+                                let (mut tx, body) = http_body_util::channel::Channel::<
+                                    Bytes,
+                                    std::convert::Infallible,
+                                >::new(4);
+                                tokio::spawn(async move {
+                                    let chunk = Bytes::from(vec![b'e'; 64 * 1024]);
+                                    while tx
+                                        .send(hyper::body::Frame::data(chunk.clone()))
+                                        .await
+                                        .is_ok()
+                                    {}
+                                });
+                                return Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                                    body.boxed(),
+                                ));
+                            }
+                            Ok(hyper::Response::new(
+                                Full::new(Bytes::from(format!("done {job}")))
+                                    .map_err(|e| match e {})
+                                    .boxed(),
+                            ))
                         }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
@@ -727,4 +748,33 @@ async fn a_backend_failure_frees_the_slot_with_the_502() {
     let usage: serde_json::Value = serde_json::from_str(&usage).unwrap();
     assert_eq!(usage["queues"][0]["busy"], 0, "{usage}");
     assert_eq!(usage["queues"][0]["people"][0]["jobs_done"], 2, "{usage}");
+}
+
+/// A person whose job's response they never read holds the slot only until `[limits]
+/// send_timeout` cuts the connection; then the next person's job runs.
+#[tokio::test]
+async fn a_client_that_never_reads_frees_the_slot_after_send_timeout() {
+    let gpu = GpuBackend::start().await;
+    let proxy = Proxy::start(
+        gpu.addr,
+        &format!(
+            "[limits]\nsend_timeout = \"500ms\"\n\n{}",
+            queue_config("slots = 1")
+        ),
+    )
+    .await;
+    let admin = proxy.admin.unwrap();
+    let mut tls = tls_connect(proxy.addr, alice()).await.unwrap();
+    tls.write_all(b"GET /api/run?job=endless HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    gpu.wait_arrived(1).await;
+    let b0 = job(proxy.addr, zhang(), "b0");
+    wait_waiting(admin, 1).await;
+    // The endless result starts; alice never reads it.
+    gpu.finish(2);
+    gpu.wait_arrived(2).await;
+    assert_eq!(gpu.arrived(), ["endless", "b0"]);
+    assert_eq!(b0.await.unwrap().body, "done b0");
+    drop(tls);
 }
