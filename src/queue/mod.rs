@@ -406,6 +406,8 @@ pub struct Permit {
     claimed: bool,
     /// Frees its slot when dropped; off for a permit that never took one.
     live: bool,
+    /// Its queue's jobs are Gradio events (as the queue was when the job started).
+    gradio: bool,
 }
 
 impl Permit {
@@ -415,8 +417,10 @@ impl Permit {
         lane: Arc<str>,
         since: Instant,
         started: Instant,
+        gradio: bool,
     ) -> Permit {
         Permit {
+            gradio,
             queue: queue.clone(),
             person,
             lane,
@@ -432,10 +436,9 @@ impl Permit {
         self.waited
     }
 
-    /// The queue's `max_wait` when its jobs are Gradio events.
+    /// The queue's `max_wait` when its jobs are Gradio events (an HTTP job takes no lock).
     fn gradio_max_wait(&self) -> Option<Duration> {
-        let st = self.queue.lock();
-        (st.settings.protocol == Protocol::Gradio).then_some(st.settings.max_wait)
+        self.gradio.then(|| self.queue.lock().settings.max_wait)
     }
 
     /// Dropped under the queue's lock without a slot to free.

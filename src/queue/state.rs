@@ -126,7 +126,15 @@ impl State {
             p.running += 1;
             p.last_served = id;
             let now = Instant::now();
-            return Enqueued::Started(Permit::new(queue, person.key.clone(), lane_key, now, now));
+            let gradio = self.settings.protocol == super::Protocol::Gradio;
+            return Enqueued::Started(Permit::new(
+                queue,
+                person.key.clone(),
+                lane_key,
+                now,
+                now,
+                gradio,
+            ));
         }
         if p.waiting >= self.settings.max_waiting {
             return Enqueued::Full(self.retry_after());
@@ -232,6 +240,7 @@ impl State {
                     lane_key.clone(),
                     w.since,
                     Instant::now(),
+                    settings.protocol == super::Protocol::Gradio,
                 );
                 // A waiting job whose future is already gone (its client left while the lock
                 // was held here) takes nothing: the permit is defused here, under the lock,
