@@ -778,3 +778,72 @@ async fn a_client_that_never_reads_frees_the_slot_after_send_timeout() {
     assert_eq!(b0.await.unwrap().body, "done b0");
     drop(tls);
 }
+
+/// `key = "subject"`: the people are the JWT's subjects, not the certificates, so two users of
+/// one shared certificate get their own turns: one's second job waits while the other's runs
+/// on the free slot.
+#[tokio::test]
+async fn key_subject_counts_turns_by_the_tokens_subject() {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    const SECRET: &str = "0123456789abcdef0123456789abcdef-queue-secret";
+    let dir = scratch_dir("queue-subject");
+    std::fs::write(dir.join("jwt.secret"), SECRET).unwrap();
+    let gpu = GpuBackend::start().await;
+    let proxy = Proxy::start(
+        gpu.addr,
+        &format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n\n[jwt]\nalgorithms = [\"HS256\"]\nsecret_file = \"{}\"\n\n\
+             [[queue]]\nname = \"gpu\"\nslots = 2\nkey = \"subject\"\n\n\
+             [[route]]\npath = \"/api\"\naction = \"allow\"\nauth = \"jwt\"\nqueue = \"gpu\"\n",
+            dir.join("jwt.secret").display()
+        ),
+    )
+    .await;
+    let admin = proxy.admin.unwrap();
+    let token = |sub: &str| {
+        let exp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 600;
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &serde_json::json!({"sub": sub, "exp": exp}),
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    };
+    let as_user = |sub: &str, name: &str| {
+        let bearer = format!("Bearer {}", token(sub));
+        let path = format!("/api/run?job={name}");
+        tokio::spawn(async move {
+            let mut send = h1(proxy.addr, alice()).await;
+            get1(&mut send, &path, &[("authorization", &bearer)]).await
+        })
+    };
+    let u0 = as_user("ursula", "u0");
+    gpu.wait_arrived(1).await;
+    let u1 = as_user("ursula", "u1");
+    wait_waiting(admin, 1).await;
+    // Same certificate, another user: the free slot is hers.
+    let v0 = as_user("vera", "v0");
+    gpu.wait_arrived(2).await;
+    assert_eq!(gpu.arrived(), ["u0", "v0"]);
+    assert_eq!(waiting(admin).await, 1);
+    gpu.finish(3);
+    for (j, name) in [(u0, "u0"), (u1, "u1"), (v0, "v0")] {
+        assert_eq!(j.await.unwrap().body, format!("done {name}"));
+    }
+    let (_, usage) = admin_get(admin, "/usage").await;
+    let usage: serde_json::Value = serde_json::from_str(&usage).unwrap();
+    let keys: Vec<&str> = usage["queues"][0]["people"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["key"].as_str().unwrap())
+        .collect();
+    assert!(
+        keys.contains(&"subject:ursula") && keys.contains(&"subject:vera"),
+        "{usage}"
+    );
+}
