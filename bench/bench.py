@@ -4,8 +4,8 @@
 Every proxy terminates TLS 1.2+1.3 with a client certificate required against the same CA
 and CRL, applies the two deny rules, sets X-SSL-Client-Verify/-DN, X-Real-IP and
 X-Forwarded-For/-Proto, keeps a keep-alive pool of 32 to the backend, does not buffer
-responses, and logs no access lines (except scenario g). Scenarios g, h, j and k compare a
-certgate variant (access log, identity group, shared zone, operator's page) with plain certgate
+responses, and logs no access lines (except scenario g). Scenarios g, h, j, k and l compare a
+certgate variant (access log, identity group, shared zone, queue, operator's page) with plain certgate
 in the same run. Each proxy runs one worker pinned to CPU 0;
 the load generator (oha, which presents the client certificate) and the backend (nginx serving
 fixed bodies) share CPU 1. Targets run interleaved (A B C A B C ...) for several repetitions;
@@ -273,7 +273,9 @@ SCENARIOS = {
     "i": ("first response on a new TLS 1.3 connection, Nagle on (50 in a row)", "ttfb", [], "/100b"),
     "j": ("as (a) with a rate-limit zone on every request, shared through a local Redis", "us_per_req",
           ["-c", "64"], "/zoned/100b"),
-    "k": ("as (a) with the operator's page on ([console]: every request recorded)", "us_per_req",
+    "k": ("as (a) with every request a job of a [[queue]] (slots to spare: the bookkeeping, no wait)",
+          "us_per_req", ["-c", "64"], "/queued/100b"),
+    "l": ("as (a) with the operator's page on ([console]: every request recorded)", "us_per_req",
           ["-c", "64"], "/100b"),
 }
 
@@ -283,7 +285,8 @@ PAIRED = {
     "g": ("certgate+log", "certgate", "log on", "certgate without log"),
     "h": ("certgate+group", "certgate", "group", "certgate with one backend"),
     "j": ("certgate+shared", "certgate+zone", "shared", "the same zone kept locally"),
-    "k": ("certgate+console", "certgate", "console on", "certgate without it"),
+    "k": ("certgate+queue", "certgate+unqueued", "queued", "the same route unqueued"),
+    "l": ("certgate+console", "certgate", "console on", "certgate without it"),
 }
 
 REDIS_PORT = 16379
@@ -446,13 +449,28 @@ backend be
         f.write(common.format(port=ports["certgate+shared"]) + zone.format(scope="")
                 + f'[shared]\nredis = "redis://127.0.0.1:{REDIS_PORT}/0"\ntimeout = "25ms"\n'
                 + "[log]\naccess = false\n")
-    # (k): the operator's page on, so every request is recorded for it (the console's path is
+    # (k): a route whose every request is a queue's job, with slots and a per-person limit
+    # above oha's 64 connections (all one client certificate), so nothing ever waits: what is
+    # measured is the queue's bookkeeping per request, against the same route without a queue.
+    queued = ('{queue}[[route]]\npath = "/queued"\naction = "allow"\nstrip_prefix = "/queued"\n{use}')
+    cg_queue = os.path.join(work, "certgate-queue.toml")
+    with open(cg_queue, "w") as f:
+        f.write(common.format(port=ports["certgate+queue"])
+                + queued.format(queue='[[queue]]\nname = "gpu"\nslots = 1024\nper_identity = 1024\n',
+                                use='queue = "gpu"\n')
+                + "[log]\naccess = false\n")
+    cg_unqueued = os.path.join(work, "certgate-unqueued.toml")
+    with open(cg_unqueued, "w") as f:
+        f.write(common.format(port=ports["certgate+unqueued"]) + queued.format(queue="", use="")
+                + "[log]\naccess = false\n")
+    # (l): the operator's page on, so every request is recorded for it (the console's path is
     # never asked for: the cost measured is the recording's).
     cg_console = os.path.join(work, "certgate-console.toml")
     with open(cg_console, "w") as f:
         f.write(common.format(port=ports["certgate+console"])
                 + '[console]\nallow = { ou = ["Admin"] }\n' + "[log]\naccess = false\n")
-    return cg, cg_same, cg_log, cg_group, cg_zone, cg_shared, cg_console, ng, hp
+    return (cg, cg_same, cg_log, cg_group, cg_zone, cg_shared, cg_queue, cg_unqueued, cg_console,
+            ng, hp)
 
 
 def make_pki(work, rsa):
@@ -534,8 +552,10 @@ def main():
     bport = backend(work)
     ports = {"certgate": 19443, "nginx": 19444, "haproxy": 19445, "certgate+log": 19446,
              "certgate+group": 19440, "certgate+zone": 19441, "certgate+shared": 19442,
-             "certgate=peers": 19439, "certgate+console": 19438}
-    cg, cg_same, cg_log, cg_group, cg_zone, cg_shared, cg_console, ng, hp = configs(work, pki, bport, ports)
+             "certgate=peers": 19439, "certgate+queue": 19438, "certgate+unqueued": 19437,
+             "certgate+console": 19436}
+    (cg, cg_same, cg_log, cg_group, cg_zone, cg_shared, cg_queue, cg_unqueued, cg_console,
+     ng, hp) = configs(work, pki, bport, ports)
     redis(work)
     one_worker = {"TOKIO_WORKER_THREADS": "1"}
     targets = {
@@ -551,6 +571,10 @@ def main():
                                 one_worker),
         "certgate+shared": Target("certgate+shared", [BIN, "run", "-c", cg_shared],
                                   ports["certgate+shared"], one_worker),
+        "certgate+queue": Target("certgate+queue", [BIN, "run", "-c", cg_queue],
+                                 ports["certgate+queue"], one_worker),
+        "certgate+unqueued": Target("certgate+unqueued", [BIN, "run", "-c", cg_unqueued],
+                                    ports["certgate+unqueued"], one_worker),
         "certgate+console": Target("certgate+console", [BIN, "run", "-c", cg_console],
                                    ports["certgate+console"], one_worker),
     }

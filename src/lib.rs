@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! config ──► tls, policy, upstream, ops      (config builds their settings; they never read it)
-//! proxy  ──► tls ─► policy ─► upstream ─► response ─► ops
+//! proxy  ──► tls ─► policy ─► upstream ─► queue ─► response ─► ops
 //! proxy  ──► console ──► upstream, onboarding, response   (the page reads their state)
 //! cli    ──► config, proxy, pki, tls
 //! ```
@@ -24,6 +24,8 @@
 //! - [`policy`]: the checks of spec §8 in order — request form, path normalization and routes
 //!   ([`policy::routes`]), methods, IP lists, identities, JWT, forward auth, rate limits (kept
 //!   in Redis for all replicas with `[shared]`).
+//! - [`queue`]: queues in front of the backend (spec §15): jobs wait here for their turn, one
+//!   person after another, per server; what each person used, for `/usage`.
 //! - `upstream`: backend groups (balancing, identity affinity, health, failover), each
 //!   server's keep-alive pool (hyper's HTTP/1.1 connections, burst-tolerant), header hygiene,
 //!   WebSocket tunnels.
@@ -47,6 +49,7 @@ pub mod ops;
 pub mod pki;
 pub mod policy;
 pub mod proxy;
+pub mod queue;
 mod response;
 pub mod tls;
 mod upstream;

@@ -151,6 +151,9 @@ fn route_conditions(r: &crate::policy::routes::Route, c: &Config) -> String {
     {
         parts.push(format!("upstream {}", g.name));
     }
+    if let Some(q) = rules.queue.and_then(|i| c.queues.get(i)) {
+        parts.push(format!("queue {}", q.name));
+    }
     if parts.is_empty() {
         String::new()
     } else {
@@ -384,6 +387,19 @@ pub fn summary(c: &Config) -> String {
             z.rate.count,
             humantime::format_duration(z.rate.per),
             z.burst
+        );
+    }
+    for q in &c.queues {
+        let _ = writeln!(
+            w,
+            "\n[[queue]] {}: {} slot(s) per server, {} per person at once, {} waiting per person at most, max_wait {}, key \"{}\", protocol \"{}\"",
+            q.name,
+            q.slots,
+            q.per_identity,
+            q.max_waiting,
+            humantime::format_duration(q.max_wait),
+            q.key.as_str(),
+            q.protocol.as_str()
         );
     }
     if let Some(j) = &c.jwt {

@@ -31,6 +31,7 @@ use crate::policy::jwt::{JwtSettings, JwtVerifier};
 use crate::policy::ratelimit::{Rate, RateLimitZone};
 use crate::policy::routes::{Action, Auth, IdentityAllow, Route, RouteError};
 use crate::policy::shared::{OnUnavailable, SharedConfig};
+use crate::queue::QueueSettings;
 use crate::tls::identity::HeaderNames;
 use crate::tls::{ClientAuth, OnFailure, Tls, TlsVersion};
 use crate::upstream::{Balance, HealthSettings, ServerSettings, Upstream};
@@ -80,6 +81,14 @@ const DEFAULT_IDLE_TIMEOUT: &str = "60s";
 /// The classic guide's `client_max_body_size 50M`; nginx's own 1 MiB default breaks image
 /// uploads to a WebUI.
 const DEFAULT_MAX_BODY: &str = "50MiB";
+/// One job at a time: a GPU that runs one inference at once.
+const DEFAULT_QUEUE_SLOTS: usize = 1;
+/// One running job per person: the others wait their turn.
+const DEFAULT_QUEUE_PER_IDENTITY: usize = 1;
+/// Enough for a batch of a few jobs; a flood beyond it is refused, so memory stays bounded.
+const DEFAULT_QUEUE_MAX_WAITING: usize = 16;
+/// A person behind a few long jobs still gets an answer, and a dead backend frees the wait.
+const DEFAULT_QUEUE_MAX_WAIT: &str = "10m";
 /// Far above what one machine's backend can serve, low enough to keep file descriptors for
 /// the admin side and the backend pool.
 const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
@@ -194,6 +203,8 @@ pub struct Config {
     pub allow_ips: IpList,
     /// `[[rate_limit]]` zones, in file order (routes refer to them by index).
     pub rate_limits: Vec<RateLimitZone>,
+    /// `[[queue]]`, in file order (routes refer to them by index).
+    pub queues: Vec<QueueSettings>,
     /// `[jwt]`, with its keys loaded.
     pub jwt: Option<Arc<JwtVerifier>>,
     /// `[forward_auth]`
@@ -265,6 +276,7 @@ impl Config {
         crate::policy::Settings {
             routes: &self.routes,
             zones: &self.rate_limits,
+            queues: &self.queues,
             jwt: self.jwt.as_ref(),
             forward_auth: self.forward_auth.as_ref(),
             max_body: self.limits.max_body,
@@ -325,6 +337,7 @@ impl Config {
 /// What routes may refer to.
 struct Known<'a> {
     zones: &'a [RateLimitZone],
+    queues: &'a [QueueSettings],
     jwt: bool,
     forward_auth: bool,
     /// `[upstreams.NAME]` names, in the order the forwarder holds them (after the default).
@@ -486,6 +499,7 @@ impl Validator<'_> {
         let limits = self.limits(&raw.limits);
         let allow_ips = self.ip_list("access.allow_ips", &raw.access.allow_ips);
         let rate_limits = self.rate_limits(&raw.rate_limits);
+        let queues = self.queues(&raw.queues);
         let shared = raw.shared.as_ref().and_then(|s| self.shared(s));
         let jwt = raw.jwt.as_ref().and_then(|j| self.jwt(j));
         let forward_auth = raw.forward_auth.as_ref().and_then(|f| self.forward_auth(f));
@@ -504,6 +518,7 @@ impl Validator<'_> {
         let groups: Vec<&str> = raw.upstreams.keys().map(String::as_str).collect();
         let known = Known {
             zones: &rate_limits,
+            queues: &queues,
             jwt: raw.jwt.is_some(),
             forward_auth: raw.forward_auth.is_some(),
             groups: &groups,
@@ -548,6 +563,7 @@ impl Validator<'_> {
             limits,
             allow_ips,
             rate_limits,
+            queues,
             shared,
             jwt,
             forward_auth,
@@ -703,6 +719,49 @@ impl Validator<'_> {
             });
         }
         zones
+    }
+
+    fn queues(&mut self, raw: &[RawQueue]) -> Vec<QueueSettings> {
+        let mut queues: Vec<QueueSettings> = Vec::new();
+        for (i, q) in raw.iter().enumerate() {
+            let key = |k: &str| format!("queue[{i}].{k}");
+            let name = q.name.get_ref().trim().to_string();
+            if name.is_empty() || queues.iter().any(|other| other.name == name) {
+                self.problem(
+                    &key("name"),
+                    Some(q.name.span()),
+                    format!("{name:?}: queue names must be unique and not empty"),
+                );
+            }
+            queues.push(QueueSettings {
+                name,
+                slots: self.count(&key("slots"), q.slots.as_ref(), DEFAULT_QUEUE_SLOTS),
+                per_identity: self.count(
+                    &key("per_identity"),
+                    q.per_identity.as_ref(),
+                    DEFAULT_QUEUE_PER_IDENTITY,
+                ),
+                max_waiting: self.count(
+                    &key("max_waiting"),
+                    q.max_waiting.as_ref(),
+                    DEFAULT_QUEUE_MAX_WAITING,
+                ),
+                max_wait: self.duration(
+                    &key("max_wait"),
+                    q.max_wait.as_ref(),
+                    DEFAULT_QUEUE_MAX_WAIT,
+                ),
+                key: q
+                    .key
+                    .as_ref()
+                    .map_or(crate::queue::KeyBy::Client, |k| *k.get_ref()),
+                protocol: q
+                    .protocol
+                    .as_ref()
+                    .map_or(crate::queue::Protocol::Http, |p| *p.get_ref()),
+            });
+        }
+        queues
     }
 
     /// `[shared]`. The password (in `password_file`, or in the URL) never reaches a message.
@@ -998,6 +1057,9 @@ impl Validator<'_> {
                 ),
             }
         }
+        if let Some(q) = &r.queue {
+            self.route_queue(i, r, q, &mut rules, known);
+        }
         if let Some(mb) = &r.max_body {
             rules.max_body = Some(self.size(&key("max_body"), Some(mb), DEFAULT_MAX_BODY));
         }
@@ -1046,6 +1108,62 @@ impl Validator<'_> {
             }
         }
         route.rules = rules;
+    }
+
+    /// A route's `queue`: a queue that exists, whose person key the route can tell (a subject
+    /// needs the route's `auth`), and whose protocol fits the route's path (a Gradio job
+    /// starts at a queue join or a REST call).
+    fn route_queue(
+        &mut self,
+        i: usize,
+        r: &RawRoute,
+        q: &Spanned<String>,
+        rules: &mut crate::policy::routes::RouteRules,
+        known: &Known<'_>,
+    ) {
+        let key = format!("route[{i}].queue");
+        let Some(idx) = known.queues.iter().position(|s| s.name == *q.get_ref()) else {
+            let names: Vec<&str> = known.queues.iter().map(|s| s.name.as_str()).collect();
+            self.problem(
+                &key,
+                Some(q.span()),
+                format!(
+                    "no [[queue]] named {:?} (queues: {})",
+                    q.get_ref(),
+                    if names.is_empty() {
+                        "none".to_string()
+                    } else {
+                        names.join(", ")
+                    }
+                ),
+            );
+            return;
+        };
+        let settings = &known.queues[idx];
+        if settings.key == crate::queue::KeyBy::Subject && r.auth == Auth::None {
+            self.problem(
+                &key,
+                Some(q.span()),
+                format!(
+                    "queue {:?} tells people apart by key = \"subject\", but this route has no auth to give a subject; set auth = \"jwt\" or \"forward\" on the route, or key = \"client\" on the queue",
+                    settings.name
+                ),
+            );
+        }
+        if settings.protocol == crate::queue::Protocol::Gradio
+            && !crate::queue::gradio::is_job_entry(r.path.get_ref())
+        {
+            self.problem(
+                &key,
+                Some(q.span()),
+                format!(
+                    "queue {:?} has protocol = \"gradio\", but route {:?} is not a Gradio queue join or REST call (its path must end in /queue/join, like /gradio_api/queue/join, or name the /call/ entry, like /gradio_api/call); give other routes a protocol = \"http\" queue",
+                    settings.name,
+                    r.path.get_ref()
+                ),
+            );
+        }
+        rules.queue = Some(idx);
     }
 
     fn tls(&mut self, raw: &RawTls) -> Option<Tls> {
@@ -1856,6 +1974,43 @@ mod tests {
         );
     }
 
+    /// Routes may queue on a Gradio join or call, and by subject when they authenticate; the
+    /// defaults of `[[queue]]` are those of spec §15.
+    #[test]
+    fn queues_accept_what_spec_15_allows() {
+        let dir = std::env::temp_dir().join(format!("certgate-queue-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        use crate::pki::{Profile, Spec, issue};
+        let ca = issue(&Spec::new(Profile::Ca, "Queue Test CA", 1), None).unwrap();
+        let mut spec = Spec::new(Profile::Server, "localhost", 1);
+        spec.sans = vec![crate::pki::San::parse("localhost").unwrap()];
+        let server = issue(&spec, Some(&ca)).unwrap();
+        std::fs::write(dir.join("ca.crt"), &ca.cert_pem).unwrap();
+        std::fs::write(dir.join("s.crt"), &server.cert_pem).unwrap();
+        std::fs::write(dir.join("s.key"), server.key_pem()).unwrap();
+        std::fs::write(dir.join("jwt.secret"), "0123456789abcdef0123456789abcdef").unwrap();
+        let text = "[listen]\nhttps = \"127.0.0.1:8443\"\n[tls]\ncert=\"s.crt\"\nkey=\"s.key\"\nclient_ca=\"ca.crt\"\n\
+            [jwt]\nalgorithms = [\"HS256\"]\nsecret_file = \"jwt.secret\"\n\
+            [[queue]]\nname = \"gpu\"\n\
+            [[queue]]\nname = \"ui\"\nprotocol = \"gradio\"\nkey = \"subject\"\nslots = 2\n\
+            [[route]]\npath = \"/gradio_api/queue/join\"\naction = \"allow\"\nauth = \"jwt\"\nqueue = \"ui\"\n\
+            [[route]]\npath = \"/gradio_api/call\"\naction = \"allow\"\nauth = \"jwt\"\nqueue = \"ui\"\n\
+            [[route]]\npath = \"/api/colorize\"\naction = \"allow\"\nqueue = \"gpu\"\n";
+        let c = Config::from_str(text, &dir.join("certgate.toml")).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(c.queues.len(), 2);
+        let gpu = &c.queues[0];
+        assert_eq!(
+            (gpu.slots, gpu.per_identity, gpu.max_waiting, gpu.max_wait),
+            (1, 1, 16, Duration::from_secs(600))
+        );
+        assert_eq!(gpu.key, crate::queue::KeyBy::Client);
+        assert_eq!(gpu.protocol, crate::queue::Protocol::Http);
+        assert_eq!(c.queues[1].slots, 2);
+        let queues: Vec<_> = c.routes.iter().map(|r| r.rules.queue).collect();
+        assert_eq!(queues, [Some(1), Some(1), Some(0)]);
+    }
+
     #[test]
     fn default_durations_parse() {
         for d in [
@@ -1927,6 +2082,31 @@ mod tests {
                 "[[route]]\npath = \"/a\"\naction = \"allow\"\nrate_limit = \"nope\"",
                 "route[0].rate_limit",
                 "no [[rate_limit]] zone named",
+            ),
+            (
+                "[[queue]]\nname = \"gpu\"\nslots = 0",
+                "queue[0].slots",
+                "at least 1",
+            ),
+            (
+                "[[queue]]\nname = \"gpu\"\nmax_wait = \"forever\"",
+                "queue[0].max_wait",
+                "forever",
+            ),
+            (
+                "[[route]]\npath = \"/a\"\naction = \"allow\"\nqueue = \"gpu\"",
+                "route[0].queue",
+                "no [[queue]] named \"gpu\" (queues: none)",
+            ),
+            (
+                "[[queue]]\nname = \"gpu\"\nkey = \"subject\"\n[[route]]\npath = \"/a\"\naction = \"allow\"\nqueue = \"gpu\"",
+                "route[0].queue",
+                "no auth to give a subject",
+            ),
+            (
+                "[[queue]]\nname = \"gpu\"\nprotocol = \"gradio\"\n[[route]]\npath = \"/gradio_api\"\naction = \"allow\"\nqueue = \"gpu\"",
+                "route[0].queue",
+                "not a Gradio queue join or REST call",
             ),
             ("[reload]\nwatch = \"often\"", "reload.watch", "often"),
             ("[admin]\nlisten = \"nowhere\"", "admin.listen", "nowhere"),

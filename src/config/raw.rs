@@ -34,6 +34,8 @@ pub(super) struct RawConfig {
     pub(super) access: RawAccess,
     #[serde(default, rename = "rate_limit")]
     pub(super) rate_limits: Vec<RawRateLimit>,
+    #[serde(default, rename = "queue")]
+    pub(super) queues: Vec<RawQueue>,
     pub(super) jwt: Option<RawJwt>,
     pub(super) forward_auth: Option<RawForwardAuth>,
     pub(super) response_headers: Option<std::collections::BTreeMap<String, Spanned<String>>>,
@@ -116,6 +118,26 @@ pub(super) struct RawRateLimit {
     pub(super) burst: Option<Spanned<u32>>,
     /// `shared` (the default with `[shared]`) or `local`.
     pub(super) scope: Option<Spanned<String>>,
+}
+
+/// `[[queue]]`
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawQueue {
+    /// Queue name, used by routes.
+    pub(super) name: Spanned<String>,
+    /// Jobs the backend runs at once, per server.
+    pub(super) slots: Option<Spanned<usize>>,
+    /// Jobs of one person at the backend at once.
+    pub(super) per_identity: Option<Spanned<usize>>,
+    /// Jobs of one person waiting in certgate.
+    pub(super) max_waiting: Option<Spanned<usize>>,
+    /// Longest wait.
+    pub(super) max_wait: Option<Spanned<String>>,
+    /// `client`, `ip` or `subject`.
+    pub(super) key: Option<Spanned<crate::queue::KeyBy>>,
+    /// `http` or `gradio`.
+    pub(super) protocol: Option<Spanned<crate::queue::Protocol>>,
 }
 
 pub(super) fn default_key_by() -> KeyBy {
@@ -338,6 +360,8 @@ pub(super) struct RawRoute {
     pub(super) strip_prefix: Option<Spanned<String>>,
     /// An `[upstreams.NAME]` group; default `[upstream]`.
     pub(super) upstream: Option<Spanned<String>>,
+    /// A `[[queue]]` name.
+    pub(super) queue: Option<Spanned<String>>,
 }
 
 /// `allow = { cn = [...], ... }`

@@ -21,7 +21,9 @@ mod view;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 
 pub use store::Store;
-pub use view::{CrlNote, Daemon, Inputs, ReloadNote, SharedNote, utc, utc_seconds};
+pub use view::{
+    CrlNote, Daemon, Inputs, PersonQueue, QueueNote, ReloadNote, SharedNote, utc, utc_seconds,
+};
 
 use crate::onboarding::Problem;
 use crate::policy::routes::{Action, IdentityAllow, NormalizedPath, Route, RouteError};

@@ -25,10 +25,9 @@ pub struct Inputs<'a> {
     pub backends: Vec<GroupStatus>,
     /// The group and server each of these fingerprints is bound to (identity affinity).
     pub bound_to: &'a dyn Fn(&[&str]) -> HashMap<String, String>,
-    /// Each queue's state (spec §15). The hook for the queue room: empty until queues exist.
+    /// Each queue's state (spec §15), read from the queue room; empty where none is configured.
     pub queues: Vec<QueueNote>,
-    /// One person's jobs in the queues, by fingerprint. The hook for the queue room: `None`
-    /// until queues exist.
+    /// One person's jobs in the queues, by fingerprint; `None` for someone no queue has seen.
     pub person_queue: &'a dyn Fn(&str) -> Option<PersonQueue>,
     /// The daemon's own state.
     pub daemon: Daemon,
@@ -121,7 +120,7 @@ pub struct View {
     pub busiest: Vec<Busiest>,
 }
 
-/// A queue's state: the hook the queue room (spec §15) fills; no queues exist yet.
+/// A queue's state, read from the queue room (spec §15).
 #[derive(Debug, Clone, Serialize)]
 pub struct QueueNote {
     /// Its name.
@@ -203,7 +202,7 @@ pub struct PersonRow {
     pub last_refusal: Option<String>,
     /// Refused by a rate limit.
     pub rate_limited: u64,
-    /// Queue jobs, busy seconds and waiting jobs (spec §15): none while no queue exists.
+    /// Queue jobs, busy seconds and waiting jobs (spec §15): none for someone no queue has seen.
     pub queue: Option<PersonQueue>,
     /// The upstream group and server it is bound to (identity affinity).
     pub bound_to: Option<String>,

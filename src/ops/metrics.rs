@@ -65,6 +65,27 @@ impl ServerStats {
     }
 }
 
+/// The metrics of one queue (spec §15), label `queue`.
+#[derive(Debug, Clone)]
+pub struct QueueStats {
+    /// Slots per server.
+    pub slots: Gauge,
+    /// Slots in use now.
+    pub busy: Gauge,
+    /// Jobs waiting now.
+    pub waiting: Gauge,
+    /// How long jobs waited, seconds.
+    pub wait: Histogram,
+    /// Jobs that ran to their end.
+    pub jobs: Counter,
+    /// Slot-seconds used.
+    pub busy_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
+    /// Refused: the person had `max_waiting` jobs waiting.
+    pub full: Counter,
+    /// Refused: waited `max_wait`.
+    pub timeout: Counter,
+}
+
 /// All of certgate's metrics.
 #[derive(Debug)]
 pub struct Metrics {
@@ -89,6 +110,18 @@ pub struct Metrics {
     server_bound: Family<Labels, Gauge>,
     shared_unavailable: Counter,
     shared_available: Gauge,
+    queue_slots: Family<Labels, Gauge>,
+    queue_busy: Family<Labels, Gauge>,
+    queue_waiting: Family<Labels, Gauge>,
+    queue_wait: Family<Labels, Histogram, fn() -> Histogram>,
+    queue_jobs: Family<Labels, Counter>,
+    queue_rejected: Family<Labels, Counter>,
+    queue_busy_seconds: Family<Labels, Counter<f64, std::sync::atomic::AtomicU64>>,
+}
+
+/// Queue waits: from 10 ms to about 45 minutes.
+fn queue_wait_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.01, 2.0, 19))
 }
 
 impl Default for Metrics {
@@ -122,6 +155,13 @@ impl Metrics {
             server_bound: Family::default(),
             shared_unavailable: Counter::default(),
             shared_available: Gauge::default(),
+            queue_slots: Family::default(),
+            queue_busy: Family::default(),
+            queue_waiting: Family::default(),
+            queue_wait: Family::new_with_constructor(queue_wait_histogram),
+            queue_jobs: Family::default(),
+            queue_rejected: Family::default(),
+            queue_busy_seconds: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -215,7 +255,63 @@ impl Metrics {
             "The earliest expiry among client certificates seen since start, Unix time",
             m.client_cert_soonest_expiry.clone(),
         );
+        registry.register(
+            "queue_slots",
+            "Jobs each queue lets the backend run at once (per server)",
+            m.queue_slots.clone(),
+        );
+        registry.register(
+            "queue_busy",
+            "Slots of each queue in use now",
+            m.queue_busy.clone(),
+        );
+        registry.register(
+            "queue_waiting",
+            "Jobs waiting in each queue now",
+            m.queue_waiting.clone(),
+        );
+        registry.register(
+            "queue_wait_seconds",
+            "How long jobs waited for their turn",
+            m.queue_wait.clone(),
+        );
+        registry.register(
+            "queue_jobs",
+            "Jobs each queue ran to their end",
+            m.queue_jobs.clone(),
+        );
+        registry.register(
+            "queue_rejected",
+            "Jobs refused by each queue, by reason (full, timeout)",
+            m.queue_rejected.clone(),
+        );
+        registry.register(
+            "queue_busy_seconds",
+            "Slot-seconds each queue's jobs used",
+            m.queue_busy_seconds.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// The series of queue `queue`, looked up once when the queue is made, so that a job
+    /// costs atomic updates and no label allocation.
+    pub fn queue_stats(&self, queue: &str) -> QueueStats {
+        let l = labels(&[("queue", queue)]);
+        let rejected = |reason: &str| {
+            self.queue_rejected
+                .get_or_create(&labels(&[("queue", queue), ("reason", reason)]))
+                .clone()
+        };
+        QueueStats {
+            slots: self.queue_slots.get_or_create(&l).clone(),
+            busy: self.queue_busy.get_or_create(&l).clone(),
+            waiting: self.queue_waiting.get_or_create(&l).clone(),
+            wait: self.queue_wait.get_or_create(&l).clone(),
+            jobs: self.queue_jobs.get_or_create(&l).clone(),
+            busy_seconds: self.queue_busy_seconds.get_or_create(&l).clone(),
+            full: rejected("full"),
+            timeout: rejected("timeout"),
+        }
     }
 
     /// The counters for one route label (`route[2] /api`, or `none`).

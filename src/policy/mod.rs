@@ -31,6 +31,8 @@ pub struct Settings<'a> {
     pub routes: &'a [Route],
     /// `[[rate_limit]]` zones, by index.
     pub zones: &'a [RateLimitZone],
+    /// `[[queue]]`, by index.
+    pub queues: &'a [crate::queue::QueueSettings],
     /// `[jwt]`.
     pub jwt: Option<&'a Arc<JwtVerifier>>,
     /// `[forward_auth]`.
@@ -67,6 +69,8 @@ pub struct Policy {
     jwt: Option<Arc<JwtVerifier>>,
     forward_auth: Option<ForwardAuth>,
     max_body: u64,
+    /// Per `[[queue]]`: who a person is, and whether a job is a Gradio event.
+    queue_keys: Vec<(crate::queue::KeyBy, bool)>,
 }
 
 impl Policy {
@@ -114,6 +118,11 @@ impl Policy {
             jwt: settings.jwt.cloned(),
             forward_auth: settings.forward_auth.map(|f| ForwardAuth::new(f, headers)),
             max_body: settings.max_body,
+            queue_keys: settings
+                .queues
+                .iter()
+                .map(|q| (q.key, q.protocol == crate::queue::Protocol::Gradio))
+                .collect(),
         }
     }
 
@@ -166,6 +175,7 @@ impl Policy {
         let mut max_body = self.max_body;
         let mut forwarded = None;
         let mut group = 0;
+        let mut queue = None;
         if let Some((i, route)) = matched {
             *matched_route = Some(i);
             let label = &route.label;
@@ -234,6 +244,9 @@ impl Policy {
                     Rule::on(label, Check::Allow),
                 ));
             }
+            // The JWT subject, or the first header forward auth copied: who a queue's
+            // `key = "subject"` counts turns by.
+            let mut queue_subject: Option<String> = None;
             match rules.auth {
                 Auth::None => {}
                 Auth::Jwt => {
@@ -254,6 +267,7 @@ impl Policy {
                         Reject::invalid_token("the subject claim cannot be sent as a header")
                     })?;
                     extra.push((jwt.subject_header.clone(), value));
+                    queue_subject = Some(subject);
                 }
                 Auth::Forward => {
                     let Some(fa) = &self.forward_auth else {
@@ -270,6 +284,10 @@ impl Policy {
                             r.rule = Some(Box::new(Rule::on(label, Check::ForwardAuth)));
                             r
                         })?;
+                    queue_subject = copied
+                        .first()
+                        .and_then(|(_, v)| v.to_str().ok())
+                        .map(str::to_owned);
                     extra.extend(copied);
                 }
             }
@@ -294,6 +312,17 @@ impl Policy {
                 max_body = mb;
             }
             group = rules.upstream;
+            if let Some(q) = rules.queue
+                && let Some(&(key, gradio)) = self.queue_keys.get(q)
+                // A Gradio job starts with a POST (join, call); the call's result stream
+                // (a GET under the same route) is how it ends, and must not wait its turn.
+                && (!gradio || req.method() == Method::POST)
+            {
+                queue = Some(crate::queue::Ticket {
+                    queue: q,
+                    person: person(Some(key), peer, queue_subject),
+                });
+            }
         }
         let target = target(req, forwarded.as_ref().unwrap_or(&path))?;
         Ok(Outbound {
@@ -302,7 +331,32 @@ impl Policy {
             extra,
             max_body,
             group,
+            queue,
         })
+    }
+}
+
+/// Who a queued request's person is, by the queue's `key`: a subject that forward auth did not
+/// give (its service copied no header) counts as the client, so it still waits its turn.
+fn person(
+    key: Option<crate::queue::KeyBy>,
+    peer: &Peer,
+    subject: Option<String>,
+) -> crate::queue::Person {
+    use crate::queue::KeyBy;
+    let id = peer.identity.as_deref();
+    let fingerprint: Option<Arc<str>> = id.map(|i| Arc::from(i.fingerprint.as_str()));
+    let ip = peer.addr.ip();
+    let key: Arc<str> = match (key, subject, &fingerprint) {
+        (Some(KeyBy::Subject), Some(s), _) => format!("subject:{s}").into(),
+        (Some(KeyBy::Ip), _, _) | (_, _, None) => format!("ip:{ip}").into(),
+        (_, _, Some(f)) => format!("cert:{f}").into(),
+    };
+    crate::queue::Person {
+        key,
+        subject_dn: id.map(|i| Arc::from(i.subject_dn.as_str())),
+        fingerprint,
+        ip,
     }
 }
 

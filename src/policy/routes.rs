@@ -344,6 +344,8 @@ pub struct RouteRules {
     /// Whether the route names its group with `upstream`. A deny route that names none is not
     /// taken to protect `[upstream]` alone: it protects every group (see [`deny_after_strip`]).
     pub upstream_named: bool,
+    /// Index of the `[[queue]]` its requests wait in.
+    pub queue: Option<usize>,
 }
 
 impl RouteRules {

@@ -1,6 +1,7 @@
 //! The admin listener (`[admin] listen`, plain HTTP, meant for loopback): `/metrics` in the
 //! Prometheus text format, `/livez` (the process answers), `/readyz` (the config is loaded and
-//! the backend accepts a TCP connection), and at `/` the operator's page (spec §16): the
+//! the backend accepts a TCP connection), `/usage` (each queue's people: running, waiting, jobs
+//! done, busy seconds, last seen; spec §15), and at `/` the operator's page (spec §16): the
 //! listener is the operator's own, so it has no allow-list.
 
 use std::convert::Infallible;
@@ -50,6 +51,14 @@ async fn answer(shared: &Shared, req: &Request<Incoming>) -> Response<ProxyBody>
         ),
         "/livez" => text(StatusCode::OK, "text/plain", "ok\n".into()),
         "/" => super::page::answer(shared, &shared.current(), req.uri().query(), req.headers()),
+        "/usage" => {
+            let rt = shared.current();
+            let queues: Vec<serde_json::Value> =
+                rt.forwarder.queues().iter().map(|q| q.usage()).collect();
+            let mut body = serde_json::json!({ "queues": queues }).to_string();
+            body.push('\n');
+            text(StatusCode::OK, "application/json", body)
+        }
         "/readyz" => {
             let (down, single) = shared.current().forwarder.readiness();
             if let Some(why) = down {
@@ -84,7 +93,7 @@ async fn answer(shared: &Shared, req: &Request<Incoming>) -> Response<ProxyBody>
         _ => text(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: try /, /metrics, /livez or /readyz\n".into(),
+            "not found: try /, /metrics, /livez, /readyz or /usage\n".into(),
         ),
     }
 }

@@ -104,6 +104,7 @@ pub(super) async fn handle(
     }
     add_response_headers(&mut resp, &rt.response_headers);
     let status = resp.status().as_u16();
+    let queue_wait = resp.extensions().get::<crate::queue::Waited>().map(|w| w.0);
     resp.body_mut().set_log(AccessRecord {
         start: cx.start,
         peer: conn.peer.addr,
@@ -123,6 +124,7 @@ pub(super) async fn handle(
         request,
         bytes_in,
         ledger: rt.record.then(|| shared.ledger.clone()),
+        queue_wait,
     });
     resp
 }

@@ -210,6 +210,8 @@ impl Server {
             "shutting down: no new connections; waiting for requests in flight"
         );
         cancel.cancel();
+        // Jobs still waiting in a queue will not get their turn now: answered 503 at once.
+        self.shared.current().forwarder.queues().close();
         // WebSockets in flight are waited for like requests in flight, within the same grace.
         self.shared.tunnels.close();
         let everything = async {

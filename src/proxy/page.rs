@@ -6,7 +6,9 @@
 use http::{HeaderMap, Response};
 
 use super::runtime::{Runtime, Shared};
-use crate::console::{CrlNote, Daemon, Inputs, SharedNote, utc_seconds};
+use std::collections::HashMap;
+
+use crate::console::{CrlNote, Daemon, Inputs, PersonQueue, QueueNote, SharedNote, utc_seconds};
 use crate::response::body::ProxyBody;
 
 /// A CRL whose next update is this close is flagged (the log warns from the same day).
@@ -55,14 +57,39 @@ pub(super) fn answer(
             }
         }),
     };
+    // Read from the queue room once per page: each queue's totals, each person's jobs summed
+    // over the queues.
+    let mut queues = Vec::new();
+    let mut people: HashMap<String, PersonQueue> = HashMap::new();
+    for q in rt.forwarder.queues().iter() {
+        let (slots, busy, waiting) = q.totals();
+        queues.push(QueueNote {
+            name: q.name().to_string(),
+            slots,
+            busy,
+            waiting,
+        });
+        q.each_person(|fingerprint, running, waiting, jobs, used| {
+            let row = people
+                .entry(fingerprint.to_string())
+                .or_insert(PersonQueue {
+                    running: 0,
+                    waiting: 0,
+                    jobs: 0,
+                    busy_seconds: 0.0,
+                });
+            row.running += running;
+            row.waiting += waiting;
+            row.jobs += jobs;
+            row.busy_seconds += used.as_secs_f64();
+        });
+    }
     let inputs = Inputs {
         store: &shared.console,
         backends: rt.forwarder.status(),
         bound_to: &|fingerprints| rt.forwarder.bound_to(fingerprints),
-        // The queue room (spec §15) is not in this build: these two are where its state goes
-        // (each queue's slots, busy and waiting; each person's jobs by fingerprint).
-        queues: Vec::new(),
-        person_queue: &|_| None,
+        queues,
+        person_queue: &|fingerprint| people.get(fingerprint).cloned(),
         daemon,
     };
     crate::console::answer(&inputs, query, headers)

@@ -253,7 +253,12 @@ impl Runtime {
                 previous.map(|p| &p.forwarder),
                 config.limits.body_timeout,
                 shared_bindings,
-            ),
+            )
+            .with_queues(crate::queue::Queues::new(
+                &config.queues,
+                metrics,
+                previous.map(|p| p.forwarder.queues()),
+            )),
             headers: config.headers.clone(),
             access_log: config.log.access,
             allow_ips: config.allow_ips.clone(),

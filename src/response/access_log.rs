@@ -1,6 +1,7 @@
 //! One access-log line per request, written when the response has been sent (or abandoned), with
 //! the fields of nginx's classic JSON log: time, client address, client DN, verify status,
-//! method, path, status, bytes sent, duration, and the rule that refused the request if one did.
+//! method, path, status, bytes sent, duration, and the rule that refused the request if one did;
+//! a request that waited in a queue also carries its wait (`queue_wait_ms`).
 //! Lines are `tracing` events with target `certgate::access`, so the text or JSON formatter of
 //! the subscriber decides how they look; both go to stderr.
 
@@ -52,6 +53,8 @@ pub struct AccessRecord {
     pub bytes_in: u64,
     /// Told when the response has ended, when the operator's page is on.
     pub ledger: Option<Arc<dyn Ledger>>,
+    /// How long a queued request waited for its turn (spec §15); `None` when not queued.
+    pub queue_wait: Option<std::time::Duration>,
 }
 
 impl AccessRecord {
@@ -89,6 +92,9 @@ impl AccessRecord {
             duration_ms = (duration_ms * 1000.0).round() / 1000.0,
             rule = self.rule.as_deref().unwrap_or("-"),
             error = self.error.unwrap_or("-"),
+            queue_wait_ms = self
+                .queue_wait
+                .map(|w| (w.as_secs_f64() * 1_000_000.0).round() / 1000.0),
             "request"
         );
     }

@@ -35,6 +35,9 @@ enum Kind {
     },
 }
 
+/// Shown each data frame of a response body as it passes.
+pub type Watch = Box<dyn FnMut(&[u8]) + Send + Sync>;
+
 /// A response body; see the module doc.
 pub struct ProxyBody {
     kind: Kind,
@@ -43,6 +46,9 @@ pub struct ProxyBody {
     /// Dropped when the body is done with: the server's count of the request in flight, the
     /// lease that gives the backend connection back.
     done: Option<Box<dyn Send + Sync>>,
+    /// Shown each data frame as it passes, and dropped with the body (a queue following a
+    /// Gradio event stream).
+    watch: Option<Watch>,
 }
 
 impl ProxyBody {
@@ -54,6 +60,7 @@ impl ProxyBody {
             sent: 0,
             log: None,
             done: None,
+            watch: None,
         }
     }
 
@@ -73,6 +80,7 @@ impl ProxyBody {
             sent: 0,
             log: None,
             done: None,
+            watch: None,
         }
     }
 
@@ -84,6 +92,12 @@ impl ProxyBody {
     /// Keeps `done` until the body is done with (sent, failed or dropped), then drops it.
     pub fn on_done(&mut self, done: Box<dyn Send + Sync>) {
         self.done = Some(done);
+    }
+
+    /// Shows `watch` every data frame as it passes to the client, unchanged and unbuffered;
+    /// `watch` is dropped with the body.
+    pub fn watch(&mut self, watch: Watch) {
+        self.watch = Some(watch);
     }
 }
 
@@ -119,6 +133,9 @@ impl Body for ProxyBody {
             Some(Ok(f)) => {
                 if let Some(d) = f.data_ref() {
                     this.sent += d.len() as u64;
+                    if let Some(w) = this.watch.as_mut() {
+                        w(d);
+                    }
                 }
             }
             Some(Err(_)) => {
@@ -152,6 +169,7 @@ impl Drop for ProxyBody {
         if let Some(log) = self.log.take() {
             log.finish(self.sent);
         }
+        drop(self.watch.take());
         drop(self.done.take());
     }
 }

@@ -43,6 +43,8 @@ pub enum Check {
     Invitation,
     /// The operator's page's `[console] allow`.
     Console,
+    /// A queue (its name) refused the job: full, or its wait timed out.
+    Queue(Arc<str>),
 }
 
 /// Which check refused a request, and on which route.
@@ -93,8 +95,14 @@ impl fmt::Display for Rule {
             Check::Certificate(why) => write!(f, "certificate {why}"),
             Check::Invitation => f.write_str("invitation"),
             Check::Console => f.write_str("console allow"),
+            Check::Queue(name) => write!(f, "queue {name}"),
         }
     }
+}
+
+/// `Retry-After` in whole seconds, rounded up, at least 1.
+fn whole_seconds(d: std::time::Duration) -> u64 {
+    (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
 }
 
 /// A refusal or failure, before it is rendered.
@@ -197,8 +205,7 @@ impl Reject {
 
     /// 429 `too_many_requests` with `Retry-After` (whole seconds, at least 1).
     pub fn too_many_requests(zone: &str, retry_after: std::time::Duration) -> Reject {
-        let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
-        let secs = secs.max(1);
+        let secs = whole_seconds(retry_after);
         let mut r = Reject::new(
             StatusCode::TOO_MANY_REQUESTS,
             "too_many_requests",
@@ -207,6 +214,54 @@ impl Reject {
         r.rule = Some(Box::new(Rule::bare(Check::RateLimit(zone.into()))));
         r.headers
             .push((header::RETRY_AFTER, HeaderValue::from(secs)));
+        r
+    }
+
+    /// 429 `queue_full` with `Retry-After`: the person already has as many jobs waiting in
+    /// queue `queue` as it holds.
+    pub fn queue_full(queue: &str, retry_after: std::time::Duration) -> Reject {
+        let secs = whole_seconds(retry_after);
+        let mut r = Reject::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "queue_full",
+            format!(
+                "You already have as many jobs waiting in queue {queue:?} as it holds; retry in {secs} s, when one of them has started."
+            ),
+        );
+        r.rule = Some(Box::new(Rule::bare(Check::Queue(queue.into()))));
+        r.headers
+            .push((header::RETRY_AFTER, HeaderValue::from(secs)));
+        r
+    }
+
+    /// 503 `queue_timeout` with `Retry-After`: the job waited `max_wait` in queue `queue`.
+    pub fn queue_timeout(
+        queue: &str,
+        max_wait: std::time::Duration,
+        retry_after: std::time::Duration,
+    ) -> Reject {
+        let secs = whole_seconds(retry_after);
+        let mut r = Reject::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "queue_timeout",
+            format!(
+                "Your job waited {} in queue {queue:?} without its turn coming; the backend is busy, retry in {secs} s.",
+                humantime::format_duration(max_wait)
+            ),
+        );
+        r.rule = Some(Box::new(Rule::bare(Check::Queue(queue.into()))));
+        r.headers
+            .push((header::RETRY_AFTER, HeaderValue::from(secs)));
+        r
+    }
+
+    /// 503 `service_unavailable`: certgate shut down while the job waited in queue `queue`.
+    pub fn queue_closed(queue: &str) -> Reject {
+        let mut r = Reject::service_unavailable(format!(
+            "certgate is shutting down; your job in queue {queue:?} did not start. Retry in a moment."
+        ));
+        r.headers
+            .push((header::RETRY_AFTER, HeaderValue::from_static("5")));
         r
     }
 

@@ -52,6 +52,8 @@ pub struct Outbound {
     pub max_body: u64,
     /// The upstream group: 0 is `[upstream]`, then the `[upstreams.NAME]` groups in order.
     pub group: usize,
+    /// The queue it waits in for its turn, and whose job it is.
+    pub queue: Option<crate::queue::Ticket>,
 }
 
 /// Where a request comes from, as forwarding needs it.
@@ -74,6 +76,8 @@ pub struct Forwarder {
     metrics: Arc<Metrics>,
     /// `[limits] body_timeout`: the longest silence between two reads of a request body.
     body_timeout: Duration,
+    /// `[[queue]]`: where queued routes' requests wait for their turn.
+    queues: crate::queue::Queues,
 }
 
 impl Forwarder {
@@ -102,7 +106,20 @@ impl Forwarder {
             headers,
             metrics,
             body_timeout,
+            queues: crate::queue::Queues::default(),
         }
+    }
+
+    /// The forwarder with its queues (routes name them by index).
+    #[must_use]
+    pub fn with_queues(mut self, queues: crate::queue::Queues) -> Forwarder {
+        self.queues = queues;
+        self
+    }
+
+    /// The queues, for the reload that takes them over, shutdown and `/usage`.
+    pub fn queues(&self) -> &crate::queue::Queues {
+        &self.queues
     }
 
     /// Forgets stale bindings and refreshes the per-server gauges.
@@ -161,6 +178,7 @@ impl Forwarder {
             extra,
             max_body,
             group,
+            queue,
         } = out;
         let peer = origin.peer.addr;
         let declared = req
@@ -187,6 +205,17 @@ impl Forwarder {
             self.metrics.upstream_error("no_healthy_backend");
             return Err(Reject::no_healthy_backend(&group.name));
         }
+        // A queued route's request waits here for its turn on the server chosen above (spec
+        // §15), its body unread; the permit holds the slot until the response has ended (a
+        // failover keeps it: the server that refused the connection runs nothing of the job).
+        let permit = match &queue {
+            Some(ticket) => Some(
+                self.queues
+                    .wait(ticket, &candidates[0].settings.url)
+                    .await?,
+            ),
+            None => None,
+        };
         let overflow = std::sync::Arc::new(Overflow::default());
         let mut req = req.map(|b| {
             LimitedBody::new(
@@ -233,12 +262,18 @@ impl Forwarder {
                     if let Some(key) = &key {
                         group.served(key, server);
                     }
+                    let (permit, gradio) = crate::queue::Queues::split(permit);
                     let answer = Answer {
                         resp,
                         lease,
                         in_flight,
+                        permit,
                     };
-                    return Ok(self.respond(answer, client_upgrade, peer, origin));
+                    let resp = self.respond(answer, client_upgrade, peer, origin);
+                    return Ok(self
+                        .queues
+                        .follow(gradio, &method, target.path(), resp)
+                        .await);
                 }
                 Sent::Refused(e) => {
                     group.failed(server, "connect");
@@ -362,9 +397,13 @@ impl Forwarder {
             resp,
             lease,
             in_flight,
+            permit,
         } = answer;
         let (mut parts, body) = resp.into_parts();
         parts.version = Version::HTTP_11;
+        if let Some(p) = &permit {
+            parts.extensions.insert(crate::queue::Waited(p.waited()));
+        }
         if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) =
             (client_upgrade, parts.status)
         {
@@ -376,8 +415,8 @@ impl Forwarder {
         }
         headers::remove_hop_by_hop(&mut parts.headers, false);
         let mut body = ProxyBody::stream(body, in_flight.idle_timeout());
-        // One allocation per request holds both until the body is done with.
-        body.on_done(Box::new((in_flight, lease)));
+        // One allocation per request holds them until the body is done with.
+        body.on_done(Box::new((in_flight, lease, permit)));
         Response::from_parts(parts, body)
     }
 
@@ -470,6 +509,8 @@ struct Answer {
     lease: Lease,
     /// The server's count of this request in flight.
     in_flight: InFlightGuard,
+    /// A queued request's slot.
+    permit: Option<crate::queue::Permit>,
 }
 
 /// Safe to send twice (RFC 9110 §9.2.2).

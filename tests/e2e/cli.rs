@@ -467,6 +467,8 @@ async fn shipped_example_configs_pass_check() {
                 "\"user_id\" -> x-auth-subject",
                 "methods POST, allow_ips, client certificate required, auth jwt, rate_limit api, max_body 50.0 MiB, strip_prefix /api",
                 "[[rate_limit]] api: Client, 10 per 1s, burst 20",
+                "strip_prefix /api, queue gpu)",
+                "[[queue]] gpu: 1 slot(s) per server, 1 per person at once, 16 waiting per person at most, max_wait 10m, key \"subject\", protocol \"http\"",
             ] {
                 assert!(out.contains(want), "missing {want:?} in:\n{out}");
             }

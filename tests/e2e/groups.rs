@@ -503,7 +503,7 @@ fn bad_groups_name_their_key() {
     }
 }
 
-/// The shipped two-GPU example loads, with its groups as documented.
+/// The shipped two-GPU example loads, with its groups and queues as documented.
 #[test]
 fn shipped_gpu_example_loads() {
     let text = std::fs::read_to_string(concat!(
@@ -530,7 +530,9 @@ fn shipped_gpu_example_loads() {
         "health               = GET / every 5s, timeout 2s, rise 2, fall 3",
         "[upstreams.colorize]",
         "balance              = least_requests",
-        "upstream colorize",
+        "upstream colorize, queue colorize",
+        "[[queue]] ui: 1 slot(s) per server",
+        "protocol \"gradio\"",
     ] {
         assert!(summary.contains(want), "{want:?} not in:\n{summary}");
     }

@@ -21,6 +21,7 @@ mod paths;
 mod policy;
 mod profiles;
 mod properties;
+mod queue;
 mod refusals;
 mod servlet_view;
 mod shared;
