@@ -33,6 +33,9 @@ async fn gradio_at(name: &str, addr: std::net::SocketAddr) -> (Child, std::net::
         .arg(addr.port().to_string())
         .arg(name)
         .env("GRADIO_ANALYTICS_ENABLED", "False")
+        // Every app its own cache: Gradio names a cached file by its content's hash, and two
+        // apps rewriting the same /tmp/gradio file serve each other a truncated one.
+        .env("GRADIO_TEMP_DIR", scratch_dir(&gradio_cache_name()))
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)

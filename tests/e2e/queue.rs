@@ -510,6 +510,9 @@ async fn gradio_gpu(gate: &std::path::Path) -> (tokio::process::Child, SocketAdd
         .arg(addr.port().to_string())
         .arg(gate)
         .env("GRADIO_ANALYTICS_ENABLED", "False")
+        // Every app its own cache: Gradio names a cached file by its content's hash, and two
+        // apps rewriting the same /tmp/gradio file serve each other a truncated one.
+        .env("GRADIO_TEMP_DIR", scratch_dir(&gradio_cache_name()))
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::inherit())
         .kill_on_drop(true)

@@ -192,6 +192,15 @@ pub fn scratch_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// A name no other Gradio app of this run has, for its `GRADIO_TEMP_DIR`.
+pub fn gradio_cache_name() -> String {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    format!(
+        "gradio-cache-{}",
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
+}
+
 /// A folder of its own with copies of the test PKI's server and CA files, for tests that
 /// rewrite them (reload, revocation), and `certgate.toml` with `extra` appended.
 pub fn own_config(name: &str, backend: SocketAddr, tls_extra: &str, extra: &str) -> PathBuf {
