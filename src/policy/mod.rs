@@ -270,11 +270,13 @@ impl Policy {
                     ));
                 }
                 // Likewise a route that admits the stripped path only on conditions (`/admin`
-                // for one identity) keeps them: `/api/admin` is `/admin` to the backend.
+                // for one identity) keeps them: `/api/admin` is `/admin` to the backend. Not
+                // one that strips a prefix itself: what it forwards is another path.
                 if let Some((_, direct)) =
                     routes::first_match(&self.routes, &stripped).filter(|(_, r)| {
                         r.action == Action::Allow
                             && !r.is_catch_all()
+                            && r.rules.strip_prefix.is_none()
                             && r.rules.upstream == route.rules.upstream
                     })
                 {

@@ -865,7 +865,8 @@ async fn security_headers_on_every_response() {
 /// `/api` stripped, `/api/admin` reaches the backend as `/admin`, so `/admin`'s identity list
 /// refuses it like `/admin` asked directly; so do another route's `allow_ips`, `methods`,
 /// `client_cert` and a token it requires (refused: the stripped route never checked one). A
-/// route without conditions, and `/` (everything not listed above), add nothing.
+/// route without conditions, `/` (everything not listed above) and a route that strips a
+/// prefix itself (it forwards another path) add nothing.
 #[tokio::test]
 async fn strip_prefix_keeps_the_conditions_of_the_stripped_paths_route() {
     let dir = scratch_dir("strip-conditions");
@@ -905,6 +906,12 @@ auth = "jwt"
 [[route]]
 path = "/open"
 action = "allow"
+
+[[route]]
+path = "/v1"
+action = "allow"
+allow_ips = ["10.0.0.0/8"]
+strip_prefix = "/v1"
 
 [[route]]
 path = "/api"
@@ -952,11 +959,16 @@ client_cert = "required"
         (alice(), "/api/open"),
         (anonymous(), "/api/open"),
         (anonymous(), "/api/ui"),
+        // `/v1` forwards `/v1/x` as `/x`: its conditions guard `/x`, not the `/v1/x` sent here.
+        (alice(), "/api/v1/x"),
     ] {
         assert_eq!(get_once(proxy.addr, who, path).await.status, 200, "{path}");
     }
     let targets: Vec<String> = backend.seen().into_iter().map(|s| s.target).collect();
-    assert_eq!(targets, ["/readonly", "/members", "/open", "/open", "/ui"]);
+    assert_eq!(
+        targets,
+        ["/readonly", "/members", "/open", "/open", "/ui", "/v1/x"]
+    );
 }
 
 /// `strip_prefix`: `/api/colorize` reaches the backend as `/colorize`, query kept.
