@@ -26,6 +26,8 @@ use crate::response::reply::{self, Check, Reject, Rule};
 pub struct Onboarding {
     contact: Option<String>,
     store: Option<Store>,
+    /// Held from the lockout check to the count of a wrong token; see [`Onboarding::one_at_a_time`].
+    lookups: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 /// What an invitation link answered.
@@ -47,7 +49,17 @@ impl Onboarding {
         Onboarding {
             contact,
             store: enroll_dir.map(Store::new),
+            lookups: std::sync::Arc::default(),
         }
+    }
+
+    /// One invitation link answered at a time, from the lockout check to counting a wrong
+    /// token. Otherwise guesses sent together (concurrent HTTP/2 streams, several connections)
+    /// all pass the check before the first is counted, and an address gets as many lookups as
+    /// it can send at once instead of `handshake_failures_per_ip`. Nothing in between waits on
+    /// the client (a lookup is a file read), and links are rare enough not to queue.
+    pub async fn one_at_a_time(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.lookups.lock().await
     }
 
     /// Whether `path` is an invitation link this daemon answers.

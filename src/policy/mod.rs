@@ -73,6 +73,81 @@ pub struct Policy {
     queue_keys: Vec<(crate::queue::KeyBy, bool)>,
 }
 
+/// The access conditions of `direct`, the allow route that matches the path `via` forwards
+/// after its `strip_prefix`, checked on a request `via` admitted: what refuses the stripped
+/// path asked directly refuses it this way too, since the backend cannot tell the two apart.
+/// A token `direct` requires and `via` does not is refused rather than asked for: the request
+/// was never meant to carry one for that route. A rate limit or body limit is not access and
+/// stays `via`'s.
+fn after_strip<B>(
+    direct: &Route,
+    via: &Route,
+    req: &Request<B>,
+    peer: &Peer,
+    prefix: &str,
+) -> Result<(), Reject> {
+    let rules = &direct.rules;
+    let label = &direct.label;
+    let refuse = |why: String, check: Check| {
+        Err(Reject::forbidden(
+            format!(
+                "{why} (the path after strip_prefix {prefix:?} is route {:?}'s).",
+                direct.path
+            ),
+            Rule::on(label, check),
+        ))
+    };
+    if !rules.allows_method(req.method()) {
+        let mut r = Reject::method_not_allowed(
+            req.method(),
+            &rules.allow_header(),
+            Rule::on(label, Check::Methods),
+        );
+        r.message = format!(
+            "{} is not allowed on route {:?}, which the path after strip_prefix {prefix:?} is; allowed: {}.",
+            req.method(),
+            direct.path,
+            rules.allow_header()
+        );
+        return Err(r);
+    }
+    if !rules.allow_ips.allows(peer.addr.ip()) {
+        return refuse(
+            format!(
+                "Your address {} is not on its allow_ips list",
+                peer.addr.ip()
+            ),
+            Check::AllowIps,
+        );
+    }
+    if rules.client_cert_required && peer.identity.is_none() {
+        return refuse("It requires a client certificate".into(), Check::ClientCert);
+    }
+    if let (Some(allow), Some(id)) = (&rules.allow, &peer.identity)
+        && !allow.admits(id)
+    {
+        return refuse(
+            format!(
+                "Your certificate ({}) is not on its allow list",
+                id.subject_dn
+            ),
+            Check::Allow,
+        );
+    }
+    let check = match rules.auth {
+        Auth::Jwt => Check::Jwt,
+        Auth::Forward => Check::ForwardAuth,
+        Auth::None => return Ok(()),
+    };
+    if rules.auth != via.rules.auth {
+        return refuse(
+            "It requires its own authentication; ask it directly".into(),
+            check,
+        );
+    }
+    Ok(())
+}
+
 impl Policy {
     /// Builds the policy from a validated config. A zone that `previous` has with the same
     /// name, key, rate and burst is carried over with its buckets, so a reload does not hand
@@ -203,6 +278,19 @@ impl Policy {
                         ),
                         Rule::on(label, Check::DenyAfterStrip(deny.label.clone())),
                     ));
+                }
+                // Likewise a route that admits the stripped path only on conditions (`/admin`
+                // for one identity) keeps them: `/api/admin` is `/admin` to the backend. Not
+                // one that strips a prefix itself: what it forwards is another path.
+                if let Some((_, direct)) =
+                    routes::first_match(&self.routes, &stripped).filter(|(_, r)| {
+                        r.action == Action::Allow
+                            && !r.is_catch_all()
+                            && r.rules.strip_prefix.is_none()
+                            && r.rules.upstream == route.rules.upstream
+                    })
+                {
+                    after_strip(direct, route, req, peer, prefix)?;
                 }
                 forwarded = Some(stripped);
             }

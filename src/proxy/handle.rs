@@ -171,6 +171,7 @@ async fn inner(
     // Certgate's own: invitation links answer any connection, and a connection whose
     // certificate was refused gets the help page whatever it asks for.
     if rt.onboarding.claims(req.uri().path()) {
+        let _counted = rt.onboarding.one_at_a_time().await;
         // An address over its limit is refused at accept; one that went over on a connection
         // it still holds (HTTP/2 streams, keep-alive) is refused here, before any lookup.
         if let Some(wait) = rt.handshake_throttle.blocked_for(conn.peer.addr.ip()) {

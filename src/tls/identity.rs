@@ -220,14 +220,8 @@ impl IdentityHeaders {
             let _ = write!(v, ";Chain=\"{pems}\"");
         }
         v.push_str(";Subject=");
-        // The DN is always quoted, as Envoy writes it. A quoted value cannot end in `\` (see
-        // `xfcc_quoted`); a DN does only when its last value ends in a backslash, which RFC 2253
-        // escapes as `\\` and RFC 4514 lets be written `\5C`, the same DN.
-        let subject = match id.subject_dn.strip_suffix("\\\\") {
-            Some(head) => std::borrow::Cow::Owned(format!("{head}\\5C")),
-            None => std::borrow::Cow::Borrowed(id.subject_dn.as_str()),
-        };
-        let mut ok = xfcc_quoted(&subject, &mut v);
+        // The DN is always quoted, as Envoy writes it; see `xfcc_dn` for its backslashes.
+        let mut ok = xfcc_quoted(&xfcc_dn(&id.subject_dn), &mut v);
         if let Some(uri) = id.names.san_uri.first() {
             v.push_str(";URI=");
             ok &= xfcc_value(uri, &mut v);
@@ -300,13 +294,17 @@ fn xfcc_value(value: &str, out: &mut String) -> bool {
     }
 }
 
-/// An XFCC value in double quotes, as Envoy's documentation defines them: a `"` in the value is
-/// written `\"`, and nothing else is escaped — a backslash before any other character is
-/// itself. So a backslash is written as it is (doubling it would change the value), and a
-/// value that ends in one cannot be quoted at all: `\` and the closing quote would read as an
-/// escaped quote, swallowing the fields after it. Then nothing is written and `false` returned.
+/// An XFCC value in double quotes, read the same by both readings of the header in use:
+/// Envoy's documentation (a `"` in the value is written `\"`, a backslash before anything else
+/// is itself) and Envoy's own reader, the `XFCC_VALUE` formatter, as the Go and Rust XFCC
+/// parsers (a quote preceded by an odd number of backslashes is escaped, `\\` is a backslash).
+/// They agree on a backslash that is not next to a quote, so the value is written as it is with
+/// its quotes escaped; they disagree on a backslash before a quote, so a value that has one, or
+/// that ends in one (it would come before the closing quote), is not written at all: `\\"` is
+/// an escaped quote to the first and the closing quote to the second, swallowing or injecting
+/// the fields after it. Then nothing is written and `false` returned.
 fn xfcc_quoted(value: &str, out: &mut String) -> bool {
-    if value.ends_with('\\') {
+    if value.ends_with('\\') || value.contains("\\\"") {
         return false;
     }
     out.reserve(value.len() + 2);
@@ -319,6 +317,31 @@ fn xfcc_quoted(value: &str, out: &mut String) -> bool {
     }
     out.push('"');
     true
+}
+
+/// An RFC 2253 DN as XFCC's `Subject` carries it: each `\"` and `\\` pair written as the hex
+/// pair RFC 4514 gives the same character (`\22`, `\5C`), the same DN. The quoted value then
+/// has no backslash next to a quote, which the readings of XFCC take differently (see
+/// [`xfcc_quoted`]), and no `\\` that one of them would unescape into another DN.
+fn xfcc_dn(dn: &str) -> String {
+    let mut out = String::with_capacity(dn.len());
+    let mut chars = dn.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('"') => out.push_str("\\22"),
+            Some('\\') => out.push_str("\\5C"),
+            Some(next) => {
+                out.push('\\');
+                out.push(next);
+            }
+            None => out.push('\\'),
+        }
+    }
+    out
 }
 
 /// nginx's `NGX_ESCAPE_URI_COMPONENT` table: what `$ssl_client_escaped_cert` escapes.
@@ -626,14 +649,27 @@ mod tests {
         assert_eq!(q("spiffe://x/y"), "spiffe://x/y");
         assert_eq!(q("a;b"), "\"a;b\"");
         assert_eq!(q("a=b,c"), "\"a=b,c\"");
-        // Only the quote is escaped: Envoy's grammar has no escape for a backslash.
+        // Only the quote is escaped; a backslash away from a quote reads the same either way.
         assert_eq!(q("say \"hi\" \\o/"), "\"say \\\"hi\\\" \\o/\"");
-        assert_eq!(q("a\\\"b"), "\"a\\\\\"b\"");
-        // Unquoted, a trailing backslash is harmless; quoted, it cannot be written.
+        // Unquoted, a trailing backslash is harmless; quoted, it cannot be written, nor can a
+        // backslash before a quote.
         assert_eq!(q("x\\"), "x\\");
-        let mut out = String::new();
-        assert!(!xfcc_value("a;b\\", &mut out));
-        assert!(out.is_empty());
+        for bad in ["a;b\\", "a\\\"b", "a\\\\\";DNS=x"] {
+            let mut out = String::new();
+            assert!(!xfcc_value(bad, &mut out), "{bad}");
+            assert!(out.is_empty());
+        }
+    }
+
+    #[test]
+    fn xfcc_dn_writes_quote_and_backslash_escapes_as_hex() {
+        assert_eq!(
+            xfcc_dn("CN=plain,O=Acme\\, Inc."),
+            "CN=plain,O=Acme\\, Inc."
+        );
+        assert_eq!(xfcc_dn("CN=a\\\"b"), "CN=a\\22b");
+        assert_eq!(xfcc_dn("CN=trailing\\\\"), "CN=trailing\\5C");
+        assert_eq!(xfcc_dn("CN=\\\\\\\"\\;x,O=\\0A"), "CN=\\5C\\22\\;x,O=\\0A");
     }
 
     #[test]

@@ -367,18 +367,22 @@ impl Forwarder {
         let timeout = server.response_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
         let mut sent = answered(server.pool.send(req), body, deadline, timeout).await;
+        let mut replayed = false;
         if let (Ok(Err(e)), Some(replay)) = (&sent, replay)
             && e.is_stale_connection()
         {
             tracing::debug!(%peer, error = %e, "backend closed a pooled connection; retrying once");
             self.metrics.upstream_error("retried");
             if let Ok(again) = replay.body(LimitedBody::empty()) {
+                replayed = true;
                 sent = tokio::time::timeout_at(deadline, server.pool.send(again)).await;
             }
         }
         match sent {
             Ok(Ok((resp, lease))) => Sent::Answered(resp, lease),
-            Ok(Err(e)) if e.is_connect() => Sent::Refused(e),
+            // A refused retry is not a request nothing of which was sent: the first send went
+            // out, so it may not fail over to the next server as well.
+            Ok(Err(e)) if e.is_connect() && !replayed => Sent::Refused(e),
             Ok(Err(e)) => Sent::Failed(e),
             Err(_) => Sent::TimedOut(timeout),
         }

@@ -741,3 +741,49 @@ fn parallel_commands_lose_no_record() {
     assert_eq!(mode(&dir.join("certgate-ca.json")), 0o600);
     assert_eq!(mode(&dir.join("certgate-ca.json.lock")), 0o600);
 }
+
+/// `init-ca` without `--force`, run as several processes at once on an empty folder, creates
+/// one CA: the others see it once they hold the state's lock and refuse, so no command reports
+/// a CA that another one then overwrites (its clients would silently stop being trusted).
+#[test]
+fn parallel_init_ca_creates_one_ca() {
+    let dir = scratch_dir("certs-parallel-init");
+    let d = s(&dir);
+    let children: Vec<_> = (0..8)
+        .map(|i| {
+            Command::new(env!("CARGO_BIN_EXE_certgate"))
+                .args(["certs", "init-ca", "--dir", d, "--cn", &format!("CA {i}")])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outs: Vec<Output> = children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    let won: Vec<&Output> = outs.iter().filter(|o| o.status.success()).collect();
+    assert_eq!(won.len(), 1, "one init-ca creates the CA");
+    for o in outs.iter().filter(|o| !o.status.success()) {
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(err.contains("already exists"), "{err}");
+    }
+    // The CA on disk is the one the successful command reported.
+    let said = String::from_utf8_lossy(&won[0].stdout);
+    let subject = openssl_ok(&["x509", "-noout", "-subject", "-in", s(&dir.join("ca.crt"))]);
+    let cn = subject
+        .trim()
+        .rsplit("CN")
+        .next()
+        .unwrap()
+        .trim_start_matches([' ', '=']);
+    assert!(
+        said.contains(&format!("CA \"{cn}\" created")),
+        "{said} / {subject}"
+    );
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("certgate-ca.json")).unwrap()).unwrap();
+    assert_eq!(state["certs"].as_array().unwrap().len(), 1, "{state:#}");
+}

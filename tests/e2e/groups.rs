@@ -256,6 +256,73 @@ async fn refused_connections_fail_over_but_sent_requests_are_not_replayed() {
     );
 }
 
+/// The keep-alive retry is the only second send a request gets once its bytes went out: a
+/// `DELETE` sent on a pooled connection that the server then breaks, and whose one retry finds
+/// the server refusing connections, is answered 502; it does not fail over to the next server
+/// as if nothing had been sent (spec: failover only before any byte of the request was sent).
+#[tokio::test]
+async fn a_retried_request_does_not_fail_over_to_the_next_server() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let first = listener.local_addr().unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let record = seen.clone();
+    // One connection: the first request is answered and the connection kept; the listener is
+    // gone from then on (new connections refused); the second request is read and the
+    // connection closed without an answer.
+    tokio::spawn(async move {
+        let Ok((mut tcp, _)) = listener.accept().await else {
+            return;
+        };
+        drop(listener);
+        let mut buf = vec![0u8; 8192];
+        for answer in [true, false] {
+            let mut got = Vec::new();
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                match tcp.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+            let head = String::from_utf8_lossy(&got);
+            record
+                .lock()
+                .unwrap()
+                .push(head.lines().next().unwrap_or_default().to_string());
+            if answer {
+                tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await
+                    .unwrap();
+            }
+        }
+    });
+    let other = Backend::start().await;
+    // round_robin: the GET to the first server, the next GET to the other, the DELETE to the
+    // first again, on the connection the first GET left in the pool.
+    let toml = group_config(
+        &[server(first), server(other.addr)],
+        "balance = \"round_robin\"\n[upstream.health]\nenabled = false\n",
+        "",
+    );
+    let proxy = Proxy::start_with(&toml).await;
+    let mut send = h1(proxy.addr, alice()).await;
+    for _ in 0..2 {
+        assert_eq!(get1(&mut send, "/", &[]).await.status, 200);
+    }
+    let req = http::Request::delete("/items/1")
+        .header("host", "localhost")
+        .body(empty())
+        .unwrap();
+    let got = read(send.send_request(req).await.unwrap()).await;
+    assert_eq!(got.status, 502, "{}", got.body);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        ["GET / HTTP/1.1", "DELETE /items/1 HTTP/1.1"]
+    );
+    let targets: Vec<String> = other.seen().into_iter().map(|s| s.target).collect();
+    assert_eq!(targets, ["/"], "the DELETE reached a second server");
+}
+
 /// No server left: 503 `no_healthy_backend` JSON with Retry-After at once, never a hang, and
 /// `/readyz` says which group has none.
 #[tokio::test]

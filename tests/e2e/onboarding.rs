@@ -777,6 +777,56 @@ async fn guesses_on_an_open_connection_are_locked_out() {
     );
 }
 
+/// Guesses sent all at once are throttled like guesses sent one after another: with
+/// `handshake_failures_per_ip = "5/m"`, forty wrong tokens sent together as concurrent HTTP/2
+/// streams over four connections opened beforehand get at most the six lookups (404s) that
+/// sequential guesses get; every other one is refused (429) or never answered, as the
+/// connections close.
+#[tokio::test]
+async fn concurrent_guesses_are_locked_out_too() {
+    let site = make_site(
+        "invite-lockout-concurrent",
+        "client_auth = \"optional\"",
+        "[limits]\nhandshake_failures_per_ip = \"5/m\"\n",
+    );
+    let proxy = Proxy::start_file(&site.config).await;
+    let mut conns = Vec::new();
+    for _ in 0..4 {
+        conns.push(h2(proxy.addr, client_config(None, &["h2"])).await);
+    }
+    let mut guesses = tokio::task::JoinSet::new();
+    for (c, send) in conns.iter().enumerate() {
+        for i in 0..10 {
+            let mut send = send.clone();
+            let req = Request::get(format!("/.well-known/certgate/enroll/{c}{i:A>20}A"))
+                .header("host", "localhost")
+                .body(empty())
+                .unwrap();
+            guesses.spawn(async move {
+                match send.send_request(req).await {
+                    Ok(resp) => Some(read(resp).await.status.as_u16()),
+                    Err(_) => None,
+                }
+            });
+        }
+    }
+    let mut statuses = Vec::new();
+    while let Some(got) = guesses.join_next().await {
+        statuses.push(got.unwrap());
+    }
+    let looked_up = statuses.iter().filter(|s| **s == Some(404)).count();
+    assert!(
+        (1..=6).contains(&looked_up),
+        "{looked_up} lookups: {statuses:?}"
+    );
+    assert!(
+        statuses
+            .iter()
+            .all(|s| matches!(s, None | Some(404) | Some(429))),
+        "{statuses:?}"
+    );
+}
+
 /// `certs revoke` revokes first, always: when the invitation cannot be cancelled (its enroll
 /// folder unusable) the certificate is revoked and in the CRL all the same, the failure is
 /// reported after, with a non-zero exit, and running it again once the folder is back cancels

@@ -861,6 +861,116 @@ async fn security_headers_on_every_response() {
     assert!(!got.headers.contains_key("strict-transport-security"));
 }
 
+/// `strip_prefix` cannot skip the conditions of the route that admits the stripped path: with
+/// `/api` stripped, `/api/admin` reaches the backend as `/admin`, so `/admin`'s identity list
+/// refuses it like `/admin` asked directly; so do another route's `allow_ips`, `methods`,
+/// `client_cert` and a token it requires (refused: the stripped route never checked one). A
+/// route without conditions, `/` (everything not listed above) and a route that strips a
+/// prefix itself (it forwards another path) add nothing.
+#[tokio::test]
+async fn strip_prefix_keeps_the_conditions_of_the_stripped_paths_route() {
+    let dir = scratch_dir("strip-conditions");
+    std::fs::write(dir.join("jwt.secret"), format!("{SECRET}\n")).unwrap();
+    let backend = Backend::start().await;
+    let routes = format!(
+        r#"
+[jwt]
+algorithms = ["HS256"]
+secret_file = "{}"
+
+[[route]]
+path = "/admin"
+action = "allow"
+allow = {{ cn = ["nobody"] }}
+
+[[route]]
+path = "/local"
+action = "allow"
+allow_ips = ["10.0.0.0/8"]
+
+[[route]]
+path = "/readonly"
+action = "allow"
+methods = ["GET"]
+
+[[route]]
+path = "/members"
+action = "allow"
+client_cert = "required"
+
+[[route]]
+path = "/tokens"
+action = "allow"
+auth = "jwt"
+
+[[route]]
+path = "/open"
+action = "allow"
+
+[[route]]
+path = "/v1"
+action = "allow"
+allow_ips = ["10.0.0.0/8"]
+strip_prefix = "/v1"
+
+[[route]]
+path = "/api"
+action = "allow"
+strip_prefix = "/api"
+
+[[route]]
+path = "/"
+action = "allow"
+client_cert = "required"
+"#,
+        dir.join("jwt.secret").display()
+    );
+    let proxy = Proxy::start_with(&test_config(backend.addr, OPTIONAL, &routes)).await;
+    let token = hs256(serde_json::json!({"sub": "alice", "exp": now() + 600}));
+    for (path, via) in [
+        ("/admin/x", "/api/admin/x"),
+        ("/local", "/api/local"),
+        ("/tokens", "/api/TOKENS;x/y"),
+    ] {
+        let direct = get_once(proxy.addr, alice(), path).await.status;
+        assert!(direct == 403 || direct == 401, "{path}: {direct}");
+        let got = get1(
+            &mut h1(proxy.addr, alice()).await,
+            via,
+            &[("authorization", &format!("Bearer {token}"))],
+        )
+        .await;
+        assert_eq!(got.status, 403, "{via}: {}", got.body);
+        assert!(got.body.contains("after strip_prefix"), "{}", got.body);
+    }
+    let got = get_once(proxy.addr, anonymous(), "/api/members").await;
+    assert_eq!(got.status, 403, "{}", got.body);
+    let mut send = h1(proxy.addr, alice()).await;
+    let post = Request::post("/api/readonly")
+        .header("host", "localhost")
+        .body(empty())
+        .unwrap();
+    let got = read(send.send_request(post).await.unwrap()).await;
+    assert_eq!(got.status, 405, "{}", got.body);
+    // What the stripped paths' routes admit goes through.
+    for (who, path) in [
+        (alice(), "/api/readonly"),
+        (alice(), "/api/members"),
+        (alice(), "/api/open"),
+        (anonymous(), "/api/open"),
+        (anonymous(), "/api/ui"),
+        // `/v1` forwards `/v1/x` as `/x`: its conditions guard `/x`, not the `/v1/x` sent here.
+        (alice(), "/api/v1/x"),
+    ] {
+        assert_eq!(get_once(proxy.addr, who, path).await.status, 200, "{path}");
+    }
+    let targets: Vec<String> = backend.seen().into_iter().map(|s| s.target).collect();
+    assert_eq!(
+        targets,
+        ["/readonly", "/members", "/open", "/open", "/ui", "/v1/x"]
+    );
+}
+
 /// `strip_prefix`: `/api/colorize` reaches the backend as `/colorize`, query kept.
 #[tokio::test]
 async fn strip_prefix_rewrites_the_path() {

@@ -101,8 +101,8 @@ async fn rfc9440_profile_decodes_to_the_certificate_and_chain() {
 }
 
 /// `profile = "xfcc"`: one element whose Hash is the certificate's SHA-256, whose Cert is its
-/// URL-encoded PEM, whose Subject is its DN (quotes and commas escaped and quoted as Envoy
-/// does), with its URI SAN and each DNS SAN, all parsed by an independent XFCC parser and
+/// URL-encoded PEM, whose Subject is its DN (commas escaped, quotes as `\22`, quoted), with its
+/// URI SAN and each DNS SAN, all parsed by an independent XFCC parser and
 /// checked against what `cryptography` reads from the certificate itself.
 #[tokio::test]
 async fn xfcc_profile_decodes_to_the_certificate() {
@@ -127,9 +127,15 @@ async fn xfcc_profile_decodes_to_the_certificate() {
     assert_eq!(x["elements"], 1, "{decoded}");
     assert_eq!(x["cert"], hex(&odd.chain[0]), "{decoded}");
     assert_eq!(x["hash"], x["cert_sha256"], "{decoded}");
-    assert_eq!(x["subject"], x["parsed"]["subject"], "{decoded}");
-    // rcgen writes the CN first, so RFC 2253 order (last RDN first) puts O in front.
-    assert_eq!(x["subject"], "O=Acme\\; Inc,CN=Doe\\, \\\"J\\\" \\<ops\\>");
+    assert_eq!(
+        x["subject_attrs"], x["parsed"]["subject_attrs"],
+        "{decoded}"
+    );
+    // rcgen writes the CN first, so RFC 2253 order (last RDN first) puts O in front; the
+    // quotes are written `\22`, the same DN, as a backslash next to a quote reads differently
+    // to different XFCC readers.
+    assert_eq!(x["subject"], "O=Acme\\; Inc,CN=Doe\\, \\22J\\22 \\<ops\\>");
+    assert_eq!(x["envoy_code"]["subject"], x["subject"], "{decoded}");
     assert_eq!(x["uris"], x["parsed"]["uris"], "{decoded}");
     assert_eq!(
         x["uris"],
@@ -234,6 +240,7 @@ async fn xfcc_quoting_survives_hostile_subjects() {
         ("a\"b;c=d,e", "\""),
         ("\\\";DNS=evil.example;Subject=\"CN=root", "x=y"),
         ("\\\"", "\\,\\;\\="),
+        ("x\";DNS=evil.example;O=\"y", "a\\\\\"b"),
     ];
     for (i, (cn, o)) in hostile.iter().enumerate() {
         let id = custom_client(|p| {
@@ -268,24 +275,36 @@ async fn xfcc_quoting_survives_hostile_subjects() {
             serde_json::json!(["a.example"]),
             "{cn:?}: {raw:?}"
         );
+        // Envoy's own reader, which counts the backslashes before a quote, finds the same.
+        let code = &x["envoy_code"];
+        assert_eq!(code["elements"], 1, "{cn:?}: {raw:?} {decoded}");
+        assert_eq!(code["subject"], x["subject"], "{cn:?}: {raw:?}");
+        assert_eq!(code["uris"], x["uris"], "{cn:?}: {raw:?}");
+        assert_eq!(code["dns"], x["dns"], "{cn:?}: {raw:?}");
     }
-    // A URI SAN that must be quoted and ends in a backslash: no header rather than a wrong one.
-    let id = custom_client(|p| {
-        p.distinguished_name.push(rcgen::DnType::CommonName, "uri");
-        p.subject_alt_names = vec![rcgen::SanType::URI(
-            "spiffe://example.org/a;b\\".try_into().unwrap(),
-        )];
-    });
-    let got = get_once(proxy.addr, client_config(Some(&id), &[]), "/").await;
-    assert_eq!(got.status, 200, "{}", got.body);
-    let seen = backend.seen();
-    assert!(
-        !seen[hostile.len()]
-            .headers
-            .contains_key("x-forwarded-client-cert"),
-        "{:?}",
-        seen[hostile.len()].headers
-    );
+    // A URI SAN that must be quoted and ends in a backslash, or holds a backslash before a
+    // quote (which the two readings close at different places): no header rather than one
+    // that reads otherwise.
+    for (i, uri) in [
+        "spiffe://example.org/a;b\\",
+        "spiffe://a\\\";DNS=evil.example;X=\\\"b",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let id = custom_client(|p| {
+            p.distinguished_name.push(rcgen::DnType::CommonName, "uri");
+            p.subject_alt_names = vec![rcgen::SanType::URI(uri.try_into().unwrap())];
+        });
+        let got = get_once(proxy.addr, client_config(Some(&id), &[]), "/").await;
+        assert_eq!(got.status, 200, "{}", got.body);
+        let seen = backend.seen();
+        let headers = &seen[hostile.len() + i].headers;
+        assert!(
+            !headers.contains_key("x-forwarded-client-cert"),
+            "{uri:?}: {headers:?}"
+        );
+    }
 }
 
 /// Without a certificate (`client_auth = "optional"`) the RFC 9440 and XFCC profiles send

@@ -182,7 +182,10 @@ fn ensure_dir(dir: &Path) -> Result<(), CliError> {
 fn init_ca(a: &InitCa) -> Result<(), CliError> {
     let dir = &a.ca.dir;
     check_days(a.days)?;
-    if !a.force {
+    let no_ca_yet = |dir: &Path| {
+        if a.force {
+            return Ok(());
+        }
         for f in ["ca.crt", "ca.key", STATE_FILE] {
             if dir.join(f).exists() {
                 return Err(invalid(format!(
@@ -192,7 +195,9 @@ fn init_ca(a: &InitCa) -> Result<(), CliError> {
                 )));
             }
         }
-    }
+        Ok(())
+    };
+    no_ca_yet(dir)?;
     let password =
         a.ca.key_password_file
             .as_deref()
@@ -201,6 +206,9 @@ fn init_ca(a: &InitCa) -> Result<(), CliError> {
     ensure_dir(dir)?;
     let dir = &dir.canonicalize().unwrap_or_else(|_| dir.clone());
     let lock = StateLock::take(dir)?;
+    // Again under the lock: another init-ca may have created the CA since the first look, and
+    // writing over it would orphan every certificate issued with it meanwhile.
+    no_ca_yet(dir)?;
     let mut spec = Spec::new(Profile::Ca, &a.cn, a.days);
     spec.key = a.key.into();
     let ca = pki::issue(&spec, None).map_err(CliError::invalid)?;

@@ -88,9 +88,59 @@ def xfcc_elements(value):
     return elements
 
 
+def xfcc_elements_envoy_code(value):
+    """How Envoy's own code reads the header (its XFCC_VALUE formatter): ',' and ';' separate
+    outside quotes, and a '"' opens or closes a quoted part unless an odd number of backslashes
+    come before it; a quoted value loses its quotes, and backslash-quote and
+    backslash-backslash in it are unescaped. A header whose quoting this reading and the
+    documented grammar take differently yields different fields here."""
+
+    def split(text, sep):
+        parts, start, quoted = [], 0, False
+        for i, c in enumerate(text):
+            if c == '"':
+                k = 0
+                while k < i and text[i - k - 1] == "\\":
+                    k += 1
+                if k % 2 == 0:
+                    quoted = not quoted
+            elif c == sep and not quoted:
+                parts.append(text[start:i])
+                start = i + 1
+        if quoted:
+            raise ValueError("unmatched quotes")
+        parts.append(text[start:])
+        return parts
+
+    elements = []
+    for element in split(value, ","):
+        pairs = []
+        for pair in split(element, ";"):
+            key, _, raw = pair.partition("=")
+            raw = raw.strip()
+            if len(raw) >= 2 and raw[0] == '"' and raw[-1] == '"':
+                raw = raw[1:-1]
+            buf, i = [], 0
+            while i < len(raw):
+                if raw[i] == "\\" and i + 1 < len(raw) and raw[i + 1] in '"\\':
+                    i += 1
+                buf.append(raw[i])
+                i += 1
+            pairs.append((key.strip().lower(), "".join(buf)))
+        elements.append(pairs)
+    return elements
+
+
 def xfcc(headers):
     elements = xfcc_elements(headers["x-forwarded-client-cert"])
     out = {"elements": len(elements), "uris": [], "dns": []}
+    code = xfcc_elements_envoy_code(headers["x-forwarded-client-cert"])
+    out["envoy_code"] = {
+        "elements": len(code),
+        "subject": next((v for k, v in code[0] if k == "subject"), None),
+        "uris": [v for k, v in code[0] if k == "uri"],
+        "dns": [v for k, v in code[0] if k == "dns"],
+    }
     for key, val in elements[0]:
         key = key.lower()
         if key == "hash":
