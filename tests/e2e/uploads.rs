@@ -124,6 +124,37 @@ async fn a_server_that_takes_nothing_of_the_body_is_504_and_counted() {
         .await;
 }
 
+/// The connection to a server that takes nothing of the body is given up at its 504: hyper
+/// would otherwise try for ever to flush the body into it, holding the client's body, so the
+/// client's upload (and its connection to certgate) was never let go. The client's connection
+/// ends once the 504 is answered.
+#[tokio::test]
+async fn a_server_that_takes_nothing_of_the_body_does_not_hold_the_client() {
+    let a = Backend::start().await;
+    let b = Backend::start().await;
+    let proxy = Proxy::start_with(&pair_config(a.addr, b.addr, 1)).await;
+    let tls = tls_connect(proxy.addr, alice()).await.expect("TLS connect");
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = http::Request::post("/never")
+        .header("host", "localhost")
+        .body(full(vec![b'x'; 32 << 20]))
+        .unwrap();
+    let resp = tokio::time::timeout(LIMIT, send.send_request(req))
+        .await
+        .expect("answered")
+        .unwrap();
+    assert_eq!(resp.status(), 504);
+    drop((resp, send));
+    tokio::time::timeout(Duration::from_secs(10), conn)
+        .await
+        .expect("the client's connection let go, not held by the backend's")
+        .unwrap()
+        .ok();
+}
+
 /// A slow but steady upload that takes longer in all than `response_timeout` (eight chunks
 /// 200 ms apart against 500 ms) reaches the backend whole and gets its 200: the response is
 /// timed from the end of the body, and no gap comes near `body_timeout`.
