@@ -155,6 +155,34 @@ async fn a_server_that_takes_nothing_of_the_body_does_not_hold_the_client() {
         .ok();
 }
 
+/// A client that writes its whole body before it reads (Python's `http.client`, `requests`)
+/// reads the 504 of a server that takes nothing of the body: the rest of the body is read and
+/// thrown away, as a refused upload's is, instead of the connection being reset under the
+/// client's writes.
+#[tokio::test]
+async fn a_client_writing_its_whole_body_reads_the_504() {
+    let a = Backend::start().await;
+    let b = Backend::start().await;
+    let proxy = Proxy::start_with(&pair_config(a.addr, b.addr, 1)).await;
+    let mut tls = tls_connect(proxy.addr, alice()).await.expect("TLS connect");
+    let len = 32 << 20;
+    let head = format!(
+        "POST /never HTTP/1.1\r\nHost: localhost\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+    );
+    let mut got = Vec::new();
+    tokio::time::timeout(LIMIT, async {
+        tls.write_all(head.as_bytes()).await?;
+        tls.write_all(&vec![b'x'; len]).await?;
+        tls.flush().await?;
+        tls.read_to_end(&mut got).await
+    })
+    .await
+    .expect("answered")
+    .ok();
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 504"), "{got}");
+}
+
 /// A slow but steady upload that takes longer in all than `response_timeout` (eight chunks
 /// 200 ms apart against 500 ms) reaches the backend whole and gets its 200: the response is
 /// timed from the end of the body, and no gap comes near `body_timeout`.
