@@ -359,6 +359,14 @@ impl Lease {
     pub(super) fn forget(mut self) {
         self.sender = None;
     }
+
+    /// The connection is closed and not given back: it is still sending a request body that
+    /// the server, having answered, may never read.
+    pub(super) fn abandon(mut self) {
+        if let Some(conn) = self.sender.take() {
+            conn.task.abort();
+        }
+    }
 }
 
 impl Drop for Lease {
