@@ -89,6 +89,14 @@ impl Validator<'_> {
             .iter()
             .filter_map(|h| self.header_name("forward_auth.copy_headers", h))
             .collect();
+        if super::upstream::has_userinfo(raw.url.get_ref()) {
+            self.problem(
+                "forward_auth.url",
+                Some(raw.url.span()),
+                super::upstream::USERINFO,
+            );
+            return None;
+        }
         match raw.url.get_ref().trim().parse::<http::Uri>() {
             Ok(u) if u.scheme_str() == Some("http") && u.authority().is_some() => {
                 Some(ForwardAuthConfig {

@@ -29,10 +29,27 @@ pub(super) const DEFAULT_RESPONSE_TIMEOUT: &str = "60s";
 /// nginx's `proxy_read_timeout` applies between reads too; Gradio's SSE heartbeat is 15 s.
 pub(super) const DEFAULT_IDLE_TIMEOUT: &str = "60s";
 
+/// Why a backend or forward-auth URL with `user:password@` is refused. The URL is not quoted:
+/// the message goes to the journal and the operator's page.
+pub(super) const USERINFO: &str = "the URL carries credentials (user:password@), which certgate never sends and would show wherever the server is named; remove them";
+
+/// Whether the authority of `url` has a `user:password@` part. certgate sends no credentials
+/// to a backend, and the URL is shown in logs, `check`, a client's 502 and the operator's page.
+pub(super) fn has_userinfo(url: &str) -> bool {
+    let rest = url.trim().split_once("://").map_or(url, |(_, r)| r);
+    rest.split(['/', '?', '#'])
+        .next()
+        .is_some_and(|authority| authority.contains('@'))
+}
+
 impl Validator<'_> {
     /// One server URL: plain `http://host:port`, nothing else.
     fn server_url(&mut self, key: &str, url: &Spanned<String>) -> Option<http::uri::Authority> {
         let span = (url.span() != (0..0)).then(|| url.span());
+        if has_userinfo(url.get_ref()) {
+            self.problem(key, span, USERINFO);
+            return None;
+        }
         match url.get_ref().trim().parse::<http::Uri>() {
             Ok(u) if u.scheme_str() != Some("http") => {
                 self.problem(

@@ -20,8 +20,8 @@ use crate::tls::identity::ClientIdentity;
 pub const MAX_PEOPLE: usize = 10_000;
 /// Refusals kept in the ring.
 pub const MAX_REFUSALS: usize = 200;
-/// Most refusals of one address in the ring: a handshake flood from one address replaces its
-/// own entries, never everyone else's. A verified identity's refused requests are counted apart
+/// Most refusals of one address (an IPv6 one: of its /64) in the ring: a handshake flood from
+/// one address replaces its own entries, never everyone else's. A verified identity's refused requests are counted apart
 /// (per address and identity: people behind one NAT address each keep theirs); an unverified
 /// certificate's subject is the client's to choose, so it never makes a key of its own.
 pub const MAX_REFUSALS_PER_ADDRESS: usize = 5;
@@ -183,6 +183,17 @@ pub struct Refusal {
     who: Option<Box<str>>,
     /// The reason in words a person reads.
     pub words: Box<str>,
+}
+
+/// The address a refusal counts against: an IPv6 one cut to its /64, which one host holds
+/// whole and can send each handshake from a new address of (as `ClientKey::anonymous`).
+fn network(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from_bits(
+            v6.to_bits() & !((1u128 << 64) - 1),
+        )),
+        v4 => v4,
+    }
 }
 
 #[derive(Default)]
@@ -359,7 +370,8 @@ impl Store {
             }
         }
         let who = r.identity.map(|i| i.fingerprint.as_str());
-        let same = |x: &Refusal| x.addr == r.addr && x.who.as_deref() == who;
+        let from = network(r.addr);
+        let same = |x: &Refusal| network(x.addr) == from && x.who.as_deref() == who;
         let ring = &mut refusals.ring;
         if ring.iter().filter(|x| same(x)).count() >= MAX_REFUSALS_PER_ADDRESS {
             if let Some(i) = ring.iter().position(same) {
@@ -601,6 +613,51 @@ mod tests {
         for n in 0..20 {
             assert!(ring.iter().any(|r| r.addr == addr(n)), "{n} pushed out");
         }
+    }
+
+    /// One host holds a whole IPv6 /64 and can take a new address in it for every handshake:
+    /// its flood is one address's, and still leaves everyone else's refusals in the ring.
+    #[test]
+    fn a_flood_from_one_ipv6_64_keeps_everyone_elses_refusals() {
+        let store = Store::new();
+        for n in 0..20 {
+            refuse(&store, n, "expired", u64::from(n));
+        }
+        let base: u128 = 0x2001_0db8_0000_0001 << 64;
+        for i in 0..100_000u64 {
+            store.refused_at(
+                RefusalNote {
+                    addr: std::net::Ipv6Addr::from_bits(base | (u128::from(i) * 7919)).into(),
+                    identity: None,
+                    subject: None,
+                    reason: "unknown issuer",
+                    words: "unknown issuer",
+                    rate_limited: false,
+                    revoked: false,
+                },
+                100 + i,
+            );
+        }
+        let (ring, _, total) = store.refusals();
+        assert_eq!(total, 100_020);
+        assert_eq!(ring.len(), 20 + MAX_REFUSALS_PER_ADDRESS);
+        for n in 0..20 {
+            assert!(ring.iter().any(|r| r.addr == addr(n)), "{n} pushed out");
+        }
+        // Two hosts in different /64s of one /48 are two.
+        store.refused_at(
+            RefusalNote {
+                addr: std::net::Ipv6Addr::from_bits(0x2001_0db8_0000_0002 << 64).into(),
+                identity: None,
+                subject: None,
+                reason: "expired",
+                words: "expired",
+                rate_limited: false,
+                revoked: false,
+            },
+            200_000,
+        );
+        assert_eq!(store.refusals().0.len(), 21 + MAX_REFUSALS_PER_ADDRESS);
     }
 
     #[test]

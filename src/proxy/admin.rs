@@ -32,6 +32,34 @@ pub async fn serve(tcp: TcpStream, shared: Arc<Shared>) {
     let _ = http.serve_connection(TokioIo::new(tcp), service).await;
 }
 
+/// Whether `req` names this listener by an IP address or as `localhost`. The page names every
+/// person who came in and has no allow-list here, and a browser lets a web page read whatever
+/// its own name serves: under any other name the request may come from a page that rebound its
+/// name to 127.0.0.1 (DNS rebinding). An address or `localhost` is never another site's origin.
+/// A request without a name (HTTP/1.0) is no browser's.
+fn named_locally(req: &Request<Incoming>) -> bool {
+    let authority = match req.uri().authority() {
+        Some(a) => a.clone(),
+        None => match req.headers().get(header::HOST) {
+            None => return true,
+            Some(v) => match v.to_str().ok().and_then(|h| h.parse().ok()) {
+                Some(a) => a,
+                None => return false,
+            },
+        },
+    };
+    is_local_name(authority.host())
+}
+
+fn is_local_name(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok()
+}
+
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<ProxyBody> {
     let mut r = Response::new(ProxyBody::full(body));
     *r.status_mut() = status;
@@ -50,6 +78,13 @@ async fn answer(shared: &Shared, req: &Request<Incoming>) -> Response<ProxyBody>
             shared.metrics.render(shared.limits.open()),
         ),
         "/livez" => text(StatusCode::OK, "text/plain", "ok\n".into()),
+        "/" if !named_locally(req) => text(
+            StatusCode::FORBIDDEN,
+            "text/plain",
+            "forbidden: the operator's page is served here only under an address or localhost, \
+             like http://127.0.0.1:PORT/ or http://localhost:PORT/\n"
+                .into(),
+        ),
         "/" => super::page::answer(shared, &shared.current(), req.uri().query(), req.headers()),
         "/usage" => {
             let rt = shared.current();

@@ -294,11 +294,20 @@ pub struct LimitedBody {
 
 impl Drop for LimitedBody {
     fn drop(&mut self) {
-        if !self.polled
-            && let Some(inner) = self.inner.take()
-            && let Ok(mut unsent) = self.overflow.unsent.lock()
-        {
-            *unsent = Some(inner);
+        let Some(inner) = self.inner.take() else {
+            return;
+        };
+        if !self.polled {
+            if let Ok(mut unsent) = self.overflow.unsent.lock() {
+                *unsent = Some(inner);
+            }
+            return;
+        }
+        // Given up half-way on the backend's side (no answer in time, the connection broke,
+        // an early answer): the client may still be writing, and reads certgate's answer only
+        // if the rest is read, as for a refusal.
+        if !inner.is_end_stream() && tokio::runtime::Handle::try_current().is_ok() {
+            drain(inner, self.requests.take());
         }
     }
 }

@@ -268,6 +268,7 @@ impl Forwarder {
                         lease,
                         in_flight,
                         permit,
+                        body: overflow.clone(),
                     };
                     let resp = self.respond(answer, client_upgrade, peer, origin);
                     return Ok(self
@@ -402,6 +403,7 @@ impl Forwarder {
             lease,
             in_flight,
             permit,
+            body: request_body,
         } = answer;
         let (mut parts, body) = resp.into_parts();
         parts.version = Version::HTTP_11;
@@ -420,7 +422,14 @@ impl Forwarder {
         headers::remove_hop_by_hop(&mut parts.headers, false);
         let mut body = ProxyBody::stream(body, in_flight.idle_timeout());
         // One allocation per request holds them until the body is done with.
-        body.on_done(Box::new((in_flight, lease, permit)));
+        body.on_done(Box::new((
+            in_flight,
+            Done {
+                lease: Some(lease),
+                request_body,
+            },
+            permit,
+        )));
         Response::from_parts(parts, body)
     }
 
@@ -506,6 +515,27 @@ enum Sent {
     TimedOut(Duration),
 }
 
+/// The backend connection of a response whose body is done with: given back to the pool, or
+/// closed when the request body is still on its way. A server that answered before reading the
+/// whole body (a refusal of its own) may never read the rest, and hyper would go on flushing it
+/// into the server for ever, holding the client's upload; closed, the rest of the client's body
+/// is read and thrown away (see `LimitedBody`), and the client reads the answer (nginx does the
+/// same).
+struct Done {
+    lease: Option<Lease>,
+    request_body: Arc<Overflow>,
+}
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        if let Some(lease) = self.lease.take()
+            && !self.request_body.ended()
+        {
+            lease.abandon();
+        }
+    }
+}
+
 /// A response and what it holds until its body is done with.
 struct Answer {
     resp: Response<Incoming>,
@@ -515,6 +545,8 @@ struct Answer {
     in_flight: InFlightGuard,
     /// A queued request's slot.
     permit: Option<crate::queue::Permit>,
+    /// The request body's progress: the connection is not given back while it is on its way.
+    body: Arc<Overflow>,
 }
 
 /// Safe to send twice (RFC 9110 §9.2.2).

@@ -79,8 +79,34 @@ const PEAK_WINDOW: Duration = Duration::from_secs(10);
 
 /// An idle connection and when it became idle.
 struct Idle {
-    sender: SendRequest<LimitedBody>,
+    sender: Conn,
     since: Instant,
+}
+
+/// A connection to the server: the sender, and the task that drives its HTTP/1.1 state.
+struct Conn {
+    sender: SendRequest<LimitedBody>,
+    task: tokio::task::AbortHandle,
+}
+
+impl Conn {
+    fn is_closed(&self) -> bool {
+        self.sender.is_closed()
+    }
+}
+
+/// Aborts a connection's task unless disarmed: a request given up before its answer (the
+/// response timeout) leaves hyper flushing the request body into a server that may never take
+/// it, and even its shutdown flushes first, so the task, the body and the client's connection
+/// behind it would be held for ever.
+struct AbortUnlessAnswered(Option<tokio::task::AbortHandle>);
+
+impl Drop for AbortUnlessAnswered {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+        }
+    }
 }
 
 /// One server's connections; see the module doc.
@@ -166,26 +192,34 @@ impl Pool {
         self: &Arc<Self>,
         mut req: Request<LimitedBody>,
     ) -> Result<(Response<Incoming>, Lease), SendError> {
-        while let Some(mut sender) = self.checkout() {
+        while let Some(mut conn) = self.checkout() {
             // Counted as lent by the checkout; dropped on an error, the lease counts it back.
             let mut lease = self.lease();
-            match sender.try_send_request(req).await {
+            let mut guard = AbortUnlessAnswered(Some(conn.task.clone()));
+            match conn.sender.try_send_request(req).await {
                 Ok(resp) => {
-                    lease.sender = Some(sender);
+                    guard.0 = None;
+                    lease.sender = Some(conn);
                     return Ok((resp, lease));
                 }
                 Err(mut e) => match e.take_message() {
-                    Some(unsent) => req = unsent,
+                    Some(unsent) => {
+                        // Never sent: the connection was closed already.
+                        guard.0 = None;
+                        req = unsent;
+                    }
                     None => return Err(SendError::Reused(e.into_error())),
                 },
             }
         }
-        let mut sender = self.connect().await?;
+        let mut conn = self.connect().await?;
         // Lent from here, so a burst's new connections count towards its peak.
         self.lock().lend(Instant::now());
         let mut lease = self.lease();
-        let resp = sender.send_request(req).await?;
-        lease.sender = Some(sender);
+        let mut guard = AbortUnlessAnswered(Some(conn.task.clone()));
+        let resp = conn.sender.send_request(req).await?;
+        guard.0 = None;
+        lease.sender = Some(conn);
         Ok((resp, lease))
     }
 
@@ -204,7 +238,7 @@ impl Pool {
     /// The newest idle connection that is still open, counted as lent; expired ones are
     /// closed on the way. A connection that fails after the checkout is given back through its
     /// lease like any other (closed, it is dropped there).
-    fn checkout(self: &Arc<Self>) -> Option<SendRequest<LimitedBody>> {
+    fn checkout(self: &Arc<Self>) -> Option<Conn> {
         let now = Instant::now();
         let mut state = self.lock();
         let mut i = state.idle.len();
@@ -218,7 +252,7 @@ impl Pool {
             }
             if entry.sender.is_closed() {
                 state.idle.remove(i);
-            } else if entry.sender.is_ready() {
+            } else if entry.sender.sender.is_ready() {
                 let sender = state.idle.remove(i).sender;
                 state.lend(now);
                 return Some(sender);
@@ -229,7 +263,7 @@ impl Pool {
     }
 
     /// A lent connection back (`None`: it is not coming back).
-    fn give_back(self: &Arc<Self>, sender: Option<SendRequest<LimitedBody>>) {
+    fn give_back(self: &Arc<Self>, sender: Option<Conn>) {
         let now = Instant::now();
         let mut state = self.lock();
         state.lent = state.lent.saturating_sub(1);
@@ -264,7 +298,7 @@ impl Pool {
     }
 
     /// A new connection, its HTTP/1.1 state driven by a task of its own.
-    async fn connect(&self) -> Result<SendRequest<LimitedBody>, SendError> {
+    async fn connect(&self) -> Result<Conn, SendError> {
         let deadline = Instant::now() + self.connect_timeout;
         let timed_out = || {
             SendError::Connect(io::Error::new(
@@ -303,12 +337,13 @@ impl Pool {
         stream.set_nodelay(true).map_err(SendError::Connect)?;
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         let authority = self.authority.clone();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(upstream = %authority, error = %e, "backend connection ended with an error");
             }
-        });
-        Ok(sender)
+        })
+        .abort_handle();
+        Ok(Conn { sender, task })
     }
 }
 
@@ -316,13 +351,21 @@ impl Pool {
 /// body does when it is done with.
 pub(super) struct Lease {
     pool: Arc<Pool>,
-    sender: Option<SendRequest<LimitedBody>>,
+    sender: Option<Conn>,
 }
 
 impl Lease {
     /// The connection is not coming back (it became a WebSocket tunnel).
     pub(super) fn forget(mut self) {
         self.sender = None;
+    }
+
+    /// The connection is closed and not given back: it is still sending a request body that
+    /// the server, having answered, may never read.
+    pub(super) fn abandon(mut self) {
+        if let Some(conn) = self.sender.take() {
+            conn.task.abort();
+        }
     }
 }
 

@@ -186,6 +186,48 @@ async fn check_refuses_mismatched_key_and_unknown_keys() {
     );
 }
 
+/// A backend or forward-auth URL with `user:password@` is refused by `check`, and the password
+/// is in no message: certgate never sends those credentials, and they would otherwise reach
+/// every log line, the 502 a client reads and the operator's page that name the server.
+#[tokio::test]
+async fn credentials_in_a_backend_url_are_refused_and_never_shown() {
+    let cases = [
+        (
+            full_config("127.0.0.1:8443", "u:hunter2@127.0.0.1:7860", ""),
+            "upstream.url",
+        ),
+        (
+            full_config("127.0.0.1:8443", "127.0.0.1:7860", "").replace(
+                "url = \"http://127.0.0.1:7860\"",
+                "servers = [{ url = \"http://:hunter2@127.0.0.1:7860\" }]",
+            ),
+            "upstream.servers[0].url",
+        ),
+        (
+            full_config("127.0.0.1:8443", "u:hunter2@127.0.0.1:7860", "")
+                .replace("http://", "https://"),
+            "upstream.url",
+        ),
+        (
+            full_config(
+                "127.0.0.1:8443",
+                "127.0.0.1:7860",
+                "\n[forward_auth]\nurl = \"http://u:hunter2@127.0.0.1:5000/auth\"\n",
+            ),
+            "forward_auth.url",
+        ),
+    ];
+    for (n, (config, key)) in cases.into_iter().enumerate() {
+        let (code, out, err) = check(&write_config(&format!("check-userinfo-{n}"), &config)).await;
+        assert_eq!(code, 2, "{key}: {out}{err}");
+        assert!(err.contains(key) && err.contains("credentials"), "{err}");
+        assert!(
+            !err.contains("hunter2") && !out.contains("hunter2"),
+            "{err}"
+        );
+    }
+}
+
 /// Listen address in use: exit 1 naming the address.
 #[tokio::test]
 async fn run_with_address_in_use_exits_1() {

@@ -355,6 +355,50 @@ async fn the_page_shows_who_came_in_who_was_refused_and_why() {
     }
 }
 
+/// The admin listener serves the page only to a request that names it by address or as
+/// `localhost`: under any other name it would be a web page's own origin rebound to 127.0.0.1
+/// (DNS rebinding), which the operator's browser would let that page read. Its other paths,
+/// which a prober or a scraper asks for by a service name, answer under any name.
+#[tokio::test]
+async fn the_admin_listeners_page_is_not_served_under_a_rebound_name() {
+    let pki = test_pki();
+    let backend = Backend::start().await;
+    let proxy = Proxy::start(backend.addr, SITE).await;
+    // Someone for the page to name.
+    let mut send = h1(proxy.addr, client_config(Some(&pki.zhang), &[])).await;
+    assert_eq!(get1(&mut send, "/", &[]).await.status, 200);
+    let admin = proxy.admin.unwrap();
+    let port = admin.port();
+    for host in [
+        format!("rebind.attacker.example:{port}"),
+        "rebind.attacker.example".to_string(),
+        format!("localhost.attacker.example:{port}"),
+        format!("127.0.0.1.nip.io:{port}"),
+    ] {
+        for path in ["/", "/?format=json"] {
+            let (status, body) = admin_get_as(admin, &host, path).await;
+            assert_eq!(status, 403, "{host}{path}: {body}");
+            assert!(
+                !body.contains("张小明") && body.contains("localhost"),
+                "{body}"
+            );
+        }
+        assert_eq!(admin_get_as(admin, &host, "/livez").await.0, 200);
+        assert_eq!(admin_get_as(admin, &host, "/metrics").await.0, 200);
+    }
+    for host in [
+        admin.to_string(),
+        format!("localhost:{port}"),
+        "LOCALHOST".to_string(),
+        format!("[::1]:{port}"),
+        "127.0.0.1".to_string(),
+    ] {
+        let (status, body) = admin_get_as(admin, &host, "/").await;
+        assert_eq!(status, 200, "{host}: {body}");
+        assert!(body.contains("张小明"), "{host}");
+    }
+}
+
 /// A reload keeps the people and refusals (the store belongs to the daemon, not to a config),
 /// and the page reports the last reload: applied, then refused with the reason. A person whose
 /// certificate a reloaded CRL revokes while it is connected is marked so.

@@ -124,6 +124,115 @@ async fn a_server_that_takes_nothing_of_the_body_is_504_and_counted() {
         .await;
 }
 
+/// The connection to a server that takes nothing of the body is given up at its 504: hyper
+/// would otherwise try for ever to flush the body into it, holding the client's body, so the
+/// client's upload (and its connection to certgate) was never let go. The client's connection
+/// ends once the 504 is answered.
+#[tokio::test]
+async fn a_server_that_takes_nothing_of_the_body_does_not_hold_the_client() {
+    let a = Backend::start().await;
+    let b = Backend::start().await;
+    let proxy = Proxy::start_with(&pair_config(a.addr, b.addr, 1)).await;
+    let tls = tls_connect(proxy.addr, alice()).await.expect("TLS connect");
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = http::Request::post("/never")
+        .header("host", "localhost")
+        .body(full(vec![b'x'; 32 << 20]))
+        .unwrap();
+    let resp = tokio::time::timeout(LIMIT, send.send_request(req))
+        .await
+        .expect("answered")
+        .unwrap();
+    assert_eq!(resp.status(), 504);
+    drop((resp, send));
+    tokio::time::timeout(Duration::from_secs(10), conn)
+        .await
+        .expect("the client's connection let go, not held by the backend's")
+        .unwrap()
+        .ok();
+}
+
+/// A client that writes its whole body before it reads (Python's `http.client`, `requests`)
+/// reads the 504 of a server that takes nothing of the body: the rest of the body is read and
+/// thrown away, as a refused upload's is, instead of the connection being reset under the
+/// client's writes.
+#[tokio::test]
+async fn a_client_writing_its_whole_body_reads_the_504() {
+    let a = Backend::start().await;
+    let b = Backend::start().await;
+    let proxy = Proxy::start_with(&pair_config(a.addr, b.addr, 1)).await;
+    let mut tls = tls_connect(proxy.addr, alice()).await.expect("TLS connect");
+    let len = 32 << 20;
+    let head = format!(
+        "POST /never HTTP/1.1\r\nHost: localhost\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+    );
+    let mut got = Vec::new();
+    tokio::time::timeout(LIMIT, async {
+        tls.write_all(head.as_bytes()).await?;
+        tls.write_all(&vec![b'x'; len]).await?;
+        tls.flush().await?;
+        tls.read_to_end(&mut got).await
+    })
+    .await
+    .expect("answered")
+    .ok();
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 504"), "{got}");
+}
+
+/// A server that answers before it has read the body (here `403` at once) and then reads no
+/// more of it: once its answer is sent the connection to it is closed and the rest of the
+/// client's body read and thrown away, so a client that writes its whole body before reading
+/// gets the answer. The connection was left flushing the body into the server for ever, and
+/// the client's upload with it.
+#[tokio::test]
+async fn a_server_answering_before_the_body_does_not_hold_the_client() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                if tcp.read(&mut byte).await.unwrap_or(0) == 0 {
+                    break;
+                }
+                head.push(byte[0]);
+            }
+            tcp.write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 4\r\n\r\nnope")
+                .await
+                .unwrap();
+            // Open, never read again.
+            held.push(tcp);
+        }
+    });
+    let proxy = Proxy::start_with(&test_config(backend, "", "")).await;
+    let mut tls = tls_connect(proxy.addr, alice()).await.expect("TLS connect");
+    let len = 32 << 20;
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+    );
+    let mut got = Vec::new();
+    tokio::time::timeout(LIMIT, async {
+        tls.write_all(head.as_bytes()).await?;
+        tls.write_all(&vec![b'x'; len]).await?;
+        tls.flush().await?;
+        tls.read_to_end(&mut got).await
+    })
+    .await
+    .expect("the client let go, not held by the server's connection")
+    .ok();
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 403"), "{got}");
+    assert!(got.ends_with("nope"), "{got}");
+    server.abort();
+}
+
 /// A slow but steady upload that takes longer in all than `response_timeout` (eight chunks
 /// 200 ms apart against 500 ms) reaches the backend whole and gets its 200: the response is
 /// timed from the end of the body, and no gap comes near `body_timeout`.

@@ -265,6 +265,12 @@ pub async fn open_websocket(addr: SocketAddr) -> (HeaderMap, TokioIo<hyper::upgr
 
 /// A GET on the admin listener (plain HTTP): status and body.
 pub async fn admin_get(admin: std::net::SocketAddr, path: &str) -> (u16, String) {
+    admin_get_as(admin, &admin.to_string(), path).await
+}
+
+/// `GET path` on the admin listener with `Host: host`, as a browser that reached it under that
+/// name would ask.
+pub async fn admin_get_as(admin: std::net::SocketAddr, host: &str, path: &str) -> (u16, String) {
     let tcp = tokio::net::TcpStream::connect(admin).await.unwrap();
     let (mut s, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
         .await
@@ -273,7 +279,7 @@ pub async fn admin_get(admin: std::net::SocketAddr, path: &str) -> (u16, String)
     let resp = s
         .send_request(
             Request::get(path)
-                .header("host", "admin")
+                .header("host", host)
                 .body(empty())
                 .unwrap(),
         )
