@@ -16,7 +16,7 @@ the load generator is: µs per request, MB per CPU-second, KiB per idle connecti
     bench/run.sh            # full run, about 15 minutes
     bench/run.sh --quick    # one short repetition: a self-test of the harness
     bench/run.sh --rsa      # RSA-2048 keys instead of ECDSA P-256
-    bench/run.sh --instructions   # (a) and (b) as instructions per request under callgrind
+    bench/run.sh --instructions   # (a), (b), (k) and (l) as instructions per request under callgrind
 
 CPU time on a shared 2-core machine moves by 10-30 % between runs of the same binary, which
 hides the 2-5 % a single optimization is worth. `--instructions` runs each proxy under
@@ -76,7 +76,9 @@ def setup():
     if not shutil.which("redis-server"):
         subprocess.run(["apt-get", "install", "-y", "-qq", "redis-server"], check=True)
     if not shutil.which("oha"):
-        subprocess.run(["cargo", "install", "oha", "--locked"], check=True)
+        # The version the recorded results were made with: its --cert/--key (the client
+        # certificate) and its JSON output are what this harness reads.
+        subprocess.run(["cargo", "install", "oha", "--version", "1.16.0", "--locked"], check=True)
     subprocess.run(["cargo", "build", "--release", "--locked"], cwd=ROOT, check=True)
 
 
@@ -199,11 +201,13 @@ def callgrind_per_request(t, args, url, pki, work, n):
                        capture_output=True, check=True)
 
     def measure(count):
-        # Without a pid, callgrind_control acts on every callgrind run: here, this target's.
-        subprocess.run(["callgrind_control", "-z"], capture_output=True, check=True)
+        # By pid: without one, callgrind_control acts on every callgrind run on the machine,
+        # other users' included. taskset and valgrind exec in place, so the pid is the
+        # target's, and each target runs as one process under callgrind.
+        subprocess.run(["callgrind_control", "-z", str(proc.pid)], capture_output=True, check=True)
         load(count)
         before = set(os.listdir(out_dir))
-        subprocess.run(["callgrind_control", "-d"], capture_output=True, check=True)
+        subprocess.run(["callgrind_control", "-d", str(proc.pid)], capture_output=True, check=True)
         return sum(summary_ir(os.path.join(out_dir, f)) for f in set(os.listdir(out_dir)) - before)
 
     load(500)
@@ -214,31 +218,52 @@ def callgrind_per_request(t, args, url, pki, work, n):
     return (two - one) / n
 
 
-def instructions(targets, names, pki, work, only, out, n=2000):
-    """The `--instructions` report: (a) and (b) in instructions per request."""
+def instructions(targets, names, pki, work, only, out, report_name, n=2000):
+    """The `--instructions` report: (a) and (b) against the peers, and the certgate variants of
+    (k) and (l) against their same-run counterparts, in instructions per request."""
     if not shutil.which("valgrind"):
         subprocess.run(["apt-get", "install", "-y", "-qq", "valgrind"], check=True)
+    counted = {}
+
+    def count(key, name):
+        # (l)'s counterpart is plain certgate on (a)'s path: counted once, reused.
+        _, _, args, path = SCENARIOS[key]
+        if (name, path, tuple(args)) not in counted:
+            t = targets[name]
+            per = callgrind_per_request(t, args, f"https://localhost:{t.port}{path}", pki, work, n)
+            counted[(name, path, tuple(args))] = per
+            print(f"{key} {name}: {per:.0f} instructions per request", flush=True)
+        return counted[(name, path, tuple(args))]
+
     lines = ["| scenario | " + " | ".join(names) + " | certgate / nginx | certgate / HAProxy | "
              "certgate=peers / HAProxy |",
              "| --- | " + " | ".join("---" for _ in names) + " | --- | --- | --- |"]
     for key in ("a", "b"):
         if only and key not in only:
             continue
-        title, _, args, path = SCENARIOS[key]
-        per = {}
-        for name in names:
-            t = targets[name]
-            per[name] = callgrind_per_request(t, args, f"https://localhost:{t.port}{path}", pki, work, n)
-            print(f"{key} {name}: {per[name]:.0f} instructions per request", flush=True)
+        title = SCENARIOS[key][0]
+        per = {name: count(key, name) for name in names}
         cells = " | ".join(f"{per[x] / 1000:.1f} k" for x in names)
         lines.append(f"| {key}. {title} | {cells} | {ratio(per['certgate'], per['nginx'])} | "
                      f"{ratio(per['certgate'], per['haproxy'])} | "
                      f"{ratio(per['certgate=peers'], per['haproxy'])} |")
+    paired = ["", "| scenario | variant | counterpart | variant / counterpart |", "| --- | --- | --- | --- |"]
+    for key in ("k", "l"):
+        if only and key not in only:
+            continue
+        variant, base, tag, against = PAIRED[key]
+        v, b = count(key, variant), count(key, base)
+        paired.append(f"| {key}. {SCENARIOS[key][0]} | {v / 1000:.1f} k ({tag}) | {b / 1000:.1f} k "
+                      f"({against}) | {v / b:.3f} |")
+    if len(lines) == 2:
+        lines = []
+    if len(paired) > 3:
+        lines += paired
     head = (f"Run: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; instructions per request "
             f"in user space (callgrind, {n} requests less {2 * n}), handshakes excluded.\n\n")
-    report = head + "\n".join(lines) + "\n"
+    report = head + "\n".join(lines).lstrip("\n") + "\n"
     os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "instructions.md"), "w") as f:
+    with open(os.path.join(out, report_name), "w") as f:
         f.write(report)
     print(report)
 
@@ -534,7 +559,7 @@ def main():
     ap.add_argument("--only", default="", metavar="a,b,...",
                     help="run only these scenarios (e is always measured); for checking one optimization")
     ap.add_argument("--instructions", action="store_true",
-                    help="count instructions per request under callgrind for (a) and (b) instead")
+                    help="count instructions per request under callgrind for (a), (b), (k) and (l) instead")
     ap.add_argument("--baseline", action="append", default=[], metavar="NAME=BIN",
                     help="another certgate binary to measure alongside (an optimization's before or after); repeatable")
     a = ap.parse_args()
@@ -588,9 +613,9 @@ def main():
                 dst.write(src.read().replace(f"127.0.0.1:{ports[base]}", f"127.0.0.1:{ports[variant]}"))
             targets[variant] = Target(variant, [path, "run", "-c", bcfg], ports[variant], one_worker)
     if a.instructions:
-        names = ["certgate", "certgate=peers", "certgate+console", "nginx", "haproxy",
-                 *(n for n, _ in a.baselines)]
-        instructions(targets, names, pki, work, {k for k in a.only.split(",") if k}, a.out)
+        names = ["certgate", "certgate=peers", "nginx", "haproxy", *(n for n, _ in a.baselines)]
+        instructions(targets, names, pki, work, {k for k in a.only.split(",") if k}, a.out,
+                     "instructions-only.md" if a.only else "instructions.md")
         return
     results = {}
     for t in targets.values():
