@@ -6,11 +6,10 @@
 use std::fmt::Write as _;
 use std::sync::OnceLock;
 
-use base64::Engine as _;
 use http::HeaderValue;
 
 use super::view::View;
-use crate::onboarding::esc;
+use crate::onboarding::{esc, style_only_csp};
 
 const STYLE: &str = "\
 *{box-sizing:border-box}\
@@ -49,16 +48,7 @@ svg text{font-size:13px;fill:#5a6475}\
 /// The page's Content-Security-Policy: the one stylesheet, forms to this site, no frames.
 pub(super) fn csp() -> HeaderValue {
     static CSP: OnceLock<HeaderValue> = OnceLock::new();
-    CSP.get_or_init(|| {
-        let hash = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, STYLE.as_bytes());
-        let policy = format!(
-            "default-src 'none'; style-src 'sha256-{}'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
-            base64::engine::general_purpose::STANDARD.encode(hash.as_ref())
-        );
-        HeaderValue::from_str(&policy)
-            .unwrap_or_else(|_| HeaderValue::from_static("default-src 'none'"))
-    })
-    .clone()
+    CSP.get_or_init(|| style_only_csp(STYLE)).clone()
 }
 
 /// `YYYY-MM-DD HH:MM` of a `YYYY-MM-DD HH:MM:SS UTC` time: the table is narrower, and the

@@ -15,8 +15,8 @@ use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 
 pub use help::{Presented, Problem};
 use invites::{Refusal, Store, Token};
-/// HTML escaping, shared with the operator's page.
-pub(crate) use page::esc;
+/// HTML escaping and the style-only CSP, shared with the operator's page.
+pub(crate) use page::{esc, style_only_csp};
 
 use crate::response::body::ProxyBody;
 use crate::response::reply::{self, Check, Reject, Rule};

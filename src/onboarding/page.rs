@@ -40,15 +40,20 @@ code{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:
 /// to this site, never in a frame.
 pub(super) fn csp() -> HeaderValue {
     static CSP: OnceLock<HeaderValue> = OnceLock::new();
-    CSP.get_or_init(|| {
-        let hash = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, STYLE.as_bytes());
-        let policy = format!(
-            "default-src 'none'; style-src 'sha256-{}'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
-            base64::engine::general_purpose::STANDARD.encode(hash.as_ref())
-        );
-        HeaderValue::from_str(&policy).unwrap_or_else(|_| HeaderValue::from_static("default-src 'none'"))
-    })
-    .clone()
+    CSP.get_or_init(|| style_only_csp(STYLE)).clone()
+}
+
+/// A Content-Security-Policy that allows one inline stylesheet, `style`, by its hash and
+/// nothing else: no script, no other source, forms only to this site, never in a frame. The
+/// pages certgate serves itself (the help page, the operator's page) use it.
+pub(crate) fn style_only_csp(style: &str) -> HeaderValue {
+    let hash = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, style.as_bytes());
+    let policy = format!(
+        "default-src 'none'; style-src 'sha256-{}'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+        base64::engine::general_purpose::STANDARD.encode(hash.as_ref())
+    );
+    HeaderValue::from_str(&policy)
+        .unwrap_or_else(|_| HeaderValue::from_static("default-src 'none'"))
 }
 
 /// Escapes text for HTML content and quoted attributes.
