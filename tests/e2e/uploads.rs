@@ -164,10 +164,18 @@ async fn a_client_writing_its_whole_body_reads_the_504() {
     let a = Backend::start().await;
     let b = Backend::start().await;
     let proxy = Proxy::start_with(&pair_config(a.addr, b.addr, 1)).await;
-    let mut tls = tls_connect(proxy.addr, alice()).await.expect("TLS connect");
+    let got = upload_whole_then_read(proxy.addr, "/never", "answered").await;
+    assert!(got.starts_with("HTTP/1.1 504"), "{got}");
+}
+
+/// A client as Python's `http.client` is one: it writes a 32 MiB body whole over HTTP/1.1 to
+/// `path`, then reads the answer to the end; what it read, or a panic saying `what` when that
+/// takes longer than [`LIMIT`].
+async fn upload_whole_then_read(proxy: SocketAddr, path: &str, what: &str) -> String {
+    let mut tls = tls_connect(proxy, alice()).await.expect("TLS connect");
     let len = 32 << 20;
     let head = format!(
-        "POST /never HTTP/1.1\r\nHost: localhost\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
     );
     let mut got = Vec::new();
     tokio::time::timeout(LIMIT, async {
@@ -177,10 +185,9 @@ async fn a_client_writing_its_whole_body_reads_the_504() {
         tls.read_to_end(&mut got).await
     })
     .await
-    .expect("answered")
+    .expect(what)
     .ok();
-    let got = String::from_utf8_lossy(&got);
-    assert!(got.starts_with("HTTP/1.1 504"), "{got}");
+    String::from_utf8_lossy(&got).into_owned()
 }
 
 /// A server that answers before it has read the body (here `403` at once) and then reads no
@@ -212,22 +219,12 @@ async fn a_server_answering_before_the_body_does_not_hold_the_client() {
         }
     });
     let proxy = Proxy::start_with(&test_config(backend, "", "")).await;
-    let mut tls = tls_connect(proxy.addr, alice()).await.expect("TLS connect");
-    let len = 32 << 20;
-    let head = format!(
-        "POST /upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
-    );
-    let mut got = Vec::new();
-    tokio::time::timeout(LIMIT, async {
-        tls.write_all(head.as_bytes()).await?;
-        tls.write_all(&vec![b'x'; len]).await?;
-        tls.flush().await?;
-        tls.read_to_end(&mut got).await
-    })
-    .await
-    .expect("the client let go, not held by the server's connection")
-    .ok();
-    let got = String::from_utf8_lossy(&got);
+    let got = upload_whole_then_read(
+        proxy.addr,
+        "/upload",
+        "the client let go, not held by the server's connection",
+    )
+    .await;
     assert!(got.starts_with("HTTP/1.1 403"), "{got}");
     assert!(got.ends_with("nope"), "{got}");
     server.abort();
