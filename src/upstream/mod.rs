@@ -416,7 +416,7 @@ impl Forwarder {
             // The connection becomes the tunnel; it never goes back to the pool.
             lease.forget();
             let upstream_resp = Response::from_parts(parts.clone(), body);
-            websocket::tunnel(client_upgrade, upstream_resp, peer, origin.tunnels);
+            websocket::tunnel(client_upgrade, upstream_resp, peer, origin.tunnels, permit);
             return Response::from_parts(parts, ProxyBody::empty());
         }
         headers::remove_hop_by_hop(&mut parts.headers, false);
