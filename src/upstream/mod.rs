@@ -206,9 +206,8 @@ impl Forwarder {
             return Err(Reject::no_healthy_backend(&group.name));
         }
         // A queued route's request waits here for its turn on the server chosen above (spec
-        // §15), its body unread; the permit holds the slot until the response has ended (a
-        // failover keeps it: the server that refused the connection runs nothing of the job).
-        let permit = match &queue {
+        // §15), its body unread; the permit holds the slot until the response has ended.
+        let mut permit = match &queue {
             Some(ticket) => Some(
                 self.queues
                     .wait(ticket, &candidates[0].settings.url)
@@ -298,6 +297,16 @@ impl Forwarder {
                             overflow.clone(),
                             origin.requests.clone(),
                         ));
+                        // Slots are the server's: the job runs on the next one, and waits
+                        // for that one's turn (the refusing server's slot frees first).
+                        if let Some(ticket) = &queue {
+                            drop(permit.take());
+                            permit = Some(
+                                self.queues
+                                    .wait(ticket, &candidates[n + 1].settings.url)
+                                    .await?,
+                            );
+                        }
                         continue;
                     }
                     if let Some(unsent) = overflow.take_unsent() {

@@ -415,6 +415,46 @@ async fn a_websocket_holds_its_slot_until_the_tunnel_closes() {
     assert_eq!(backend.seen().len(), 2);
 }
 
+/// A job whose server refuses the connection fails over to the next server and waits for a
+/// slot there: the slot it had on the refusing server is not the one it runs in, so another
+/// person's job on the live server waits its turn, and the live server never runs more than
+/// `slots` (round robin sends one of the two jobs to the dead server first).
+#[tokio::test]
+async fn a_job_that_fails_over_takes_a_slot_on_the_server_it_runs_on() {
+    let gpu = GpuBackend::start().await;
+    let dead = crate::common::backend::dead_addr().await;
+    let toml = test_config_servers(
+        &[
+            format!("{{ url = \"http://{dead}\" }}"),
+            format!("{{ url = \"http://{}\" }}", gpu.addr),
+        ],
+        "balance = \"round_robin\"\nmax_fails = 1\nfail_timeout = \"60s\"\n\
+         [upstream.health]\nenabled = false\n",
+        &queue_config("slots = 1"),
+    );
+    let proxy = Proxy::start_with(&toml).await;
+    let admin = proxy.admin.unwrap();
+    let first = job(proxy.addr, alice(), "a0");
+    gpu.wait_arrived(1).await;
+    let second = job(proxy.addr, zhang(), "b0");
+    for _ in 0..1000 {
+        if gpu.arrived().len() >= 2 || waiting(admin).await == 1 {
+            break;
+        }
+        poll_pause().await;
+    }
+    assert_eq!(
+        gpu.arrived(),
+        ["a0"],
+        "the live server ran two jobs at once"
+    );
+    wait_waiting(admin, 1).await;
+    gpu.finish(2);
+    assert_eq!(first.await.unwrap().body, "done a0");
+    assert_eq!(second.await.unwrap().body, "done b0");
+    assert_eq!(gpu.most.load(Ordering::SeqCst), 1, "never more than slots");
+}
+
 /// Over HTTP/2 a waiting job whose stream the client resets gives its place up and is never
 /// forwarded; other streams of the same connection go on and are served in turn.
 #[tokio::test]
