@@ -424,6 +424,8 @@ pub struct Permit {
     claimed: bool,
     /// Frees its slot when dropped; off for a permit that never took one.
     live: bool,
+    /// It still holds its server's slot (see [`Permit::free_lane`]).
+    lane_held: bool,
     /// Its queue's jobs are Gradio events (as the queue was when the job started).
     gradio: bool,
 }
@@ -446,6 +448,7 @@ impl Permit {
             waited: started.saturating_duration_since(since),
             claimed: false,
             live: true,
+            lane_held: true,
         }
     }
 
@@ -457,6 +460,20 @@ impl Permit {
     /// The queue's `max_wait` when its jobs are Gradio events (an HTTP job takes no lock).
     fn gradio_max_wait(&self) -> Option<Duration> {
         self.gradio.then(|| self.queue.lock().settings.max_wait)
+    }
+
+    /// Gives the server's slot back, the job still counting as its person's (against
+    /// `per_identity`) until the permit is dropped: for a job that runs where certgate cannot
+    /// see its end.
+    fn free_lane(&mut self) {
+        if !self.live || !self.lane_held {
+            return;
+        }
+        self.lane_held = false;
+        let q = &self.queue;
+        let mut st = q.lock();
+        st.free_lane(q, &self.lane);
+        q.publish(&st);
     }
 
     /// Dropped under the queue's lock without a slot to free.
@@ -473,7 +490,8 @@ impl Drop for Permit {
         let used = self.started.elapsed();
         let q = &self.queue;
         let mut st = q.lock();
-        st.finish(q, &self.person, &self.lane, used, self.claimed);
+        let lane = self.lane_held.then_some(&*self.lane);
+        st.finish(q, &self.person, lane, used, self.claimed);
         q.publish(&st);
         drop(st);
         if self.claimed {

@@ -166,12 +166,12 @@ impl State {
     }
 
     /// A job's slot frees: it ran for `used`, or (`ran` false) its turn came as its client
-    /// left and it never started.
+    /// left and it never started. `lane`: the server whose slot it still held.
     pub(super) fn finish(
         &mut self,
         queue: &Arc<Queue>,
         person: &str,
-        lane: &str,
+        lane: Option<&str>,
         used: Duration,
         ran: bool,
     ) {
@@ -179,9 +179,18 @@ impl State {
         self.dispatch(queue);
     }
 
-    /// Frees a slot of `person` on `lane`; `ran`: the job ran (rather than never took it).
-    fn release(&mut self, person: &str, lane: &str, used: Duration, ran: bool) {
+    /// A running job gives its server's slot back early; it still counts as its person's.
+    pub(super) fn free_lane(&mut self, queue: &Arc<Queue>, lane: &str) {
         if let Some(l) = self.lanes.get_mut(lane) {
+            l.busy = l.busy.saturating_sub(1);
+        }
+        self.dispatch(queue);
+    }
+
+    /// Frees a slot of `person` (and on `lane`, when it still held one there); `ran`: the job
+    /// ran (rather than never took it).
+    fn release(&mut self, person: &str, lane: Option<&str>, used: Duration, ran: bool) {
+        if let Some(l) = lane.and_then(|lane| self.lanes.get_mut(lane)) {
             l.busy = l.busy.saturating_sub(1);
         }
         if let Some(p) = self.people.get_mut(person) {
