@@ -314,7 +314,8 @@ impl Queue {
         // or the client gone (hyper drops the future). A permit sent in the meantime is
         // dropped with the receiver and frees its slot.
         let _leave = Leave { queue: self, id };
-        let deadline = tokio::time::Instant::from_std(since + max_wait);
+        // `sleep` takes a wait too long for the clock as "never"; an Instant sum would panic.
+        let timeout = tokio::time::sleep(max_wait.saturating_sub(since.elapsed()));
         tokio::select! {
             biased;
             granted = rx => match granted {
@@ -327,7 +328,7 @@ impl Queue {
                 Err(_) => Err(Reject::queue_closed(&self.name)),
             },
             () = self.closing.cancelled() => Err(Reject::queue_closed(&self.name)),
-            () = tokio::time::sleep_until(deadline) => {
+            () = timeout => {
                 let retry = self.lock().retry_after();
                 self.metrics.timeout.inc();
                 Err(Reject::queue_timeout(&self.name, max_wait, retry))

@@ -455,6 +455,26 @@ async fn a_job_that_fails_over_takes_a_slot_on_the_server_it_runs_on() {
     assert_eq!(gpu.most.load(Ordering::SeqCst), 1, "never more than slots");
 }
 
+/// A `max_wait` too long for the clock to add (hundreds of billions of years) is waited as
+/// "never": the job waits its turn and runs, and the request is not lost to a panic.
+#[tokio::test]
+async fn a_max_wait_beyond_the_clock_waits_its_turn() {
+    let gpu = GpuBackend::start().await;
+    let proxy = Proxy::start(
+        gpu.addr,
+        &queue_config("slots = 1\nmax_wait = \"292300000000years\""),
+    )
+    .await;
+    let admin = proxy.admin.unwrap();
+    let first = job(proxy.addr, alice(), "a0");
+    gpu.wait_arrived(1).await;
+    let second = job(proxy.addr, zhang(), "b0");
+    wait_waiting(admin, 1).await;
+    gpu.finish(2);
+    assert_eq!(first.await.unwrap().body, "done a0");
+    assert_eq!(second.await.unwrap().body, "done b0");
+}
+
 /// Over HTTP/2 a waiting job whose stream the client resets gives its place up and is never
 /// forwarded; other streams of the same connection go on and are served in turn.
 #[tokio::test]
