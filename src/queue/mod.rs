@@ -360,8 +360,10 @@ impl Queue {
         let (busy, waiting) = st.totals();
         let mut people: Vec<_> = st.people.values().collect();
         people.sort_by_key(|p| std::cmp::Reverse(p.last_seen));
+        // Only idle people are forgotten: people with jobs can be more than the bound.
         let people: Vec<serde_json::Value> = people
             .into_iter()
+            .take(MAX_PEOPLE)
             .map(|p| {
                 serde_json::json!({
                     "key": &*p.info.key,

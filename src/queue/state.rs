@@ -463,4 +463,30 @@ mod tests {
         assert!(st.people.len() <= MAX_PEOPLE, "{}", st.people.len());
         assert!(st.people.contains_key("holder"));
     }
+
+    /// `/usage` lists at most [`MAX_PEOPLE`] people, the most recently seen, also when more
+    /// than that have jobs (and so are never forgotten).
+    #[test]
+    fn usage_lists_at_most_the_bound() {
+        let q = queue(1, 1);
+        for i in 0..MAX_PEOPLE + 5 {
+            let p = person(&format!("p{i}"));
+            q.lock().people.insert(
+                p.key.clone(),
+                PersonState {
+                    info: p,
+                    running: 0,
+                    waiting: 1,
+                    jobs: 0,
+                    busy: Duration::ZERO,
+                    last_seen: SystemTime::UNIX_EPOCH + Duration::from_secs(i as u64),
+                    last_served: 0,
+                },
+            );
+        }
+        let usage = q.usage();
+        let people = usage["people"].as_array().unwrap();
+        assert_eq!(people.len(), MAX_PEOPLE);
+        assert_eq!(people[0]["key"], format!("p{}", MAX_PEOPLE + 4));
+    }
 }
