@@ -248,6 +248,18 @@ pub(super) fn follow(
     if !resp.status().is_success() {
         return;
     }
+    // Gradio's streams are `text/event-stream`. Anything else whose path ends the same way (a
+    // file, another backend's page) may carry text a client wrote, such as a
+    // `process_completed` for the client's own job, ending it while Gradio still holds it.
+    let event_stream = resp
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("text/event-stream"));
+    if !event_stream {
+        return;
+    }
     let mode = match stream_kind(method, path) {
         None => return,
         Some(None) => Mode::Session,
@@ -579,6 +591,28 @@ mod tests {
             },
         );
         queue
+    }
+
+    /// Only an event stream is followed: a `process_completed` in any other response on a
+    /// stream's path (a file a client uploaded, another backend's page) ends nothing.
+    #[tokio::test]
+    async fn only_event_streams_are_followed() {
+        let events = Arc::new(Events::default());
+        let _queue = permit_for(&events, "e1");
+        let line = "data: {\"msg\":\"process_completed\",\"event_id\":\"e1\"}\n\n";
+        for (content_type, ends) in [
+            ("text/plain", false),
+            ("application/octet-stream", false),
+            ("Text/Event-Stream; charset=utf-8", true),
+        ] {
+            let mut resp = Response::builder()
+                .header("content-type", content_type)
+                .body(ProxyBody::full(Bytes::from(line)))
+                .unwrap();
+            follow(&events, &Method::GET, "/files/queue/data", &mut resp);
+            resp.into_body().collect().await.unwrap();
+            assert_eq!(!events.running("e1"), ends, "{content_type}");
+        }
     }
 
     /// A job's end is seen however the stream is cut into frames, and only its own.
