@@ -161,7 +161,8 @@ impl Events {
 
     /// Keeps `permit` as the running job `id` until its end shows, nobody listens for
     /// [`LISTENER_WAIT`], or `max_wait` passes.
-    fn register(self: &Arc<Self>, id: &str, permit: Permit, max_wait: Duration) {
+    fn register(self: &Arc<Self>, id: &str, mut permit: Permit, max_wait: Duration) {
+        permit.settle();
         let mut inner = self.lock();
         if let Some(i) = inner.early.iter().position(|e| **e == *id) {
             // Its end passed already.
@@ -200,11 +201,12 @@ impl Events {
 /// started no job, and the slot frees at once.
 pub(super) async fn started(
     events: &Arc<Events>,
-    permit: Permit,
+    mut permit: Permit,
     max_wait: Duration,
     resp: Response<ProxyBody>,
 ) -> Response<ProxyBody> {
     if resp.status() != StatusCode::OK {
+        permit.settle();
         return resp;
     }
     let (parts, body) = resp.into_parts();
@@ -220,8 +222,9 @@ pub(super) async fn started(
             .to_response();
         }
     };
-    if let Some(id) = event_id(&bytes) {
-        events.register(&id, permit, max_wait);
+    match event_id(&bytes) {
+        Some(id) => events.register(&id, permit, max_wait),
+        None => permit.settle(),
     }
     Response::from_parts(parts, ProxyBody::full(bytes))
 }
@@ -748,6 +751,27 @@ mod tests {
             rx.try_recv().is_ok(),
             "then the silent person's next job goes"
         );
+    }
+
+    /// A join whose client left between forwarding and the answer (Gradio may hold the job)
+    /// keeps its slot as a job nobody listens to would; one whose fate is known (the backend
+    /// refused it, or its event is followed) frees it at once when dropped.
+    #[tokio::test]
+    async fn a_join_abandoned_before_its_answer_still_counts() {
+        let (q, mut unsettled) = queue_and_permit();
+        unsettled.claimed = true;
+        drop(unsettled);
+        assert_eq!(
+            q.lock().totals(),
+            (1, 0),
+            "a join Gradio may hold freed its slot with its client"
+        );
+        assert_eq!(q.lock().people["ip:127.0.0.1"].running, 1);
+        let (q, mut settled) = queue_and_permit();
+        settled.claimed = true;
+        settled.settle();
+        drop(settled);
+        assert_eq!(q.lock().totals(), (0, 0));
     }
 
     /// An end that passes before the join's answer was read still ends the job.

@@ -429,6 +429,10 @@ pub struct Permit {
     live: bool,
     /// It still holds its server's slot (see [`Permit::free_lane`]).
     lane_held: bool,
+    /// A Gradio job's fate is known: its event is followed, or the backend never took it.
+    /// Otherwise (its client left between forwarding and the join's answer) Gradio may hold
+    /// the job, and it counts as one nobody listens to.
+    settled: bool,
     /// Its queue's jobs are Gradio events (as the queue was when the job started).
     gradio: bool,
 }
@@ -452,6 +456,7 @@ impl Permit {
             claimed: false,
             live: true,
             lane_held: true,
+            settled: false,
         }
     }
 
@@ -479,6 +484,11 @@ impl Permit {
         q.publish(&st);
     }
 
+    /// The job's fate is known (see `settled`): dropping it frees the slot at once.
+    pub fn settle(&mut self) {
+        self.settled = true;
+    }
+
     /// Dropped under the queue's lock without a slot to free.
     fn defuse(mut self) {
         self.live = false;
@@ -489,6 +499,29 @@ impl Drop for Permit {
     fn drop(&mut self) {
         if !self.live {
             return;
+        }
+        if self.gradio && self.claimed && !self.settled {
+            // The join went to Gradio, but its client left before the answer named the event:
+            // Gradio may run it (and keep its results for a stream opened later), so it counts
+            // as a job nobody listens to, not as one that never started.
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                let mut held = Permit {
+                    queue: self.queue.clone(),
+                    person: self.person.clone(),
+                    lane: self.lane.clone(),
+                    settled: true,
+                    ..*self
+                };
+                self.live = false;
+                let max_wait = self.queue.lock().settings.max_wait;
+                rt.spawn(async move {
+                    tokio::time::sleep(gradio::LISTENER_WAIT.min(max_wait)).await;
+                    held.free_lane();
+                    tokio::time::sleep(max_wait.saturating_sub(gradio::LISTENER_WAIT)).await;
+                    drop(held);
+                });
+                return;
+            }
         }
         let used = self.started.elapsed();
         let q = &self.queue;

@@ -276,6 +276,10 @@ impl Forwarder {
                         .await);
                 }
                 Sent::Refused(e) => {
+                    // Nothing of the job reached the server.
+                    if let Some(p) = permit.as_mut() {
+                        p.settle();
+                    }
                     group.failed(server, "connect");
                     // Nothing of the request reached the server: the next one may have it,
                     // body and all, when the client's body was never touched.
@@ -315,6 +319,12 @@ impl Forwarder {
                     return Err(self.upstream_error(&e, server, peer));
                 }
                 Sent::Failed(e) => {
+                    // A request whose body the client broke off started no job.
+                    if (overflow.hit() || overflow.stalled() || overflow.client_failed())
+                        && let Some(p) = permit.as_mut()
+                    {
+                        p.settle();
+                    }
                     if overflow.hit() {
                         if let Some(rest) = overflow.take_rest() {
                             drain(rest, Some(origin.requests.clone()));
