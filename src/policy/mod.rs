@@ -435,9 +435,17 @@ fn person(
     let id = peer.identity.as_deref();
     let fingerprint: Option<Arc<str>> = id.map(|i| Arc::from(i.fingerprint.as_str()));
     let ip = peer.addr.ip();
+    // An IPv6 client counts by its /64: one host holds the whole network and can send each job
+    // from a new address of it, each a new person with its own turn ahead of everyone else.
+    let network = match ip.to_canonical() {
+        std::net::IpAddr::V6(v6) => std::net::IpAddr::V6(std::net::Ipv6Addr::from_bits(
+            v6.to_bits() & !((1u128 << 64) - 1),
+        )),
+        v4 => v4,
+    };
     let key: Arc<str> = match (key, subject, &fingerprint) {
         (Some(KeyBy::Subject), Some(s), _) => format!("subject:{s}").into(),
-        (Some(KeyBy::Ip), _, _) | (_, _, None) => format!("ip:{ip}").into(),
+        (Some(KeyBy::Ip), _, _) | (_, _, None) => format!("ip:{network}").into(),
         (_, _, Some(f)) => format!("cert:{f}").into(),
     };
     crate::queue::Person {
@@ -584,5 +592,37 @@ fn target<B>(req: &Request<B>, path: &routes::NormalizedPath) -> Result<PathAndQ
             PathAndQuery::try_from(target)
                 .map_err(|e| Reject::bad_request(format!("Bad request target: {e}.")))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(addr: &str) -> Peer {
+        Peer {
+            addr: addr.parse().unwrap(),
+            ip: HeaderValue::from_static("-"),
+            identity: None,
+            headers: crate::tls::identity::IdentityHeaders::default(),
+        }
+    }
+
+    /// A queue's person by IP is an IPv6 client's /64: addresses picked at will within one
+    /// network are one person (one turn), another /64 is another; IPv4 stays per address.
+    #[test]
+    fn a_queue_counts_an_ipv6_client_by_its_64() {
+        use crate::queue::KeyBy;
+        let key = |addr: &str, by| person(Some(by), &peer(addr), None).key;
+        let a = key("[2001:db8:1:2::1]:443", KeyBy::Ip);
+        assert_eq!(&*a, "ip:2001:db8:1:2::");
+        assert_eq!(a, key("[2001:db8:1:2:ffff:1234:5:6]:443", KeyBy::Ip));
+        assert_eq!(a, key("[2001:db8:1:2::9]:443", KeyBy::Client));
+        assert_ne!(a, key("[2001:db8:1:3::1]:443", KeyBy::Ip));
+        assert_eq!(&*key("127.0.0.7:443", KeyBy::Ip), "ip:127.0.0.7");
+        assert_eq!(&*key("[::ffff:10.0.0.7]:443", KeyBy::Ip), "ip:10.0.0.7");
+        // What `/usage` shows as the person's address stays the one the job came from.
+        let p = person(Some(KeyBy::Ip), &peer("[2001:db8:1:2::1]:443"), None);
+        assert_eq!(p.ip.to_string(), "2001:db8:1:2::1");
     }
 }

@@ -10,8 +10,8 @@
 //! and `event_id` of each `data:` line's JSON with a small state machine — text a user typed
 //! inside a job's output is a string there, never a top-level field, so a forged
 //! `"msg":"process_completed"` cannot end anyone's job. A job also ends when the stream that
-//! showed it ends, when nobody opens a stream for it within [`LISTENER_WAIT`], or at its queue's
-//! `max_wait`.
+//! showed it ends, or at its queue's `max_wait`; one nobody opens a stream for within
+//! [`LISTENER_WAIT`] gives its server's slot back then, but still counts as its person's.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -93,8 +93,7 @@ struct Inner {
 
 #[derive(Debug)]
 struct Tracked {
-    /// Held, never read: removing the job drops it, which frees the slot.
-    #[allow(dead_code)]
+    /// Removing the job drops it, which frees the slot.
     permit: Permit,
     /// A stream showed one of its events.
     seen: bool,
@@ -139,15 +138,19 @@ impl Events {
         drop(gone);
     }
 
-    /// Ends `id` if it is a job that no stream showed yet.
+    /// Gives the server's slot of `id` back if it is a job that no stream showed yet. Gradio
+    /// runs such a job all the same (its results wait for a stream opened later), so it still
+    /// counts against its person's `per_identity` until its end shows or `max_wait` passes:
+    /// otherwise one person could put a job into Gradio's own queue every [`LISTENER_WAIT`]
+    /// and have a backlog there that everyone else's jobs wait behind.
     fn ended_unseen(&self, id: &str) {
+        // The queue's lock is never held while this one is taken: no lock-order inversion.
         let mut inner = self.lock();
-        let gone = match inner.jobs.get(id) {
-            Some(t) if !t.seen => inner.jobs.remove(id),
-            _ => None,
-        };
-        drop(inner);
-        drop(gone);
+        if let Some(t) = inner.jobs.get_mut(id)
+            && !t.seen
+        {
+            t.permit.free_lane();
+        }
     }
 
     /// Ends `id` if it is a job (its `max_wait` passed).
@@ -158,7 +161,8 @@ impl Events {
 
     /// Keeps `permit` as the running job `id` until its end shows, nobody listens for
     /// [`LISTENER_WAIT`], or `max_wait` passes.
-    fn register(self: &Arc<Self>, id: &str, permit: Permit, max_wait: Duration) {
+    fn register(self: &Arc<Self>, id: &str, mut permit: Permit, max_wait: Duration) {
+        permit.settle();
         let mut inner = self.lock();
         if let Some(i) = inner.early.iter().position(|e| **e == *id) {
             // Its end passed already.
@@ -197,11 +201,12 @@ impl Events {
 /// started no job, and the slot frees at once.
 pub(super) async fn started(
     events: &Arc<Events>,
-    permit: Permit,
+    mut permit: Permit,
     max_wait: Duration,
     resp: Response<ProxyBody>,
 ) -> Response<ProxyBody> {
     if resp.status() != StatusCode::OK {
+        permit.settle();
         return resp;
     }
     let (parts, body) = resp.into_parts();
@@ -217,8 +222,9 @@ pub(super) async fn started(
             .to_response();
         }
     };
-    if let Some(id) = event_id(&bytes) {
-        events.register(&id, permit, max_wait);
+    match event_id(&bytes) {
+        Some(id) => events.register(&id, permit, max_wait),
+        None => permit.settle(),
     }
     Response::from_parts(parts, ProxyBody::full(bytes))
 }
@@ -243,6 +249,18 @@ pub(super) fn follow(
     resp: &mut Response<ProxyBody>,
 ) {
     if !resp.status().is_success() {
+        return;
+    }
+    // Gradio's streams are `text/event-stream`. Anything else whose path ends the same way (a
+    // file, another backend's page) may carry text a client wrote, such as a
+    // `process_completed` for the client's own job, ending it while Gradio still holds it.
+    let event_stream = resp
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("text/event-stream"));
+    if !event_stream {
         return;
     }
     let mode = match stream_kind(method, path) {
@@ -578,6 +596,28 @@ mod tests {
         queue
     }
 
+    /// Only an event stream is followed: a `process_completed` in any other response on a
+    /// stream's path (a file a client uploaded, another backend's page) ends nothing.
+    #[tokio::test]
+    async fn only_event_streams_are_followed() {
+        let events = Arc::new(Events::default());
+        let _queue = permit_for(&events, "e1");
+        let line = "data: {\"msg\":\"process_completed\",\"event_id\":\"e1\"}\n\n";
+        for (content_type, ends) in [
+            ("text/plain", false),
+            ("application/octet-stream", false),
+            ("Text/Event-Stream; charset=utf-8", true),
+        ] {
+            let mut resp = Response::builder()
+                .header("content-type", content_type)
+                .body(ProxyBody::full(Bytes::from(line)))
+                .unwrap();
+            follow(&events, &Method::GET, "/files/queue/data", &mut resp);
+            resp.into_body().collect().await.unwrap();
+            assert_eq!(!events.running("e1"), ends, "{content_type}");
+        }
+    }
+
     /// A job's end is seen however the stream is cut into frames, and only its own.
     #[test]
     fn the_session_stream_ends_the_job_on_its_process_completed() {
@@ -640,8 +680,8 @@ mod tests {
         panic!("{id} never ended");
     }
 
-    /// A job whose stream nobody opens frees its slot after the listener wait; one whose
-    /// events a stream shows keeps it until `max_wait`.
+    /// A job whose stream nobody opens frees its server's slot after the listener wait; one
+    /// whose events a stream shows keeps it until `max_wait`.
     #[tokio::test]
     async fn a_job_nobody_listens_to_ends_and_every_job_ends_at_max_wait() {
         let events = Arc::new(Events {
@@ -653,7 +693,7 @@ mod tests {
         let (q2, heard) = queue_and_permit();
         events.register("heard", heard, Duration::from_millis(400));
         assert!(events.seen("heard"));
-        until_ended(&events, "unheard").await;
+        until_lane_free(&q1).await;
         assert_eq!(q1.lock().totals(), (0, 0));
         assert!(
             events.running("heard"),
@@ -662,6 +702,76 @@ mod tests {
         assert_eq!(q2.lock().totals(), (1, 0));
         until_ended(&events, "heard").await;
         assert_eq!(q2.lock().totals(), (0, 0));
+    }
+
+    async fn until_lane_free(q: &super::super::Queue) {
+        for _ in 0..500 {
+            if q.lock().totals().0 == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the server's slot never freed");
+    }
+
+    /// A job nobody listens to still runs in Gradio's own queue: once it gave its server's
+    /// slot back, its person's next job waits (`per_identity`) while another person's starts,
+    /// so one person cannot pile jobs up in Gradio's queue one listener wait apart. Its end,
+    /// seen on a stream opened later, lets the person's next job go.
+    #[tokio::test]
+    async fn a_job_nobody_listens_to_still_counts_as_its_persons() {
+        use super::super::state::Enqueued;
+        let events = Arc::new(Events {
+            inner: Mutex::default(),
+            listener_wait: Duration::from_millis(50),
+        });
+        let (q, unheard) = queue_and_permit();
+        events.register("unheard", unheard, Duration::from_secs(600));
+        until_lane_free(&q).await;
+        assert!(events.running("unheard"));
+        let who = |key: &str| super::super::Person {
+            key: key.into(),
+            subject_dn: None,
+            fingerprint: None,
+            ip: "127.0.0.1".parse().unwrap(),
+        };
+        let next = q.lock().enqueue(&q, &who("ip:127.0.0.1"), "http://gpu");
+        let Enqueued::Waiting { mut rx, .. } = next else {
+            panic!("the silent person's next job started beside the one in Gradio's queue")
+        };
+        let other = q.lock().enqueue(&q, &who("ip:127.0.0.2"), "http://gpu");
+        let Enqueued::Started(other) = other else {
+            panic!("the freed slot is another person's")
+        };
+        events.ended("unheard");
+        assert!(!events.running("unheard"));
+        assert!(rx.try_recv().is_err(), "the slot is still the other's");
+        drop(other);
+        assert!(
+            rx.try_recv().is_ok(),
+            "then the silent person's next job goes"
+        );
+    }
+
+    /// A join whose client left between forwarding and the answer (Gradio may hold the job)
+    /// keeps its slot as a job nobody listens to would; one whose fate is known (the backend
+    /// refused it, or its event is followed) frees it at once when dropped.
+    #[tokio::test]
+    async fn a_join_abandoned_before_its_answer_still_counts() {
+        let (q, mut unsettled) = queue_and_permit();
+        unsettled.claimed = true;
+        drop(unsettled);
+        assert_eq!(
+            q.lock().totals(),
+            (1, 0),
+            "a join Gradio may hold freed its slot with its client"
+        );
+        assert_eq!(q.lock().people["ip:127.0.0.1"].running, 1);
+        let (q, mut settled) = queue_and_permit();
+        settled.claimed = true;
+        settled.settle();
+        drop(settled);
+        assert_eq!(q.lock().totals(), (0, 0));
     }
 
     /// An end that passes before the join's answer was read still ends the job.

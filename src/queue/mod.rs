@@ -314,7 +314,8 @@ impl Queue {
         // or the client gone (hyper drops the future). A permit sent in the meantime is
         // dropped with the receiver and frees its slot.
         let _leave = Leave { queue: self, id };
-        let deadline = tokio::time::Instant::from_std(since + max_wait);
+        // `sleep` takes a wait too long for the clock as "never"; an Instant sum would panic.
+        let timeout = tokio::time::sleep(max_wait.saturating_sub(since.elapsed()));
         tokio::select! {
             biased;
             granted = rx => match granted {
@@ -327,7 +328,7 @@ impl Queue {
                 Err(_) => Err(Reject::queue_closed(&self.name)),
             },
             () = self.closing.cancelled() => Err(Reject::queue_closed(&self.name)),
-            () = tokio::time::sleep_until(deadline) => {
+            () = timeout => {
                 let retry = self.lock().retry_after();
                 self.metrics.timeout.inc();
                 Err(Reject::queue_timeout(&self.name, max_wait, retry))
@@ -359,8 +360,10 @@ impl Queue {
         let (busy, waiting) = st.totals();
         let mut people: Vec<_> = st.people.values().collect();
         people.sort_by_key(|p| std::cmp::Reverse(p.last_seen));
+        // Only idle people are forgotten: people with jobs can be more than the bound.
         let people: Vec<serde_json::Value> = people
             .into_iter()
+            .take(MAX_PEOPLE)
             .map(|p| {
                 serde_json::json!({
                     "key": &*p.info.key,
@@ -424,6 +427,12 @@ pub struct Permit {
     claimed: bool,
     /// Frees its slot when dropped; off for a permit that never took one.
     live: bool,
+    /// It still holds its server's slot (see [`Permit::free_lane`]).
+    lane_held: bool,
+    /// A Gradio job's fate is known: its event is followed, or the backend never took it.
+    /// Otherwise (its client left between forwarding and the join's answer) Gradio may hold
+    /// the job, and it counts as one nobody listens to.
+    settled: bool,
     /// Its queue's jobs are Gradio events (as the queue was when the job started).
     gradio: bool,
 }
@@ -446,6 +455,8 @@ impl Permit {
             waited: started.saturating_duration_since(since),
             claimed: false,
             live: true,
+            lane_held: true,
+            settled: false,
         }
     }
 
@@ -459,6 +470,25 @@ impl Permit {
         self.gradio.then(|| self.queue.lock().settings.max_wait)
     }
 
+    /// Gives the server's slot back, the job still counting as its person's (against
+    /// `per_identity`) until the permit is dropped: for a job that runs where certgate cannot
+    /// see its end.
+    fn free_lane(&mut self) {
+        if !self.live || !self.lane_held {
+            return;
+        }
+        self.lane_held = false;
+        let q = &self.queue;
+        let mut st = q.lock();
+        st.free_lane(q, &self.lane);
+        q.publish(&st);
+    }
+
+    /// The job's fate is known (see `settled`): dropping it frees the slot at once.
+    pub fn settle(&mut self) {
+        self.settled = true;
+    }
+
     /// Dropped under the queue's lock without a slot to free.
     fn defuse(mut self) {
         self.live = false;
@@ -470,10 +500,34 @@ impl Drop for Permit {
         if !self.live {
             return;
         }
+        if self.gradio && self.claimed && !self.settled {
+            // The join went to Gradio, but its client left before the answer named the event:
+            // Gradio may run it (and keep its results for a stream opened later), so it counts
+            // as a job nobody listens to, not as one that never started.
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                let mut held = Permit {
+                    queue: self.queue.clone(),
+                    person: self.person.clone(),
+                    lane: self.lane.clone(),
+                    settled: true,
+                    ..*self
+                };
+                self.live = false;
+                let max_wait = self.queue.lock().settings.max_wait;
+                rt.spawn(async move {
+                    tokio::time::sleep(gradio::LISTENER_WAIT.min(max_wait)).await;
+                    held.free_lane();
+                    tokio::time::sleep(max_wait.saturating_sub(gradio::LISTENER_WAIT)).await;
+                    drop(held);
+                });
+                return;
+            }
+        }
         let used = self.started.elapsed();
         let q = &self.queue;
         let mut st = q.lock();
-        st.finish(q, &self.person, &self.lane, used, self.claimed);
+        let lane = self.lane_held.then_some(&*self.lane);
+        st.finish(q, &self.person, lane, used, self.claimed);
         q.publish(&st);
         drop(st);
         if self.claimed {

@@ -166,12 +166,12 @@ impl State {
     }
 
     /// A job's slot frees: it ran for `used`, or (`ran` false) its turn came as its client
-    /// left and it never started.
+    /// left and it never started. `lane`: the server whose slot it still held.
     pub(super) fn finish(
         &mut self,
         queue: &Arc<Queue>,
         person: &str,
-        lane: &str,
+        lane: Option<&str>,
         used: Duration,
         ran: bool,
     ) {
@@ -179,9 +179,18 @@ impl State {
         self.dispatch(queue);
     }
 
-    /// Frees a slot of `person` on `lane`; `ran`: the job ran (rather than never took it).
-    fn release(&mut self, person: &str, lane: &str, used: Duration, ran: bool) {
+    /// A running job gives its server's slot back early; it still counts as its person's.
+    pub(super) fn free_lane(&mut self, queue: &Arc<Queue>, lane: &str) {
         if let Some(l) = self.lanes.get_mut(lane) {
+            l.busy = l.busy.saturating_sub(1);
+        }
+        self.dispatch(queue);
+    }
+
+    /// Frees a slot of `person` (and on `lane`, when it still held one there); `ran`: the job
+    /// ran (rather than never took it).
+    fn release(&mut self, person: &str, lane: Option<&str>, used: Duration, ran: bool) {
+        if let Some(l) = lane.and_then(|lane| self.lanes.get_mut(lane)) {
             l.busy = l.busy.saturating_sub(1);
         }
         if let Some(p) = self.people.get_mut(person) {
@@ -453,5 +462,31 @@ mod tests {
         let st = q.lock();
         assert!(st.people.len() <= MAX_PEOPLE, "{}", st.people.len());
         assert!(st.people.contains_key("holder"));
+    }
+
+    /// `/usage` lists at most [`MAX_PEOPLE`] people, the most recently seen, also when more
+    /// than that have jobs (and so are never forgotten).
+    #[test]
+    fn usage_lists_at_most_the_bound() {
+        let q = queue(1, 1);
+        for i in 0..MAX_PEOPLE + 5 {
+            let p = person(&format!("p{i}"));
+            q.lock().people.insert(
+                p.key.clone(),
+                PersonState {
+                    info: p,
+                    running: 0,
+                    waiting: 1,
+                    jobs: 0,
+                    busy: Duration::ZERO,
+                    last_seen: SystemTime::UNIX_EPOCH + Duration::from_secs(i as u64),
+                    last_served: 0,
+                },
+            );
+        }
+        let usage = q.usage();
+        let people = usage["people"].as_array().unwrap();
+        assert_eq!(people.len(), MAX_PEOPLE);
+        assert_eq!(people[0]["key"], format!("p{}", MAX_PEOPLE + 4));
     }
 }

@@ -206,9 +206,8 @@ impl Forwarder {
             return Err(Reject::no_healthy_backend(&group.name));
         }
         // A queued route's request waits here for its turn on the server chosen above (spec
-        // §15), its body unread; the permit holds the slot until the response has ended (a
-        // failover keeps it: the server that refused the connection runs nothing of the job).
-        let permit = match &queue {
+        // §15), its body unread; the permit holds the slot until the response has ended.
+        let mut permit = match &queue {
             Some(ticket) => Some(
                 self.queues
                     .wait(ticket, &candidates[0].settings.url)
@@ -277,6 +276,10 @@ impl Forwarder {
                         .await);
                 }
                 Sent::Refused(e) => {
+                    // Nothing of the job reached the server.
+                    if let Some(p) = permit.as_mut() {
+                        p.settle();
+                    }
                     group.failed(server, "connect");
                     // Nothing of the request reached the server: the next one may have it,
                     // body and all, when the client's body was never touched.
@@ -298,6 +301,16 @@ impl Forwarder {
                             overflow.clone(),
                             origin.requests.clone(),
                         ));
+                        // Slots are the server's: the job runs on the next one, and waits
+                        // for that one's turn (the refusing server's slot frees first).
+                        if let Some(ticket) = &queue {
+                            drop(permit.take());
+                            permit = Some(
+                                self.queues
+                                    .wait(ticket, &candidates[n + 1].settings.url)
+                                    .await?,
+                            );
+                        }
                         continue;
                     }
                     if let Some(unsent) = overflow.take_unsent() {
@@ -306,6 +319,12 @@ impl Forwarder {
                     return Err(self.upstream_error(&e, server, peer));
                 }
                 Sent::Failed(e) => {
+                    // A request whose body the client broke off started no job.
+                    if (overflow.hit() || overflow.stalled() || overflow.client_failed())
+                        && let Some(p) = permit.as_mut()
+                    {
+                        p.settle();
+                    }
                     if overflow.hit() {
                         if let Some(rest) = overflow.take_rest() {
                             drain(rest, Some(origin.requests.clone()));
@@ -416,7 +435,7 @@ impl Forwarder {
             // The connection becomes the tunnel; it never goes back to the pool.
             lease.forget();
             let upstream_resp = Response::from_parts(parts.clone(), body);
-            websocket::tunnel(client_upgrade, upstream_resp, peer, origin.tunnels);
+            websocket::tunnel(client_upgrade, upstream_resp, peer, origin.tunnels, permit);
             return Response::from_parts(parts, ProxyBody::empty());
         }
         headers::remove_hop_by_hop(&mut parts.headers, false);

@@ -15,9 +15,12 @@ pub(super) fn tunnel(
     mut backend: http::Response<Incoming>,
     peer: SocketAddr,
     tunnels: &TaskTracker,
+    permit: Option<crate::queue::Permit>,
 ) {
     let backend = hyper::upgrade::on(&mut backend);
     tunnels.spawn(async move {
+        // On a queued route the tunnel is the job: its slot frees when the tunnel closes.
+        let _permit = permit;
         match tokio::try_join!(client, backend) {
             Ok((client, backend)) => {
                 let mut client = TokioIo::new(client);

@@ -14,11 +14,13 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::common::*;
+
+const LIMIT: Duration = Duration::from_secs(30);
 
 /// A backend that runs jobs as a GPU would: each request is a job that lasts until the test
 /// releases it. It records the order in which jobs arrived and the most it ran at once.
@@ -368,6 +370,109 @@ async fn a_job_abandoned_while_waiting_is_never_forwarded_http1() {
     assert_eq!(first.await.unwrap().status, 200);
     assert_eq!(next.await.unwrap().body, "done b1");
     assert_eq!(gpu.arrived(), ["a0", "b1"]);
+}
+
+/// A WebSocket on a queued route is a job for as long as its tunnel is open: it holds its slot
+/// (another person's upgrade waits its turn and reaches the backend only once the first tunnel
+/// closed), rather than freeing it with the 101 and letting every tunnel run beside the slots.
+#[tokio::test]
+async fn a_websocket_holds_its_slot_until_the_tunnel_closes() {
+    let backend = Backend::start().await;
+    let proxy = Proxy::start(
+        backend.addr,
+        "[admin]\nlisten = \"127.0.0.1:0\"\n\n[[queue]]\nname = \"gpu\"\nslots = 1\n\n\
+         [[route]]\npath = \"/ws\"\naction = \"allow\"\nqueue = \"gpu\"\n",
+    )
+    .await;
+    let admin = proxy.admin.unwrap();
+    let (_, mut first) = open_websocket(proxy.addr).await;
+    first.write_all(b"ping").await.unwrap();
+    let mut back = [0u8; 4];
+    tokio::time::timeout(LIMIT, first.read_exact(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&back, b"ping");
+    let (_, usage) = admin_get(admin, "/usage").await;
+    let usage: serde_json::Value = serde_json::from_str(&usage).unwrap();
+    assert_eq!(
+        usage["queues"][0]["busy"], 1,
+        "the open tunnel holds no slot: {usage}"
+    );
+    let second = tokio::spawn(async move {
+        let mut send = h1(proxy.addr, zhang()).await;
+        send.send_request(websocket_request("/ws")).await.unwrap()
+    });
+    wait_waiting(admin, 1).await;
+    assert_eq!(
+        backend.seen().len(),
+        1,
+        "the second upgrade reached the backend"
+    );
+    drop(first);
+    let second = tokio::time::timeout(LIMIT, second).await.unwrap().unwrap();
+    assert_eq!(second.status(), 101);
+    assert_eq!(backend.seen().len(), 2);
+}
+
+/// A job whose server refuses the connection fails over to the next server and waits for a
+/// slot there: the slot it had on the refusing server is not the one it runs in, so another
+/// person's job on the live server waits its turn, and the live server never runs more than
+/// `slots` (round robin sends one of the two jobs to the dead server first).
+#[tokio::test]
+async fn a_job_that_fails_over_takes_a_slot_on_the_server_it_runs_on() {
+    let gpu = GpuBackend::start().await;
+    let dead = crate::common::backend::dead_addr().await;
+    let toml = test_config_servers(
+        &[
+            format!("{{ url = \"http://{dead}\" }}"),
+            format!("{{ url = \"http://{}\" }}", gpu.addr),
+        ],
+        "balance = \"round_robin\"\nmax_fails = 1\nfail_timeout = \"60s\"\n\
+         [upstream.health]\nenabled = false\n",
+        &queue_config("slots = 1"),
+    );
+    let proxy = Proxy::start_with(&toml).await;
+    let admin = proxy.admin.unwrap();
+    let first = job(proxy.addr, alice(), "a0");
+    gpu.wait_arrived(1).await;
+    let second = job(proxy.addr, zhang(), "b0");
+    for _ in 0..1000 {
+        if gpu.arrived().len() >= 2 || waiting(admin).await == 1 {
+            break;
+        }
+        poll_pause().await;
+    }
+    assert_eq!(
+        gpu.arrived(),
+        ["a0"],
+        "the live server ran two jobs at once"
+    );
+    wait_waiting(admin, 1).await;
+    gpu.finish(2);
+    assert_eq!(first.await.unwrap().body, "done a0");
+    assert_eq!(second.await.unwrap().body, "done b0");
+    assert_eq!(gpu.most.load(Ordering::SeqCst), 1, "never more than slots");
+}
+
+/// A `max_wait` too long for the clock to add (hundreds of billions of years) is waited as
+/// "never": the job waits its turn and runs, and the request is not lost to a panic.
+#[tokio::test]
+async fn a_max_wait_beyond_the_clock_waits_its_turn() {
+    let gpu = GpuBackend::start().await;
+    let proxy = Proxy::start(
+        gpu.addr,
+        &queue_config("slots = 1\nmax_wait = \"292300000000years\""),
+    )
+    .await;
+    let admin = proxy.admin.unwrap();
+    let first = job(proxy.addr, alice(), "a0");
+    gpu.wait_arrived(1).await;
+    let second = job(proxy.addr, zhang(), "b0");
+    wait_waiting(admin, 1).await;
+    gpu.finish(2);
+    assert_eq!(first.await.unwrap().body, "done a0");
+    assert_eq!(second.await.unwrap().body, "done b0");
 }
 
 /// Over HTTP/2 a waiting job whose stream the client resets gives its place up and is never
