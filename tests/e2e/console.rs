@@ -504,7 +504,12 @@ async fn a_browser_reads_the_page_with_an_admin_certificate() {
     let dir = scratch_dir("console-browser");
     let _policy = AutoSelectPolicy::install_as("console");
     let backend = Backend::start().await;
-    let proxy = Proxy::start(backend.addr, SITE).await;
+    // The people below use the WebUI through a queue, so the page shows it and their jobs.
+    let site = format!(
+        "{SITE}\n[[queue]]\nname = \"gpu\"\nslots = 4\nper_identity = 4\n\n\
+         [[route]]\npath = \"/gradio_api/queue/join\"\naction = \"allow\"\nqueue = \"gpu\"\n"
+    );
+    let proxy = Proxy::start(backend.addr, &site).await;
     let refusals = traffic(proxy.addr).await;
     let (dana, lee) = (
         person("dana@example.com", "Colorizers", 5),
@@ -549,7 +554,7 @@ async fn a_browser_reads_the_page_with_an_admin_certificate() {
         "Who could not get in",
         "Your certificate has been revoked and can no longer be used here.",
         "route[0] /api rate_limit api",
-        "No queues configured.",
+        "0 running, 0 waiting\n12 jobs",
         "Showing 6 of 6.",
     ] {
         assert!(text.contains(shown), "{shown} not on the page: {text}");
