@@ -44,6 +44,8 @@ pub(super) struct Conn {
     pub requests: Arc<InFlight>,
     /// Where upgraded connections (WebSockets) run, so shutdown can wait for them.
     tunnels: TaskTracker,
+    /// HTTP/1.1 with queues configured: a watch for the client hanging up while a job waits.
+    hangup: Option<crate::queue::Hangup>,
 }
 
 impl Conn {
@@ -53,6 +55,7 @@ impl Conn {
             peer: &self.peer,
             requests: &self.requests,
             tunnels: &self.tunnels,
+            hangup: self.hangup.as_ref(),
         }
     }
 }
@@ -177,6 +180,13 @@ pub(super) async fn serve(
     let path = verified.as_deref().unwrap_or(&chain[..chain.len().min(1)]);
     let close = cancel.child_token();
     let requests = Arc::new(InFlight::new());
+    // ALPN decides the protocol, as RFC 9113 requires over TLS; without it, HTTP/1.1.
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    // A second descriptor only where a queued job could wait unwatched (see `queue::Hangup`);
+    // a reload that adds the first queue watches the connections made after it.
+    let hangup = (!h2 && rt.forwarder.queues().iter().next().is_some())
+        .then(|| crate::queue::Hangup::of(tls.get_ref().0.tcp()))
+        .flatten();
     let conn = Arc::new(Conn {
         peer: Peer {
             addr: peer,
@@ -191,6 +201,7 @@ pub(super) async fn serve(
         close: close.clone(),
         requests: requests.clone(),
         tunnels: shared.tunnels.clone(),
+        hangup,
     });
     let svc_shared = shared.clone();
     let answer = move |req| {
@@ -198,8 +209,6 @@ pub(super) async fn serve(
         let conn = conn.clone();
         async move { Ok::<_, Infallible>(super::handle::handle(&shared, &conn, req).await) }
     };
-    // ALPN decides the protocol, as RFC 9113 requires over TLS; without it, HTTP/1.1.
-    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let deadlines = keepalive::Deadlines {
         keepalive: rt.keepalive_timeout,
         send: rt.send_timeout,

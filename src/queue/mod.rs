@@ -15,7 +15,10 @@
 //! client went away.
 
 pub mod gradio;
+mod hangup;
 mod state;
+
+pub use hangup::Hangup;
 
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -215,9 +218,14 @@ impl Queues {
     /// # Errors
     /// 429 `queue_full` when the person already has `max_waiting` jobs waiting, 503
     /// `queue_timeout` after `max_wait`, 503 when certgate shuts down while the job waits.
-    pub async fn wait(&self, ticket: &Ticket, lane: &str) -> Result<Permit, Reject> {
+    pub async fn wait(
+        &self,
+        ticket: &Ticket,
+        lane: &str,
+        hangup: Option<&Hangup>,
+    ) -> Result<Permit, Reject> {
         match self.list.get(ticket.queue) {
-            Some(q) => q.wait(&ticket.person, lane).await,
+            Some(q) => q.wait(&ticket.person, lane, hangup).await,
             // Routes are validated against the same config's queues.
             None => Err(Reject::service_unavailable(
                 "The route's queue is not configured.",
@@ -286,7 +294,12 @@ impl Queue {
         self.metrics.waiting.set(gauge(waiting));
     }
 
-    async fn wait(self: &Arc<Self>, person: &Person, lane: &str) -> Result<Permit, Reject> {
+    async fn wait(
+        self: &Arc<Self>,
+        person: &Person,
+        lane: &str,
+        hangup: Option<&Hangup>,
+    ) -> Result<Permit, Reject> {
         let since = Instant::now();
         let (rx, id, max_wait) = {
             let mut st = self.lock();
@@ -328,6 +341,16 @@ impl Queue {
                 Err(_) => Err(Reject::queue_closed(&self.name)),
             },
             () = self.closing.cancelled() => Err(Reject::queue_closed(&self.name)),
+            // Nobody to answer: the place is given up (`_leave`) and the job never forwarded.
+            () = async {
+                match hangup {
+                    Some(h) => h.closed().await,
+                    None => std::future::pending().await,
+                }
+            } => Err(Reject::bad_request(format!(
+                "The client closed its connection while its job waited in queue {:?}; the job was not forwarded.",
+                &*self.name
+            ))),
             () = timeout => {
                 let retry = self.lock().retry_after();
                 self.metrics.timeout.inc();

@@ -65,6 +65,9 @@ pub struct Origin<'a> {
     pub requests: &'a Arc<InFlight>,
     /// Where a WebSocket tunnel runs, so shutdown can wait for it.
     pub tunnels: &'a TaskTracker,
+    /// A watch for the client hanging up while its job waits in a queue (HTTP/1.1 connections,
+    /// where queues are configured).
+    pub hangup: Option<&'a crate::queue::Hangup>,
 }
 
 /// The backend groups and what every request to them needs.
@@ -210,7 +213,7 @@ impl Forwarder {
         let mut permit = match &queue {
             Some(ticket) => Some(
                 self.queues
-                    .wait(ticket, &candidates[0].settings.url)
+                    .wait(ticket, &candidates[0].settings.url, origin.hangup)
                     .await?,
             ),
             None => None,
@@ -307,7 +310,7 @@ impl Forwarder {
                             drop(permit.take());
                             permit = Some(
                                 self.queues
-                                    .wait(ticket, &candidates[n + 1].settings.url)
+                                    .wait(ticket, &candidates[n + 1].settings.url, origin.hangup)
                                     .await?,
                             );
                         }

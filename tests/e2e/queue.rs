@@ -372,6 +372,37 @@ async fn a_job_abandoned_while_waiting_is_never_forwarded_http1() {
     assert_eq!(gpu.arrived(), ["a0", "b1"]);
 }
 
+/// The same with an upload over HTTP/1.1: certgate does not read a waiting job's body, so it
+/// watches the connection instead, and a client that sent its upload and hung up leaves the
+/// queue at once; its job is never forwarded.
+#[tokio::test]
+async fn an_upload_abandoned_while_waiting_is_never_forwarded_http1() {
+    let gpu = GpuBackend::start().await;
+    let proxy = Proxy::start(gpu.addr, &queue_config("slots = 1")).await;
+    let admin = proxy.admin.unwrap();
+    let first = job(proxy.addr, alice(), "a0");
+    gpu.wait_arrived(1).await;
+    let mut tls = tls_connect(proxy.addr, zhang()).await.unwrap();
+    let body = vec![b'p'; 20_000];
+    let head = format!(
+        "POST /api/run?job=gone HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    tls.write_all(head.as_bytes()).await.unwrap();
+    tls.write_all(&body).await.unwrap();
+    tls.flush().await.unwrap();
+    wait_waiting(admin, 1).await;
+    drop(tls);
+    wait_waiting(admin, 0).await;
+    gpu.finish(1);
+    assert_eq!(first.await.unwrap().status, 200);
+    let next = job(proxy.addr, zhang(), "b1");
+    gpu.wait_arrived(2).await;
+    gpu.finish(1);
+    assert_eq!(next.await.unwrap().body, "done b1");
+    assert_eq!(gpu.arrived(), ["a0", "b1"]);
+}
+
 /// A WebSocket on a queued route is a job for as long as its tunnel is open: it holds its slot
 /// (another person's upgrade waits its turn and reaches the backend only once the first tunnel
 /// closed), rather than freeing it with the 101 and letting every tunnel run beside the slots.
