@@ -321,33 +321,10 @@ impl Group {
         };
         let now = Instant::now();
         let mut bindings = self.bindings.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(b) = bindings.get_mut(key) {
-            if *b.server != *url {
-                if let Some(old) = self.servers.iter().find(|s| *s.settings.url == *b.server) {
-                    old.stats.bound.dec();
-                }
-                server.stats.bound.inc();
-                b.server = Arc::from(url.as_str());
-            }
-            b.seen = now;
-        } else {
-            if bindings.len() >= MAX_BINDINGS {
-                evict(&mut bindings, now, self.affinity_timeout, EVICT_BATCH);
-            }
-            server.stats.bound.inc();
-            let order = self.rendezvous(key);
-            bindings.insert(
-                key.clone(),
-                Binding {
-                    server: Arc::from(url.as_str()),
-                    seen: now,
-                    order,
-                    // Its time left in the store is another replica's: told again on the next
-                    // answered request, with this replica's full affinity_timeout.
-                    written: None,
-                },
-            );
-        }
+        // A new binding's time left in the store is another replica's: it is told again on
+        // the next answered request (`written` stays `None`), with this replica's full
+        // affinity_timeout. A moved one keeps what it knew of the store.
+        self.bind(&mut bindings, key, server, now);
     }
 
     /// [`Group::candidates`] once any shared binding has been adopted.
@@ -428,6 +405,46 @@ impl Group {
             .collect()
     }
 
+    /// Binds `key` to `server`, seen `now`: an existing binding moves there (the per-server
+    /// gauges follow at once; housekeeping recounts them anyway), else a new one is made (not
+    /// yet in the shared store), the least recently seen evicted first when the table is full.
+    /// The binding, and whether an existing one moved.
+    fn bind<'b>(
+        &self,
+        bindings: &'b mut HashMap<ClientKey, Binding>,
+        key: &ClientKey,
+        server: &Server,
+        now: Instant,
+    ) -> (&'b mut Binding, bool) {
+        if bindings.contains_key(key) {
+            let b = bindings
+                .get_mut(key)
+                .expect("present: checked under the same lock");
+            let moved = *b.server != *server.settings.url;
+            if moved {
+                if let Some(old) = self.servers.iter().find(|s| *s.settings.url == *b.server) {
+                    old.stats.bound.dec();
+                }
+                server.stats.bound.inc();
+                b.server = Arc::from(server.settings.url.as_str());
+            }
+            b.seen = now;
+            return (b, moved);
+        }
+        if bindings.len() >= MAX_BINDINGS {
+            evict(bindings, now, self.affinity_timeout, EVICT_BATCH);
+        }
+        server.stats.bound.inc();
+        let order = self.rendezvous(key);
+        let b = bindings.entry(key.clone()).or_insert(Binding {
+            server: Arc::from(server.settings.url.as_str()),
+            seen: now,
+            order,
+            written: None,
+        });
+        (b, false)
+    }
+
     /// `key` was served by `server`: (re)binds it there, with `identity` and several servers.
     pub(super) fn served(&self, key: &ClientKey, server: &Server) {
         if self.balance != Balance::Identity || self.servers.len() < 2 {
@@ -435,32 +452,11 @@ impl Group {
         }
         let mut bindings = self.bindings.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        let binding = if let Some(b) = bindings.get_mut(key) {
-            if *b.server != *server.settings.url {
-                // Moved (its server failed): the gauges follow at once; housekeeping
-                // recounts them anyway.
-                if let Some(old) = self.servers.iter().find(|s| *s.settings.url == *b.server) {
-                    old.stats.bound.dec();
-                }
-                server.stats.bound.inc();
-                b.server = Arc::from(server.settings.url.as_str());
-                b.written = None;
-            }
-            b.seen = now;
-            b
-        } else {
-            if bindings.len() >= MAX_BINDINGS {
-                evict(&mut bindings, now, self.affinity_timeout, EVICT_BATCH);
-            }
-            server.stats.bound.inc();
-            let order = self.rendezvous(key);
-            bindings.entry(key.clone()).or_insert(Binding {
-                server: Arc::from(server.settings.url.as_str()),
-                seen: now,
-                order,
-                written: None,
-            })
-        };
+        let (binding, moved) = self.bind(&mut bindings, key, server, now);
+        if moved {
+            // Moved (its server failed): the other replicas must learn it.
+            binding.written = None;
+        }
         // Bound or moved: the other replicas learn it. Still there: told again before the
         // store's copy lapses, so a long session stays known.
         if let Some(store) = &self.shared
