@@ -186,6 +186,19 @@ fn job(
     tokio::spawn(async move { get_once(proxy, who, &path).await })
 }
 
+/// A stand-in GPU behind a proxy whose queue has the settings `queue`, already running
+/// alice's job `a0`: the GPU, the proxy, its admin listener and `a0`'s answer to come.
+async fn gpu_running_a0(
+    queue: &str,
+) -> (GpuBackend, Proxy, SocketAddr, tokio::task::JoinHandle<Got>) {
+    let gpu = GpuBackend::start().await;
+    let proxy = Proxy::start(gpu.addr, &queue_config(queue)).await;
+    let admin = proxy.admin.unwrap();
+    let first = job(proxy.addr, alice(), "a0");
+    gpu.wait_arrived(1).await;
+    (gpu, proxy, admin, first)
+}
+
 fn zhang() -> Arc<rustls::ClientConfig> {
     client_config(Some(&test_pki().zhang), &["http/1.1"])
 }
@@ -304,15 +317,8 @@ async fn a_flood_of_one_person_does_not_starve_another() {
 /// `queue_timeout` with `Retry-After`. Neither reaches the backend.
 #[tokio::test]
 async fn queue_full_and_queue_timeout_are_refused_with_retry_after() {
-    let gpu = GpuBackend::start().await;
-    let proxy = Proxy::start(
-        gpu.addr,
-        &queue_config("slots = 1\nmax_waiting = 2\nmax_wait = \"1500ms\""),
-    )
-    .await;
-    let admin = proxy.admin.unwrap();
-    let first = job(proxy.addr, alice(), "a0");
-    gpu.wait_arrived(1).await;
+    let (gpu, proxy, admin, first) =
+        gpu_running_a0("slots = 1\nmax_waiting = 2\nmax_wait = \"1500ms\"").await;
     let w1 = job(proxy.addr, alice(), "a1");
     let w2 = job(proxy.addr, alice(), "a2");
     wait_waiting(admin, 2).await;
@@ -352,11 +358,7 @@ async fn queue_full_and_queue_timeout_are_refused_with_retry_after() {
 /// up at once, and its job is never forwarded.
 #[tokio::test]
 async fn a_job_abandoned_while_waiting_is_never_forwarded_http1() {
-    let gpu = GpuBackend::start().await;
-    let proxy = Proxy::start(gpu.addr, &queue_config("slots = 1")).await;
-    let admin = proxy.admin.unwrap();
-    let first = job(proxy.addr, alice(), "a0");
-    gpu.wait_arrived(1).await;
+    let (gpu, proxy, admin, first) = gpu_running_a0("slots = 1").await;
     let mut tls = tls_connect(proxy.addr, zhang()).await.unwrap();
     tls.write_all(b"GET /api/run?job=gone HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .await
@@ -377,11 +379,7 @@ async fn a_job_abandoned_while_waiting_is_never_forwarded_http1() {
 /// queue at once; its job is never forwarded.
 #[tokio::test]
 async fn an_upload_abandoned_while_waiting_is_never_forwarded_http1() {
-    let gpu = GpuBackend::start().await;
-    let proxy = Proxy::start(gpu.addr, &queue_config("slots = 1")).await;
-    let admin = proxy.admin.unwrap();
-    let first = job(proxy.addr, alice(), "a0");
-    gpu.wait_arrived(1).await;
+    let (gpu, proxy, admin, first) = gpu_running_a0("slots = 1").await;
     let mut tls = tls_connect(proxy.addr, zhang()).await.unwrap();
     let body = vec![b'p'; 20_000];
     let head = format!(
@@ -490,15 +488,8 @@ async fn a_job_that_fails_over_takes_a_slot_on_the_server_it_runs_on() {
 /// "never": the job waits its turn and runs, and the request is not lost to a panic.
 #[tokio::test]
 async fn a_max_wait_beyond_the_clock_waits_its_turn() {
-    let gpu = GpuBackend::start().await;
-    let proxy = Proxy::start(
-        gpu.addr,
-        &queue_config("slots = 1\nmax_wait = \"292300000000years\""),
-    )
-    .await;
-    let admin = proxy.admin.unwrap();
-    let first = job(proxy.addr, alice(), "a0");
-    gpu.wait_arrived(1).await;
+    let (gpu, proxy, admin, first) =
+        gpu_running_a0("slots = 1\nmax_wait = \"292300000000years\"").await;
     let second = job(proxy.addr, zhang(), "b0");
     wait_waiting(admin, 1).await;
     gpu.finish(2);
@@ -510,11 +501,7 @@ async fn a_max_wait_beyond_the_clock_waits_its_turn() {
 /// forwarded; other streams of the same connection go on and are served in turn.
 #[tokio::test]
 async fn a_job_abandoned_while_waiting_is_never_forwarded_http2() {
-    let gpu = GpuBackend::start().await;
-    let proxy = Proxy::start(gpu.addr, &queue_config("slots = 1\nper_identity = 1")).await;
-    let admin = proxy.admin.unwrap();
-    let first = job(proxy.addr, alice(), "a0");
-    gpu.wait_arrived(1).await;
+    let (gpu, proxy, admin, first) = gpu_running_a0("slots = 1\nper_identity = 1").await;
     let send = h2(proxy.addr, client_config(Some(&test_pki().zhang), &["h2"])).await;
     let request = |name: &str| {
         Request::get(format!("https://localhost/api/run?job={name}"))
