@@ -78,10 +78,10 @@ async fn stalled_uploads_get_408_and_take_no_server_out() {
     );
 }
 
-/// A server that reads the whole body and never answers is the server's fault: 504 after
-/// `response_timeout` from the end of the body, counted, and with `max_fails = 1` it is down.
-#[tokio::test]
-async fn a_server_that_reads_the_body_and_never_answers_is_504_and_counted() {
+/// Posts `len` bytes to `/never` (a path both servers take and never answer) through a proxy
+/// in front of two servers with `max_fails = 1`: the status certgate answers, once the first
+/// server was reported down for it. `what` says what a timeout means.
+async fn never_answered(len: usize, what: &str) -> u16 {
     let (logs, _guard) = LogCapture::start();
     let a = Backend::start().await;
     let b = Backend::start().await;
@@ -89,39 +89,34 @@ async fn a_server_that_reads_the_body_and_never_answers_is_504_and_counted() {
     let mut send = h1(proxy.addr, alice()).await;
     let req = http::Request::post("/never")
         .header("host", "localhost")
-        .body(full(vec![b'x'; 100]))
+        .body(full(vec![b'x'; len]))
         .unwrap();
     let resp = tokio::time::timeout(LIMIT, send.send_request(req))
         .await
-        .expect("answered")
+        .expect(what)
         .unwrap();
-    let got = read(resp).await;
-    assert_eq!(got.status, 504, "{}", got.body);
+    let status = read(resp).await.status.as_u16();
     logs.wait_for(&["upstream server is down", &a.addr.to_string()])
         .await;
+    status
+}
+
+/// A server that reads the whole body and never answers is the server's fault: 504 after
+/// `response_timeout` from the end of the body, counted, and with `max_fails = 1` it is down.
+#[tokio::test]
+async fn a_server_that_reads_the_body_and_never_answers_is_504_and_counted() {
+    assert_eq!(never_answered(100, "answered").await, 504);
 }
 
 /// A server that stops taking the request body (it never reads it) cannot hold the request
 /// for ever: `response_timeout` after the last chunk it took, 504, counted against it.
 #[tokio::test]
 async fn a_server_that_takes_nothing_of_the_body_is_504_and_counted() {
-    let (logs, _guard) = LogCapture::start();
-    let a = Backend::start().await;
-    let b = Backend::start().await;
-    let proxy = Proxy::start_with(&pair_config(a.addr, b.addr, 1)).await;
-    let mut send = h1(proxy.addr, alice()).await;
     // Far more than the sockets between certgate and the backend hold.
-    let req = http::Request::post("/never")
-        .header("host", "localhost")
-        .body(full(vec![b'x'; 32 << 20]))
-        .unwrap();
-    let resp = tokio::time::timeout(LIMIT, send.send_request(req))
-        .await
-        .expect("answered, not held for ever")
-        .unwrap();
-    assert_eq!(resp.status(), 504);
-    logs.wait_for(&["upstream server is down", &a.addr.to_string()])
-        .await;
+    assert_eq!(
+        never_answered(32 << 20, "answered, not held for ever").await,
+        504
+    );
 }
 
 /// The connection to a server that takes nothing of the body is given up at its 504: hyper
