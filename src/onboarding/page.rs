@@ -230,6 +230,7 @@ mod tests {
         let csp = csp.to_str().unwrap();
         assert!(csp.starts_with("default-src 'none'; style-src 'sha256-"));
         assert!(!csp.contains("unsafe"));
+        assert!(!csp.contains("script-src"));
         assert!(!STYLE.contains("</"));
     }
 }
