@@ -93,13 +93,8 @@ fn fmt_time(t: OffsetDateTime) -> String {
         format!("in {days} days")
     };
     format!(
-        "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC ({when})",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
+        "{} ({when})",
+        crate::console::utc_seconds(t.unix_timestamp())
     )
 }
 
